@@ -1,1 +1,4 @@
-//! api
+//! The control surface: xl.cfg parsing, the xenstore unix socket for the
+//! standard Xen tools, and (later) the REST API.
+
+pub mod xs_socket;

@@ -1,1 +1,73 @@
-fn main() {}
+//! `xenkvm`: run unmodified Xen guests on Linux KVM hosts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod loader;
+
+#[derive(Parser)]
+#[command(name = "xenkvm", version, about = "Run unmodified Xen guests on Linux KVM hosts")]
+struct Cli {
+    /// More monitor logging (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a PV guest in the foreground with its console on this terminal.
+    Run(RunArgs),
+    /// Serve a standalone xenstore on a unix socket (for Xen's tools).
+    Xenstored {
+        /// Socket path; point XENSTORED_PATH at it.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel: a bzImage (vmlinuz) or an ELF vmlinux with Xen PV notes.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initial ramdisk, passed as the PV module.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=hvc0")]
+    cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let res: anyhow::Result<ExitCode> = match cli.cmd {
+        Cmd::Run(_args) => Err(anyhow::anyhow!("run: not implemented yet")),
+        Cmd::Xenstored { socket } => api::xs_socket::run_standalone(&socket)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xenkvm: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Debian xenstore-utils against the xenkvm store.

@@ -1,0 +1,1 @@
+//! Kernel loading for PV guests.
