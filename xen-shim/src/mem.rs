@@ -52,6 +52,19 @@ pub trait GuestMem: Send + Sync {
     fn write_u64(&self, gpa: u64, v: u64) -> Result<(), MemError> {
         self.write(gpa, &v.to_le_bytes())
     }
+    /// Atomic OR of an aligned u64 (the guest updates the same words
+    /// concurrently); returns the previous value. The default is not atomic.
+    fn fetch_or_u64(&self, gpa: u64, v: u64) -> Result<u64, MemError> {
+        let old = self.read_u64(gpa)?;
+        self.write_u64(gpa, old | v)?;
+        Ok(old)
+    }
+    /// Atomic AND of an aligned u64; returns the previous value.
+    fn fetch_and_u64(&self, gpa: u64, v: u64) -> Result<u64, MemError> {
+        let old = self.read_u64(gpa)?;
+        self.write_u64(gpa, old & v)?;
+        Ok(old)
+    }
 }
 
 /// Plain vector-backed guest memory starting at guest-physical 0, for tests.

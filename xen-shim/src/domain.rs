@@ -1,0 +1,133 @@
+//! Per-domain Xen state shared by all vCPUs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::abi::shinfo;
+use crate::cpuid::CpuidPolicy;
+use crate::evtchn::EventChannels;
+use crate::mem::GuestMem;
+use crate::mmu::Mmu;
+use crate::time::Clock;
+
+/// What the monitor provides to the Xen core.
+pub trait Platform: Send + Sync {
+    /// Guest output of CONSOLEIO_write.
+    fn console_write(&self, data: &[u8]);
+    /// Make vCPU `vcpu` notice new events (interrupt KVM_RUN or wake it).
+    fn kick(&self, vcpu: u32);
+    /// The current guest TSC.
+    fn tsc(&self) -> u64;
+    /// The guest sent an event on an interdomain port bound to backend `backend`.
+    fn backend_notify(&self, backend: u32, port: u32);
+}
+
+/// Static facts of a domain, fixed by the builder.
+#[derive(Debug, Clone)]
+pub struct DomainLayout {
+    pub domid: u16,
+    pub nr_pages: u64,
+    pub max_vcpus: u32,
+    pub shared_info_gpa: u64,
+    /// Guest-physical base of the monitor's M2P table (u64 per frame).
+    pub m2p_gpa: u64,
+    pub m2p_entries: u64,
+    pub console_mfn: u64,
+    pub console_port: u32,
+    pub store_mfn: u64,
+    pub store_port: u32,
+}
+
+pub struct Domain {
+    pub mem: Arc<dyn GuestMem>,
+    pub layout: DomainLayout,
+    pub mmu: Mutex<Mmu>,
+    pub evtchn: Mutex<EventChannels>,
+    pub cpuid: CpuidPolicy,
+    pub clock: Clock,
+    pub platform: Arc<dyn Platform>,
+    pub vm_assist: AtomicU64,
+    /// Per-vCPU guest-physical address of its vcpu_info (registered copy or legacy slot).
+    pub vcpu_info: Mutex<Vec<u64>>,
+    /// vCPUs brought online (bit per vCPU).
+    pub online: AtomicU64,
+    unknown_logged: Mutex<HashSet<String>>,
+    pub hypercall_counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Domain {
+    pub fn new(
+        mem: Arc<dyn GuestMem>,
+        layout: DomainLayout,
+        mmu: Mmu,
+        cpuid: CpuidPolicy,
+        clock: Clock,
+        platform: Arc<dyn Platform>,
+    ) -> Domain {
+        let vcpu_info = (0..layout.max_vcpus)
+            .map(|i| layout.shared_info_gpa + u64::from(i.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE)
+            .collect();
+        let evtchn = EventChannels::new(&layout);
+        Domain {
+            mem,
+            mmu: Mutex::new(mmu),
+            evtchn: Mutex::new(evtchn),
+            cpuid,
+            clock,
+            platform,
+            vm_assist: AtomicU64::new(0),
+            vcpu_info: Mutex::new(vcpu_info),
+            online: AtomicU64::new(1),
+            unknown_logged: Mutex::new(HashSet::new()),
+            hypercall_counts: Mutex::new(BTreeMap::new()),
+            layout,
+        }
+    }
+
+    /// Log something unimplemented once per distinct message.
+    pub fn log_once(&self, what: String) {
+        let mut set = self.unknown_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if set.insert(what.clone()) {
+            log::warn!("{what}");
+        }
+    }
+
+    pub fn count_hypercall(&self, name: &'static str) {
+        let mut m = self.hypercall_counts.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(name).or_insert(0) += 1;
+    }
+
+    pub fn vcpu_info_gpa(&self, vcpu: u32) -> u64 {
+        let v = self.vcpu_info.lock().unwrap_or_else(|e| e.into_inner());
+        v.get(vcpu as usize).copied().unwrap_or(self.layout.shared_info_gpa)
+    }
+
+    /// Initial shared_info contents: all upcalls masked, time and wallclock valid.
+    pub fn init_shared_info(&self) {
+        let si = self.layout.shared_info_gpa;
+        let _ = self.mem.write(si, &[0u8; 4096]);
+        for i in 0..shinfo::LEGACY_VCPUS {
+            let vi = si + u64::from(i) * shinfo::VCPU_INFO_SIZE;
+            let _ = self.mem.write_u8(vi + shinfo::UPCALL_MASK, 1);
+            let _ = self.clock.write_time_info(&*self.mem, vi + shinfo::TIME);
+        }
+        let _ = self.clock.write_wallclock(&*self.mem, si);
+    }
+
+    /// Mark `port` pending (2-level ABI) and kick the vCPU it is bound to.
+    pub fn raise_port(&self, port: u32) {
+        let vcpu = {
+            let ev = self.evtchn.lock().unwrap_or_else(|e| e.into_inner());
+            ev.vcpu_of(port)
+        };
+        let Some(vcpu) = vcpu else { return };
+        if crate::evtchn::set_pending(&*self.mem, self.layout.shared_info_gpa, self.vcpu_info_gpa(vcpu), port) {
+            self.platform.kick(vcpu);
+        }
+    }
+
+    pub fn is_online(&self, vcpu: u32) -> bool {
+        vcpu < 64 && self.online.load(Ordering::SeqCst) & (1 << vcpu) != 0
+    }
+}

@@ -1,0 +1,295 @@
+//! Hypercall dispatch (x86_64 PV ABI: number in rax, arguments in
+//! rdi, rsi, rdx, r10, r8; result in rax).
+
+use crate::abi::{errno::*, hc, hypercall_name, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
+use crate::vcpu::{Action, Flush, PvVcpu, TrapInfo};
+use crate::regs::Regs;
+
+/// Handle the hypercall in `regs` (a SYSCALL from guest kernel mode).
+pub fn hypercall(v: &mut PvVcpu, regs: &mut Regs) -> Action {
+    let nr = regs.rax;
+    // SYSCALL left the return address in rcx and flags in r11 (Xen returns with SYSRET).
+    let ret_rip = regs.rcx;
+    let ret_flags = regs.r11;
+    v.dom.count_hypercall(hypercall_name(nr));
+    if nr == hc::IRET {
+        return crate::traps::do_iret(v, regs);
+    }
+    let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
+    let (ret, action) = dispatch(v, nr, args, false);
+    regs.rax = ret as u64;
+    regs.rip = ret_rip;
+    regs.rflags = (ret_flags & crate::regs::flags::ARCH_MASK) | crate::regs::flags::IF | crate::regs::flags::FIXED;
+    action
+}
+
+/// Dispatch hypercall `nr`; returns the result and the vCPU action.
+pub fn dispatch(v: &mut PvVcpu, nr: u64, a: [u64; 6], in_multicall: bool) -> (i64, Action) {
+    let r = |x: Result<i64, i64>| (x.unwrap_or_else(|e| e), Action::Resume);
+    match nr {
+        hc::SET_TRAP_TABLE => r(set_trap_table(v, a[0])),
+        hc::MMU_UPDATE => r(crate::pvmm::mmu_update(v, a[0], a[1], a[2], a[3])),
+        hc::SET_GDT => r(crate::descriptors::set_gdt(v, a[0], a[1])),
+        hc::STACK_SWITCH => {
+            v.kernel_ss = a[0];
+            v.kernel_sp = a[1];
+            r(Ok(0))
+        }
+        hc::FPU_TASKSWITCH => {
+            v.cr0_ts = a[0] != 0;
+            r(Ok(0))
+        }
+        hc::SET_DEBUGREG => r(set_debugreg(v, a[0], a[1])),
+        hc::GET_DEBUGREG => r(if a[0] < 8 && a[0] != 4 && a[0] != 5 {
+            Ok(v.debugreg[a[0] as usize] as i64)
+        } else {
+            Err(-EINVAL)
+        }),
+        hc::UPDATE_DESCRIPTOR => r(crate::descriptors::update_descriptor(v, a[0], a[1])),
+        hc::MEMORY_OP => r(memory_op(v, a[0], a[1])),
+        hc::MULTICALL if !in_multicall => multicall(v, a[0], a[1]),
+        hc::UPDATE_VA_MAPPING => r(crate::pvmm::update_va_mapping(v, a[0], a[1], a[2])),
+        hc::SET_TIMER_OP => {
+            v.timer_deadline = (a[0] != 0).then_some(a[0]);
+            r(Ok(0))
+        }
+        hc::XEN_VERSION => r(xen_version(v, a[0], a[1])),
+        hc::CONSOLE_IO => r(console_io(v, a[0], a[1], a[2])),
+        hc::VM_ASSIST => r(vm_assist(v, a[0], a[1])),
+        hc::VCPU_OP => crate::vcpuop::vcpu_op(v, a[0], a[1], a[2]),
+        hc::SET_SEGMENT_BASE => r(crate::descriptors::set_segment_base(v, a[0], a[1])),
+        hc::MMUEXT_OP => r(crate::pvmm::mmuext_op(v, a[0], a[1], a[2], a[3])),
+        hc::SCHED_OP => crate::vcpuop::sched_op(v, a[0], a[1]),
+        hc::CALLBACK_OP => r(callback_op(v, a[0], a[1])),
+        hc::EVENT_CHANNEL_OP => r(crate::evtchn_op::event_channel_op(v, a[0], a[1])),
+        hc::PHYSDEV_OP => r(physdev_op(v, a[0], a[1])),
+        _ => {
+            v.dom.log_once(format!(
+                "unimplemented hypercall {} ({nr}) -> -ENOSYS",
+                hypercall_name(nr)
+            ));
+            r(Err(-ENOSYS))
+        }
+    }
+}
+
+fn set_trap_table(v: &mut PvVcpu, va: u64) -> Result<i64, i64> {
+    if va == 0 {
+        v.traps.iter_mut().for_each(|t| *t = TrapInfo::default());
+        return Ok(0);
+    }
+    for i in 0..256u64 {
+        let mut b = [0u8; 16];
+        v.copy_from(va + i * 16, &mut b)?;
+        let address = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+        if address == 0 {
+            break;
+        }
+        let vector = b[0];
+        v.traps[vector as usize] = TrapInfo { flags: b[1], address };
+    }
+    Ok(0)
+}
+
+fn set_debugreg(v: &mut PvVcpu, reg: u64, val: u64) -> Result<i64, i64> {
+    match reg {
+        0..=3 => {
+            if val >= crate::abi::HYPERVISOR_VIRT_START && val < crate::abi::HYPERVISOR_VIRT_END {
+                return Err(-EPERM);
+            }
+            v.debugreg[reg as usize] = val;
+        }
+        6 => v.debugreg[6] = (val & 0xffff_efff) | 0xffff_0ff0,
+        7 => v.debugreg[7] = (val & !0xffff_0000_0000_2000) | 0x400,
+        _ => return Err(-EINVAL),
+    }
+    Ok(0)
+}
+
+fn xen_version(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
+    let put_str = |v: &PvVcpu, s: &str, len: usize| -> Result<i64, i64> {
+        let mut b = vec![0u8; len];
+        let n = s.len().min(len - 1);
+        b[..n].copy_from_slice(&s.as_bytes()[..n]);
+        v.copy_to(arg, &b)?;
+        Ok(0)
+    };
+    match cmd {
+        0 => Ok(((crate::abi::XEN_MAJOR << 16) | crate::abi::XEN_MINOR) as i64),
+        1 => put_str(v, ".0-xenkvm", 16),
+        2 => {
+            // compile_info: compiler[64], compile_by[16], compile_domain[32], compile_date[32]
+            let mut b = vec![0u8; 144];
+            b[..6].copy_from_slice(b"rustc\0");
+            b[64..71].copy_from_slice(b"xenkvm\0");
+            v.copy_to(arg, &b)?;
+            Ok(0)
+        }
+        3 => put_str(v, "xen-3.0-x86_64", 1024),
+        4 => put_str(v, "xenkvm", 64),
+        5 => {
+            v.copy_to(arg, &crate::abi::HYPERVISOR_VIRT_START.to_le_bytes())?;
+            Ok(0)
+        }
+        6 => {
+            let idx = v.read_u32(arg)?;
+            if idx != 0 {
+                return Err(-EINVAL);
+            }
+            let feats: u32 = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 17);
+            v.copy_to(arg + 4, &feats.to_le_bytes())?;
+            Ok(0)
+        }
+        7 => Ok(4096),
+        8 => put_str(v, "", 16),
+        _ => Err(-ENOSYS),
+    }
+}
+
+fn memory_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
+    match cmd & 0xf {
+        // XENMEM_maximum_ram_page
+        2 => Ok(v.dom.layout.nr_pages as i64),
+        // current / maximum reservation
+        3 | 4 => Ok(v.dom.layout.nr_pages as i64),
+        9 => {
+            // XENMEM_memory_map: one RAM region.
+            let nr = v.read_u32(arg)?;
+            if nr < 1 {
+                return Err(-EINVAL);
+            }
+            let buf = v.read_u64(arg + 8)?;
+            let mut e = [0u8; 20];
+            e[8..16].copy_from_slice(&(v.dom.layout.nr_pages * 4096).to_le_bytes());
+            e[16..20].copy_from_slice(&1u32.to_le_bytes());
+            v.copy_to(buf, &e)?;
+            v.copy_to(arg, &1u32.to_le_bytes())?;
+            Ok(0)
+        }
+        12 => {
+            let mut b = [0u8; 24];
+            b[..8].copy_from_slice(&MACH2PHYS_VIRT_START.to_le_bytes());
+            b[8..16].copy_from_slice(&MACH2PHYS_VIRT_END.to_le_bytes());
+            let max_mfn = v.dom.layout.m2p_entries.saturating_sub(1);
+            b[16..24].copy_from_slice(&max_mfn.to_le_bytes());
+            v.copy_to(arg, &b)?;
+            Ok(0)
+        }
+        _ => {
+            v.dom.log_once(format!("unimplemented memory_op {cmd} -> -ENOSYS"));
+            Err(-ENOSYS)
+        }
+    }
+}
+
+fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
+    if count > 4096 {
+        return (-EINVAL, Action::Resume);
+    }
+    for i in 0..count {
+        let va = list + i * 64;
+        let mut b = [0u8; 64];
+        if v.copy_from(va, &mut b).is_err() {
+            return (-EFAULT, Action::Resume);
+        }
+        let w = |k: usize| u64::from_le_bytes(b[k * 8..k * 8 + 8].try_into().unwrap_or([0; 8]));
+        let op = w(0);
+        v.dom.count_hypercall(hypercall_name(op));
+        let (ret, action) = if op == hc::IRET || op == hc::MULTICALL {
+            (-EINVAL, Action::Resume)
+        } else {
+            dispatch(v, op, [w(2), w(3), w(4), w(5), w(6), w(7)], true)
+        };
+        if v.copy_to(va + 8, &ret.to_le_bytes()).is_err() {
+            return (-EFAULT, Action::Resume);
+        }
+        if action != Action::Resume {
+            return (0, action);
+        }
+    }
+    (0, Action::Resume)
+}
+
+fn console_io(v: &mut PvVcpu, cmd: u64, count: u64, buf: u64) -> Result<i64, i64> {
+    match cmd {
+        0 => {
+            let n = count.min(16384) as usize;
+            let mut b = vec![0u8; n];
+            v.copy_from(buf, &mut b)?;
+            v.dom.platform.console_write(&b);
+            Ok(n as i64)
+        }
+        _ => Err(-ENOSYS),
+    }
+}
+
+fn vm_assist(v: &mut PvVcpu, cmd: u64, ty: u64) -> Result<i64, i64> {
+    if !(ty <= 5 || ty == 32) {
+        return Err(-EINVAL);
+    }
+    match cmd {
+        0 => v.dom.vm_assist.fetch_or(1 << ty, std::sync::atomic::Ordering::SeqCst),
+        1 => v.dom.vm_assist.fetch_and(!(1 << ty), std::sync::atomic::Ordering::SeqCst),
+        _ => return Err(-ENOSYS),
+    };
+    Ok(0)
+}
+
+fn callback_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
+    let mut b = [0u8; 16];
+    v.copy_from(arg, &mut b)?;
+    let ty = u16::from_le_bytes([b[0], b[1]]);
+    let fl = u16::from_le_bytes([b[2], b[3]]);
+    let addr = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+    match cmd {
+        0 => {
+            let canonical = (addr >> 47) == 0 || (addr >> 47) == 0x1ffff;
+            if !canonical {
+                return Err(-EINVAL);
+            }
+            match ty {
+                0 => v.event_callback = addr,
+                1 => v.failsafe_callback = addr,
+                2 => {
+                    v.syscall_callback = addr;
+                    v.syscall_masks_events = fl & 1 != 0;
+                }
+                4 => {}
+                _ => return Err(-EINVAL),
+            }
+            Ok(0)
+        }
+        1 if ty == 4 => Ok(0),
+        _ => Err(-EINVAL),
+    }
+}
+
+fn physdev_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
+    match cmd {
+        6 => {
+            let iopl = v.read_u32(arg)?;
+            if iopl > 3 {
+                return Err(-EINVAL);
+            }
+            v.iopl = iopl;
+            Ok(0)
+        }
+        _ => {
+            v.dom.log_once(format!("unimplemented physdev_op {cmd} -> -ENOSYS"));
+            Err(-ENOSYS)
+        }
+    }
+}
+
+/// MMUEXT_NEW_BASEPTR / guest `mov %cr3`.
+pub fn new_baseptr(v: &mut PvVcpu, mfn: u64) -> Result<i64, i64> {
+    let dom = v.dom.clone();
+    let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+    mmu.get_type(&*dom.mem, &mut v.pt_log, mfn, crate::mmu::PageType::L4)?;
+    if v.root_kernel != 0 {
+        mmu.put_type(&*dom.mem, v.root_kernel);
+    }
+    v.root_kernel = mfn;
+    v.flush = Flush::All;
+    Ok(0)
+}

@@ -1,0 +1,204 @@
+//! PV MMU hypercalls: mmu_update, mmuext_op, update_va_mapping.
+
+use crate::abi::{errno::*, DOMID_SELF};
+use crate::guestva;
+use crate::mmu::{write_pt, PageType};
+use crate::vcpu::{Flush, PvVcpu};
+
+const MMU_NORMAL_PT_UPDATE: u64 = 0;
+const MMU_MACHPHYS_UPDATE: u64 = 1;
+const MMU_PT_UPDATE_PRESERVE_AD: u64 = 2;
+
+fn check_foreign(dom: u64) -> Result<(), i64> {
+    if dom == DOMID_SELF || dom == 0 {
+        Ok(())
+    } else {
+        Err(-ESRCH)
+    }
+}
+
+pub fn mmu_update(v: &mut PvVcpu, reqs: u64, count: u64, pdone: u64, foreign: u64) -> Result<i64, i64> {
+    check_foreign(foreign & 0xffff)?;
+    let dom = v.dom.clone();
+    let mut done = 0u64;
+    let mut result = Ok(0);
+    for i in 0..count.min(1 << 20) {
+        let mut b = [0u8; 16];
+        if let Err(e) = v.copy_from(reqs + i * 16, &mut b) {
+            result = Err(e);
+            break;
+        }
+        let ptr = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+        let val = u64::from_le_bytes(b[8..].try_into().unwrap_or([0; 8]));
+        let r = match ptr & 3 {
+            MMU_NORMAL_PT_UPDATE | MMU_PT_UPDATE_PRESERVE_AD => {
+                let addr = ptr & !7;
+                let mfn = addr >> 12;
+                let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+                match mmu.type_of(mfn) {
+                    PageType::L1 | PageType::L2 | PageType::L3 | PageType::L4 => mmu.mod_entry(
+                        &*dom.mem,
+                        &mut v.pt_log,
+                        mfn,
+                        (addr & 0xfff) / 8,
+                        val,
+                        ptr & 3 == MMU_PT_UPDATE_PRESERVE_AD,
+                    ),
+                    PageType::Desc => Err(-EINVAL),
+                    _ if mmu.is_ram(mfn) => write_pt(&*dom.mem, &mut v.pt_log, addr, val),
+                    _ => Err(-EINVAL),
+                }
+            }
+            MMU_MACHPHYS_UPDATE => {
+                let mfn = ptr >> 12;
+                if mfn >= dom.layout.nr_pages {
+                    Err(-EINVAL)
+                } else {
+                    dom.mem.write_u64(dom.layout.m2p_gpa + mfn * 8, val).map_err(|_| -EFAULT)
+                }
+            }
+            _ => Err(-ENOSYS),
+        };
+        if let Err(e) = r {
+            log::debug!("mmu_update ptr {ptr:#x} val {val:#x}: {e}");
+            result = Err(e);
+            break;
+        }
+        done += 1;
+    }
+    if pdone != 0 {
+        let _ = v.copy_to(pdone, &(done as u32).to_le_bytes());
+    }
+    result
+}
+
+pub fn update_va_mapping(v: &mut PvVcpu, va: u64, val: u64, flags: u64) -> Result<i64, i64> {
+    let dom = v.dom.clone();
+    // The L1 entry for `va` under the current kernel root.
+    let mut table = v.root_kernel << 12;
+    for level in (2..=4u32).rev() {
+        let idx = (va >> (12 + 9 * (level - 1))) & 511;
+        let e = dom.mem.read_u64(table + idx * 8).map_err(|_| -EFAULT)?;
+        if e & 1 == 0 {
+            return Err(-EINVAL);
+        }
+        table = e & crate::abi::pte::ADDR_MASK;
+    }
+    let l1 = table >> 12;
+    {
+        let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        if mmu.type_of(l1) != PageType::L1 {
+            return Err(-EINVAL);
+        }
+        mmu.mod_entry(&*dom.mem, &mut v.pt_log, l1, (va >> 12) & 511, val, false)?;
+    }
+    match flags & 3 {
+        1 => v.flush = Flush::All,
+        2 => v.flush.add_page(va),
+        _ => {}
+    }
+    Ok(0)
+}
+
+pub fn mmuext_op(v: &mut PvVcpu, ops: u64, count: u64, pdone: u64, foreign: u64) -> Result<i64, i64> {
+    check_foreign(foreign & 0xffff)?;
+    let dom = v.dom.clone();
+    let mut done = 0u64;
+    let mut result = Ok(0);
+    for i in 0..count.min(1 << 20) {
+        let mut b = [0u8; 24];
+        if let Err(e) = v.copy_from(ops + i * 24, &mut b) {
+            result = Err(e);
+            break;
+        }
+        let cmd = u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]));
+        let arg1 = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+        let arg2 = u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8]));
+        let r: Result<(), i64> = match cmd {
+            0..=3 => {
+                let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+                mmu.pin(&*dom.mem, &mut v.pt_log, arg1, cmd as u8 + 1)
+            }
+            4 => {
+                let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+                mmu.unpin(&*dom.mem, arg1)
+            }
+            5 => crate::hypercall::new_baseptr(v, arg1).map(|_| ()),
+            6 | 8 | 10 => {
+                v.flush = Flush::All;
+                Ok(())
+            }
+            7 | 9 | 11 => {
+                v.flush.add_page(arg1);
+                Ok(())
+            }
+            12 | 18 => Err(-EPERM),
+            13 => {
+                if arg1 & 0xfff != 0 || arg2 > 8192 {
+                    Err(-EINVAL)
+                } else {
+                    v.ldt_base = arg1;
+                    v.ldt_ents = arg2 as u32;
+                    v.gdt_dirty = true;
+                    Ok(())
+                }
+            }
+            15 => {
+                if arg1 == 0 {
+                    let old = std::mem::take(&mut v.root_user);
+                    if old != 0 {
+                        let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+                        mmu.put_type(&*dom.mem, old);
+                    }
+                    Ok(())
+                } else {
+                    let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+                    mmu.get_type(&*dom.mem, &mut v.pt_log, arg1, PageType::L4).map(|()| {
+                        if v.root_user != 0 {
+                            mmu.put_type(&*dom.mem, v.root_user);
+                        }
+                        v.root_user = arg1;
+                    })
+                }
+            }
+            16 => {
+                // CLEAR_PAGE
+                let mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+                if !mmu.is_ram(arg1) || mmu.type_of(arg1) != PageType::None && mmu.type_of(arg1) != PageType::Writable {
+                    Err(-EINVAL)
+                } else {
+                    dom.mem.write(arg1 << 12, &[0u8; 4096]).map_err(|_| -EFAULT)
+                }
+            }
+            17 => {
+                let mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+                let ok = |m| mmu.is_ram(m) && matches!(mmu.type_of(m), PageType::None | PageType::Writable);
+                if !ok(arg1) || !mmu.is_ram(arg2) {
+                    Err(-EINVAL)
+                } else {
+                    let mut page = [0u8; 4096];
+                    dom.mem.read(arg2 << 12, &mut page).and_then(|()| dom.mem.write(arg1 << 12, &page)).map_err(|_| -EFAULT)
+                }
+            }
+            _ => {
+                dom.log_once(format!("unimplemented mmuext_op cmd {cmd} -> -ENOSYS"));
+                Err(-ENOSYS)
+            }
+        };
+        if let Err(e) = r {
+            log::debug!("mmuext_op cmd {cmd} arg1 {arg1:#x}: {e}");
+            result = Err(e);
+            break;
+        }
+        done += 1;
+    }
+    if pdone != 0 {
+        let _ = v.copy_to(pdone, &(done as u32).to_le_bytes());
+    }
+    result
+}
+
+/// Walk helper re-exported for the monitor's diagnostics.
+pub fn translate(v: &PvVcpu, va: u64) -> Option<u64> {
+    guestva::walk(v.mem(), v.current_root(), va, false, false).ok().map(|w| w.gpa)
+}

@@ -1,0 +1,158 @@
+//! Exception dispatch, bounce frames and the iret hypercall (Xen's
+//! `create_bounce_frame`, `pv_inject_event`, `do_iret`).
+
+use crate::abi::{
+    shinfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START,
+    TBF_INTERRUPT, VGCF_IN_SYSCALL,
+};
+use crate::guestva;
+use crate::regs::{flags, Regs};
+use crate::vcpu::{exception_name, has_error_code, Action, PvVcpu};
+
+/// Handle a hardware exception taken while the guest ran.
+pub fn exception(v: &mut PvVcpu, regs: &mut Regs, vector: u8, error: Option<u32>, cr2: u64) -> Action {
+    match vector {
+        14 => {
+            let err = error.unwrap_or(0);
+            if v.kernel_mode && err & 0x3 == 0x3 && err & 0x18 == 0 {
+                if let Some(a) = crate::emulate::ptwr(v, regs, cr2) {
+                    return a;
+                }
+            }
+            let _ = v.mem().write_u64(v.vcpu_info() + shinfo::CR2, cr2);
+            let err = (err & !4) | if v.kernel_mode { 0 } else { 4 };
+            bounce(v, regs, 14, Some(err), cr2)
+        }
+        13 => {
+            let err = error.unwrap_or(0);
+            if err == 0 {
+                if let Some(a) = crate::emulate::priv_op(v, regs) {
+                    return a;
+                }
+                return bounce(v, regs, 13, Some(0), 0);
+            }
+            if err & 3 == 2 {
+                // INT n through a DPL-0 gate of the real IDT.
+                let n = (err >> 3) as u8;
+                let needed = if v.kernel_mode { 1 } else { 3 };
+                if v.traps[n as usize].flags & 3 >= needed {
+                    regs.rip = regs.rip.wrapping_add(2);
+                    return bounce(v, regs, n, None, 0);
+                }
+            }
+            bounce(v, regs, 13, Some(err), 0)
+        }
+        6 => {
+            if let Some(a) = crate::emulate::forced_cpuid(v, regs) {
+                return a;
+            }
+            bounce(v, regs, 6, None, 0)
+        }
+        _ => {
+            let err = if has_error_code(vector) { Some(error.unwrap_or(0)) } else { None };
+            bounce(v, regs, vector, err, cr2)
+        }
+    }
+}
+
+/// Deliver `vector` to the guest's trap table entry.
+pub fn bounce(v: &mut PvVcpu, regs: &mut Regs, vector: u8, error: Option<u32>, cr2: u64) -> Action {
+    let ti = v.traps[vector as usize];
+    if ti.address == 0 {
+        return Action::Crash(format!(
+            "unhandled {} (vector {vector}) in guest {} mode at rip {:#x}, error {:?}, cr2 {:#x}: no trap handler registered",
+            exception_name(vector),
+            if v.kernel_mode { "kernel" } else { "user" },
+            regs.rip,
+            error,
+            cr2
+        ));
+    }
+    let fl = if ti.flags & 4 != 0 { TBF_INTERRUPT } else { 0 };
+    match create_bounce_frame(v, regs, ti.address, error, fl) {
+        Ok(()) => Action::Resume,
+        Err(a) => a,
+    }
+}
+
+/// Build Xen's bounce frame and switch the context to `handler`.
+pub fn create_bounce_frame(
+    v: &mut PvVcpu,
+    regs: &mut Regs,
+    handler: u64,
+    error: Option<u32>,
+    tbf: u32,
+) -> Result<(), Action> {
+    let saved_mask = v.upcall_mask();
+    let (mut sp, cs) = if v.kernel_mode {
+        (regs.rsp, regs.cs & !3)
+    } else {
+        v.toggle_mode();
+        (v.kernel_sp, regs.cs)
+    };
+    sp &= !15;
+    let rflags = (regs.rflags & !(flags::IF | flags::IOPL)) | if saved_mask { 0 } else { flags::IF };
+    let mut words: Vec<u64> = vec![regs.rcx, regs.r11];
+    if let Some(e) = error {
+        words.push(u64::from(e));
+    }
+    words.extend_from_slice(&[
+        regs.rip,
+        u64::from(cs) | (u64::from(saved_mask) << 32),
+        rflags,
+        regs.rsp,
+        u64::from(regs.ss),
+    ]);
+    sp = sp.wrapping_sub(words.len() as u64 * 8);
+    if (HYPERVISOR_VIRT_START..HYPERVISOR_VIRT_END).contains(&sp) {
+        return Err(Action::Crash(format!("bounce frame at {sp:#x} inside the hypervisor hole")));
+    }
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    if let Err(f) = guestva::copy_to(v.mem(), v.root_kernel, sp, &bytes) {
+        return Err(Action::Crash(format!(
+            "fault writing a bounce frame to the guest kernel stack at {:#x} (error {:#x}); rip {:#x}",
+            f.va, f.error_code, regs.rip
+        )));
+    }
+    if tbf & TBF_INTERRUPT != 0 {
+        v.set_upcall_mask(true);
+    }
+    regs.rip = handler;
+    regs.cs = FLAT_KERNEL_CS;
+    regs.ss = FLAT_KERNEL_SS;
+    regs.rsp = sp;
+    regs.rflags = (regs.rflags & !(flags::TF | flags::NT | flags::RF | flags::VM | flags::AC | flags::IOPL))
+        | flags::IF
+        | flags::FIXED;
+    Ok(())
+}
+
+/// HYPERVISOR_iret: restore the context the guest pushed at rsp.
+pub fn do_iret(v: &mut PvVcpu, regs: &mut Regs) -> Action {
+    let mut b = [0u8; 72];
+    if guestva::copy_from(v.mem(), v.root_kernel, regs.rsp, &mut b).is_err() {
+        return Action::Crash(format!("iret: unreadable frame at {:#x}", regs.rsp));
+    }
+    let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    let (rax, r11, rcx, fl, rip, cs, rflags, rsp, ss) = (w(0), w(1), w(2), w(3), w(4), w(5), w(6), w(7), w(8));
+    if cs & 3 == 3 {
+        if v.root_user == 0 {
+            return Action::Crash("iret to user mode without a user page table".into());
+        }
+        if v.kernel_mode {
+            v.toggle_mode();
+        }
+    }
+    regs.rip = rip;
+    regs.cs = (cs as u16) | 3;
+    regs.ss = (ss as u16) | 3;
+    regs.rsp = rsp;
+    regs.rflags = (rflags & flags::ARCH_MASK & !(flags::IOPL | flags::VM)) | flags::IF | flags::FIXED;
+    if fl & VGCF_IN_SYSCALL == 0 {
+        regs.r11 = r11;
+        regs.rcx = rcx;
+    }
+    v.set_upcall_mask(rflags & flags::IF == 0);
+    regs.rax = rax;
+    Action::Resume
+}

@@ -1,0 +1,186 @@
+//! VCPUOP_* and SCHEDOP_* hypercalls.
+
+use crate::abi::{errno::*, shinfo};
+use crate::vcpu::{Action, BootContext, PvVcpu};
+
+fn ok(r: Result<i64, i64>) -> (i64, Action) {
+    (r.unwrap_or_else(|e| e), Action::Resume)
+}
+
+pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action) {
+    let max = u64::from(v.dom.layout.max_vcpus);
+    let target = vcpuid as u32;
+    match cmd {
+        0 => {
+            // VCPUOP_initialise: the monitor applies the context when the vCPU comes up.
+            if vcpuid >= max {
+                return ok(Err(-ENOENT));
+            }
+            match crate::vcpuctx::read_context(v, arg) {
+                Ok(ctx) => {
+                    v.pending_boot.push((target, ctx));
+                    ok(Ok(0))
+                }
+                Err(e) => ok(Err(e)),
+            }
+        }
+        1 => {
+            if vcpuid >= max {
+                return ok(Err(-ENOENT));
+            }
+            if !v.dom.is_online(target) {
+                v.vcpus_to_up.push(target);
+            }
+            ok(Ok(0))
+        }
+        2 if target == v.id => (0, Action::Down),
+        3 => ok(if vcpuid >= max {
+            Err(-ENOENT)
+        } else {
+            Ok(v.dom.is_online(target) as i64)
+        }),
+        5 => {
+            if vcpuid >= max {
+                return ok(Err(-ENOENT));
+            }
+            match v.read_u64(arg) {
+                Ok(va) => {
+                    if target == v.id {
+                        v.runstate_va = va;
+                    }
+                    ok(Ok(0))
+                }
+                Err(e) => ok(Err(e)),
+            }
+        }
+        6 => {
+            if target != v.id {
+                return ok(Err(-EINVAL));
+            }
+            match v.read_u64(arg) {
+                Ok(p) if p >= 1_000_000 => {
+                    v.periodic_ns = Some(p);
+                    ok(Ok(0))
+                }
+                Ok(_) => ok(Err(-EINVAL)),
+                Err(e) => ok(Err(e)),
+            }
+        }
+        7 => {
+            v.periodic_ns = None;
+            ok(Ok(0))
+        }
+        8 => {
+            if target != v.id {
+                return ok(Err(-EINVAL));
+            }
+            let mut b = [0u8; 16];
+            if let Err(e) = v.copy_from(arg, &mut b) {
+                return ok(Err(e));
+            }
+            let t = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+            let flags = u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
+            let now = v.dom.clock.now_ns(v.dom.platform.tsc());
+            if flags & 1 != 0 && t < now {
+                return ok(Err(-ETIME));
+            }
+            v.timer_deadline = Some(t);
+            ok(Ok(0))
+        }
+        9 => {
+            v.timer_deadline = None;
+            ok(Ok(0))
+        }
+        10 => ok(register_vcpu_info(v, target, arg)),
+        _ => {
+            v.dom.log_once(format!("unimplemented vcpu_op {cmd} -> -ENOSYS"));
+            ok(Err(-ENOSYS))
+        }
+    }
+}
+
+fn register_vcpu_info(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64> {
+    if target >= v.dom.layout.max_vcpus {
+        return Err(-ENOENT);
+    }
+    let mut b = [0u8; 16];
+    v.copy_from(arg, &mut b)?;
+    let mfn = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+    let offset = u64::from(u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4])));
+    if offset & 7 != 0 || offset + shinfo::VCPU_INFO_SIZE > 4096 || mfn >= v.dom.layout.nr_pages {
+        return Err(-EINVAL);
+    }
+    let dom = v.dom.clone();
+    let new = (mfn << 12) + offset;
+    let mut table = dom.vcpu_info.lock().unwrap_or_else(|e| e.into_inner());
+    let old = table.get(target as usize).copied().ok_or(-EINVAL)?;
+    let legacy = dom.layout.shared_info_gpa + u64::from(target.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE;
+    if old != legacy {
+        return Err(-EBUSY);
+    }
+    let mut info = [0u8; 64];
+    dom.mem.read(old, &mut info).map_err(|_| -EFAULT)?;
+    dom.mem.write(new, &info).map_err(|_| -EFAULT)?;
+    // Xen marks everything pending so the guest rescans.
+    dom.mem.write_u64(new + shinfo::PENDING_SEL, u64::MAX).map_err(|_| -EFAULT)?;
+    dom.mem.write_u8(new + shinfo::UPCALL_PENDING, 1).map_err(|_| -EFAULT)?;
+    table[target as usize] = new;
+    if target == v.id {
+        v.vcpu_info_registered = true;
+    }
+    Ok(0)
+}
+
+pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
+    match cmd {
+        0 => (0, Action::Yield),
+        1 => {
+            v.set_upcall_mask(false);
+            if v.upcall_pending() {
+                (0, Action::Resume)
+            } else {
+                (0, Action::Block)
+            }
+        }
+        2 => match v.read_u32(arg) {
+            Ok(reason) => (0, Action::Shutdown(reason)),
+            Err(e) => (e, Action::Resume),
+        },
+        3 => {
+            let mut b = [0u8; 24];
+            if let Err(e) = v.copy_from(arg, &mut b) {
+                return (e, Action::Resume);
+            }
+            let list = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+            let nr = u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
+            let timeout = u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8]));
+            if nr > 128 {
+                return (-EINVAL, Action::Resume);
+            }
+            let mut ports = Vec::new();
+            for i in 0..u64::from(nr) {
+                match v.read_u32(list + i * 4) {
+                    Ok(p) => ports.push(p),
+                    Err(e) => return (e, Action::Resume),
+                }
+            }
+            let si = v.dom.layout.shared_info_gpa;
+            if ports.iter().any(|&p| crate::evtchn::is_pending(v.mem(), si, p)) {
+                return (0, Action::Resume);
+            }
+            (0, Action::Poll { ports, timeout: (timeout != 0).then_some(timeout) })
+        }
+        4 => (-EPERM, Action::Resume),
+        5 => (0, Action::Resume),
+        _ => {
+            v.dom.log_once(format!("unimplemented sched_op {cmd} -> -ENOSYS"));
+            (-ENOSYS, Action::Resume)
+        }
+    }
+}
+
+impl BootContext {
+    pub fn is_empty(&self) -> bool {
+        self.regs.rip == 0
+    }
+}
