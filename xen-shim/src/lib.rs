@@ -4,3 +4,4 @@
 //! that it can be unit-tested without `/dev/kvm`.
 
 pub mod mem;
+pub mod xenstore;
