@@ -190,7 +190,8 @@ impl Store {
 
     /// Whether `conn` may send more requests now: a guest with
     /// [`Quotas::outstanding`](super::Quotas::outstanding) replies not yet
-    /// taken, or over its memory quota, has to wait.
+    /// taken has to wait. (A guest at its memory quota is still read: its
+    /// requests that would grow get ENOMEM, and it can free memory.)
     pub fn accepts_requests(&self, conn: ConnId) -> bool {
         let Some(c) = self.conns.get(&conn) else {
             return false;
@@ -202,7 +203,6 @@ impl Store {
             return true;
         }
         c.queue.replies < self.quotas.outstanding
-            && self.domain_usage(c.domid).memory() < self.quotas.memory
     }
 
     /// Handle one request from `conn`; the reply (and, for WATCH, the first

@@ -23,6 +23,42 @@
 //!
 //! Nothing in here blocks, sleeps or spawns threads.
 //!
+//! # Wiring a guest (monitor side)
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use xen_shim::mem::VecMem;
+//! use xen_shim::xenstore::{self, GuestRing, Store};
+//!
+//! let store = Arc::new(Mutex::new(Store::new()));
+//! let mem = VecMem::new(0x10000); // the guest's memory
+//! let (domid, ring_gfn, port) = (1, 0xf, 1);
+//! let mut ring = {
+//!     let mut s = store.lock().unwrap();
+//!     xenstore::populate_dom0(&mut s).unwrap();
+//!     xenstore::populate_domain(&mut s, domid, "guest", 262144, 1).unwrap();
+//!     xenstore::set_store_ring(&mut s, domid, ring_gfn, port).unwrap();
+//!     s.introduce_domain(domid, ring_gfn, port).unwrap(); // @introduceDomain
+//!     GuestRing::new(&mut s, ring_gfn << 12, domid)
+//! };
+//! // A backend follows the guest's shutdown acknowledgements.
+//! let events = store
+//!     .lock()
+//!     .unwrap()
+//!     .watch_channel("/local/domain/1/control/shutdown", "ctl", 64)
+//!     .unwrap();
+//! // On every notification of `port` by the guest (and after the monitor
+//! // wrote something the guest may watch):
+//! let out = ring.process(&mem, &mut store.lock().unwrap());
+//! if out.notify_guest { /* raise `port` towards the guest */ }
+//! if out.more_work { /* call process again soon */ }
+//! assert_eq!(events.try_recv().unwrap().path, "/local/domain/1/control/shutdown");
+//! // When the domain dies:
+//! let mut s = store.lock().unwrap();
+//! ring.close(&mut s);
+//! xenstore::destroy_domain(&mut s, domid).unwrap(); // @releaseDomain
+//! ```
+//!
 //! # Hostile guests
 //!
 //! Guest bytes are parsed without panics; every failure is a Xen error

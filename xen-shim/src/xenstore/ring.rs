@@ -600,6 +600,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn guest_over_memory_quota_is_still_served() {
+        let (mem, mut store, mut ring) = setup();
+        let mut q = store.quotas().clone();
+        q.memory = store.domain_usage(5).memory() + 200;
+        store.set_quotas(q);
+        // Dom0 fills a guest-owned dir: the guest now exceeds its quota.
+        store
+            .write("/local/domain/5/data/fat", vec![b'x'; 4000])
+            .unwrap();
+        let mut g = Guest::new(&mem);
+        g.send(MsgType::Write, 0, b"data/more\0x");
+        g.send(MsgType::Rm, 0, b"data/fat\0");
+        g.send(MsgType::Write, 0, b"data/more\0x");
+        ring.process(&mem, &mut store);
+        let replies: Vec<Vec<u8>> = g.messages().into_iter().map(|m| m.1).collect();
+        assert_eq!(
+            replies,
+            vec![b"ENOMEM\0".to_vec(), b"OK\0".to_vec(), b"OK\0".to_vec()]
+        );
+    }
+
+    #[test]
     fn released_domain_is_not_served() {
         let (mem, mut store, mut ring) = setup();
         store.introduce_domain(5, 0, 0).unwrap();

@@ -182,6 +182,18 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::watch`] with a fresh channel of `capacity` events.
+    pub fn watch_channel(
+        &mut self,
+        path: &str,
+        token: &str,
+        capacity: usize,
+    ) -> Result<std::sync::mpsc::Receiver<WatchEvent>, XsError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+        self.watch(path, token, tx)?;
+        Ok(rx)
+    }
+
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         self.remove_watch(Store::LOCAL, path.as_bytes(), token.as_bytes())
     }
