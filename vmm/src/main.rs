@@ -5,10 +5,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod builder;
+mod console;
+mod layout;
 mod loader;
+mod memory;
+mod platform;
+mod ring0;
+mod vcpu;
+mod vm;
 
 #[derive(Parser)]
-#[command(name = "xenkvm", version, about = "Run unmodified Xen guests on Linux KVM hosts")]
+#[command(
+    name = "xenkvm",
+    version,
+    about = "Run unmodified Xen guests on Linux KVM hosts"
+)]
 struct Cli {
     /// More monitor logging (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -58,7 +70,7 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let res: anyhow::Result<ExitCode> = match cli.cmd {
-        Cmd::Run(_args) => Err(anyhow::anyhow!("run: not implemented yet")),
+        Cmd::Run(args) => run(&args),
         Cmd::Xenstored { socket } => api::xs_socket::run_standalone(&socket)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
@@ -68,6 +80,46 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("xenkvm: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let cfg = vm::VmConfig {
+        kernel: &args.kernel,
+        initrd: args.initrd.as_deref(),
+        cmdline: &args.cmdline,
+        memory_mib: args.memory,
+        vcpus: args.vcpus,
+    };
+    let vm = vm::Vm::create(&cfg)?;
+    log::info!("guest layout: {:x?}", vm.layout);
+    let host = vm.host.clone();
+    console::raw_mode();
+    console::spawn_input(host.clone(), std::sync::Arc::downgrade(&vm.dom));
+    let outcome = vm.run();
+    console::restore();
+    if host.escaped.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("\nxenkvm: stopped by the console escape (Ctrl-])");
+        return Ok(ExitCode::from(130));
+    }
+    match outcome {
+        vm::Outcome::Poweroff => {
+            eprintln!("xenkvm: guest powered off");
+            Ok(ExitCode::SUCCESS)
+        }
+        vm::Outcome::Reboot => {
+            eprintln!("xenkvm: guest asked to reboot; exiting");
+            Ok(ExitCode::SUCCESS)
+        }
+        vm::Outcome::Crash(msg) => {
+            eprintln!("\nxenkvm: guest crashed: {msg}");
+            eprintln!("xenkvm: last console lines:\n{}", host.last_lines(15));
+            Ok(ExitCode::from(1))
+        }
+        vm::Outcome::Other(r) => {
+            eprintln!("xenkvm: guest stopped (shutdown reason {r})");
+            Ok(ExitCode::from(1))
         }
     }
 }

@@ -40,7 +40,9 @@ impl CpuidPolicy {
                     e.edx &= !bits(&[1, 3, 7, 12, 13, 14, 17, 21, 22, 29, 31]);
                     // DTES64 MONITOR DSCPL VMX SMX EIST TM2 FMA SDBG XTPR PDCM PCID DCA
                     // X2APIC TSC_DEADLINE XSAVE OSXSAVE AVX F16C
-                    e.ecx &= !bits(&[2, 3, 4, 5, 6, 7, 8, 12, 11, 14, 15, 17, 18, 21, 24, 26, 27, 28, 29]);
+                    e.ecx &= !bits(&[
+                        2, 3, 4, 5, 6, 7, 8, 12, 11, 14, 15, 17, 18, 21, 24, 26, 27, 28, 29,
+                    ]);
                     e.ecx |= 1 << 31; // HYPERVISOR
                 }
                 (5, _) | (6, _) | (0xd, _) | (0x8000_000a, _) => {
@@ -78,16 +80,41 @@ impl CpuidPolicy {
         }
         let sig = |s: &[u8; 4]| u32::from_le_bytes(*s);
         let x = XEN_LEAF_BASE;
-        entries.push(CpuidEntry { leaf: x, eax: x + 5, ebx: sig(b"XenV"), ecx: sig(b"MMXe"), edx: sig(b"nVMM"), ..Default::default() });
+        entries.push(CpuidEntry {
+            leaf: x,
+            eax: x + 5,
+            ebx: sig(b"XenV"),
+            ecx: sig(b"MMXe"),
+            edx: sig(b"nVMM"),
+            ..Default::default()
+        });
         entries.push(CpuidEntry {
             leaf: x + 1,
             eax: (crate::abi::XEN_MAJOR << 16) | crate::abi::XEN_MINOR,
             ..Default::default()
         });
-        entries.push(CpuidEntry { leaf: x + 2, eax: 1, ebx: x, ecx: 1, ..Default::default() });
-        entries.push(CpuidEntry { leaf: x + 3, indexed: true, eax: 0, ecx: tsc_khz, ..Default::default() });
-        entries.push(CpuidEntry { leaf: x + 4, ..Default::default() });
-        entries.push(CpuidEntry { leaf: x + 5, ..Default::default() });
+        entries.push(CpuidEntry {
+            leaf: x + 2,
+            eax: 1,
+            ebx: x,
+            ecx: 1,
+            ..Default::default()
+        });
+        entries.push(CpuidEntry {
+            leaf: x + 3,
+            indexed: true,
+            eax: 0,
+            ecx: tsc_khz,
+            ..Default::default()
+        });
+        entries.push(CpuidEntry {
+            leaf: x + 4,
+            ..Default::default()
+        });
+        entries.push(CpuidEntry {
+            leaf: x + 5,
+            ..Default::default()
+        });
         CpuidPolicy { entries }
     }
 
@@ -118,8 +145,17 @@ mod tests {
     #[test]
     fn xen_signature_and_hidden_features() {
         let host = [
-            CpuidEntry { leaf: 1, ecx: u32::MAX, edx: u32::MAX, ..Default::default() },
-            CpuidEntry { leaf: 0x4000_0000, ebx: 0x4b4d564b, ..Default::default() },
+            CpuidEntry {
+                leaf: 1,
+                ecx: u32::MAX,
+                edx: u32::MAX,
+                ..Default::default()
+            },
+            CpuidEntry {
+                leaf: 0x4000_0000,
+                ebx: 0x4b4d564b,
+                ..Default::default()
+            },
         ];
         let p = CpuidPolicy::pv_from_host(&host, 2_000_000);
         let r = p.lookup(0x4000_0000, 0, 0);

@@ -33,7 +33,10 @@ pub fn set_gdt(v: &mut PvVcpu, frame_list: u64, entries: u64) -> Result<i64, i64
     let mut copy = Vec::with_capacity(entries as usize);
     for i in 0..entries {
         let f = frames[(i / 512) as usize];
-        let d = dom.mem.read_u64((f << 12) + (i % 512) * 8).map_err(|_| -EFAULT)?;
+        let d = dom
+            .mem
+            .read_u64((f << 12) + (i % 512) * 8)
+            .map_err(|_| -EFAULT)?;
         copy.push(check_descriptor(d).ok_or(-EINVAL)?);
     }
     {
@@ -65,7 +68,12 @@ pub fn update_descriptor(v: &mut PvVcpu, maddr: u64, desc: u64) -> Result<i64, i
     let mfn = maddr >> 12;
     {
         let mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
-        if !mmu.is_ram(mfn) || !matches!(mmu.type_of(mfn), PageType::None | PageType::Writable | PageType::Desc) {
+        if !mmu.is_ram(mfn)
+            || !matches!(
+                mmu.type_of(mfn),
+                PageType::None | PageType::Writable | PageType::Desc
+            )
+        {
             return Err(-EINVAL);
         }
     }
@@ -138,7 +146,10 @@ mod tests {
     #[test]
     fn descriptors_get_dpl3_and_system_ones_are_refused() {
         // kernel code with DPL 0 becomes DPL 3
-        assert_eq!(check_descriptor(0x00af_9b00_0000_ffff), Some(0x00af_fb00_0000_ffff));
+        assert_eq!(
+            check_descriptor(0x00af_9b00_0000_ffff),
+            Some(0x00af_fb00_0000_ffff)
+        );
         // a 64-bit TSS descriptor is refused
         assert_eq!(check_descriptor(0x0000_8900_0000_0067), None);
         // non-present passes untouched

@@ -33,10 +33,15 @@ pub struct DomainLayout {
     /// Guest-physical base of the monitor's M2P table (u64 per frame).
     pub m2p_gpa: u64,
     pub m2p_entries: u64,
+    /// Guest-virtual address of the read-only M2P (XENMEM_machphys_mapping).
+    pub m2p_va: u64,
     pub console_mfn: u64,
     pub console_port: u32,
     pub store_mfn: u64,
     pub store_port: u32,
+    /// The domain's grant table (v1) frames, in the monitor area.
+    pub grant_gpa: u64,
+    pub grant_frames: u32,
 }
 
 pub struct Domain {
@@ -66,7 +71,10 @@ impl Domain {
         platform: Arc<dyn Platform>,
     ) -> Domain {
         let vcpu_info = (0..layout.max_vcpus)
-            .map(|i| layout.shared_info_gpa + u64::from(i.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE)
+            .map(|i| {
+                layout.shared_info_gpa
+                    + u64::from(i.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE
+            })
             .collect();
         let evtchn = EventChannels::new(&layout);
         Domain {
@@ -87,20 +95,28 @@ impl Domain {
 
     /// Log something unimplemented once per distinct message.
     pub fn log_once(&self, what: String) {
-        let mut set = self.unknown_logged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut set = self
+            .unknown_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if set.insert(what.clone()) {
             log::warn!("{what}");
         }
     }
 
     pub fn count_hypercall(&self, name: &'static str) {
-        let mut m = self.hypercall_counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self
+            .hypercall_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         *m.entry(name).or_insert(0) += 1;
     }
 
     pub fn vcpu_info_gpa(&self, vcpu: u32) -> u64 {
         let v = self.vcpu_info.lock().unwrap_or_else(|e| e.into_inner());
-        v.get(vcpu as usize).copied().unwrap_or(self.layout.shared_info_gpa)
+        v.get(vcpu as usize)
+            .copied()
+            .unwrap_or(self.layout.shared_info_gpa)
     }
 
     /// Initial shared_info contents: all upcalls masked, time and wallclock valid.
@@ -122,7 +138,12 @@ impl Domain {
             ev.vcpu_of(port)
         };
         let Some(vcpu) = vcpu else { return };
-        if crate::evtchn::set_pending(&*self.mem, self.layout.shared_info_gpa, self.vcpu_info_gpa(vcpu), port) {
+        if crate::evtchn::set_pending(
+            &*self.mem,
+            self.layout.shared_info_gpa,
+            self.vcpu_info_gpa(vcpu),
+            port,
+        ) {
             self.platform.kick(vcpu);
         }
     }

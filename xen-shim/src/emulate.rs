@@ -23,7 +23,15 @@ fn fetch(v: &PvVcpu, rip: u64) -> Option<Instruction> {
     let first = (4096 - (rip & 0xfff)).min(15) as usize;
     guestva::copy_from(v.mem(), v.current_root(), rip, &mut bytes[..first]).ok()?;
     let mut len = first;
-    if first < 15 && guestva::copy_from(v.mem(), v.current_root(), rip + first as u64, &mut bytes[first..]).is_ok() {
+    if first < 15
+        && guestva::copy_from(
+            v.mem(),
+            v.current_root(),
+            rip + first as u64,
+            &mut bytes[first..],
+        )
+        .is_ok()
+    {
         len = 15;
     }
     let mut d = Decoder::with_ip(64, &bytes[..len], rip, DecoderOptions::NONE);
@@ -69,7 +77,11 @@ fn reg_get(regs: &Regs, r: Register) -> u64 {
 }
 
 fn reg_set(regs: &mut Regs, r: Register, val: u64) {
-    let n = (r.full_register().number().wrapping_sub(Register::RAX.number()) as u8).min(15);
+    let n = (r
+        .full_register()
+        .number()
+        .wrapping_sub(Register::RAX.number()) as u8)
+        .min(15);
     let old = regs.gpr(n);
     let new = match r.size() {
         1 => (old & !0xff) | (val & 0xff),
@@ -107,7 +119,10 @@ pub fn priv_op(v: &mut PvVcpu, regs: &mut Regs) -> Option<Action> {
             if r1.is_cr() && is_gpr(r0) {
                 let val = match r1 {
                     Register::CR0 => GUEST_CR0 | if v.cr0_ts { 8 } else { 0 },
-                    Register::CR2 => v.mem().read_u64(v.vcpu_info() + crate::abi::shinfo::CR2).unwrap_or(0),
+                    Register::CR2 => v
+                        .mem()
+                        .read_u64(v.vcpu_info() + crate::abi::shinfo::CR2)
+                        .unwrap_or(0),
                     Register::CR3 => v.root_kernel << 12,
                     Register::CR4 => CR4_HW | v.cr4_guest,
                     _ => return None,
@@ -128,7 +143,10 @@ pub fn priv_op(v: &mut PvVcpu, regs: &mut Regs) -> Option<Action> {
                 }
             } else if r1.is_dr() && is_gpr(r0) {
                 let idx = (r1.number() - Register::DR0.number()) as usize;
-                regs.set_gpr((r0.number() - Register::RAX.number()) as u8, v.debugreg[idx.min(7)]);
+                regs.set_gpr(
+                    (r0.number() - Register::RAX.number()) as u8,
+                    v.debugreg[idx.min(7)],
+                );
             } else if r0.is_dr() && is_gpr(r1) {
                 let idx = (r0.number() - Register::DR0.number()) as usize;
                 v.debugreg[idx.min(7)] = regs.gpr((r1.number() - Register::RAX.number()) as u8);
@@ -170,7 +188,8 @@ fn read_msr(v: &PvVcpu, msr: u32) -> Option<u64> {
         0x17 | 0x8b | 0x345 | 0x179 | 0x17a | 0xc000_0103 | 0xce => 0,
         _ => {
             if has_gp_handler(v) {
-                v.dom.log_once(format!("guest rdmsr {msr:#x}: #GP injected"));
+                v.dom
+                    .log_once(format!("guest rdmsr {msr:#x}: #GP injected"));
                 return None;
             }
             0
@@ -189,7 +208,8 @@ fn write_msr(v: &mut PvVcpu, msr: u32, val: u64) -> bool {
         0x277 | 0xc000_0103 | 0x1a0 | 0x8b | 0x79 => {}
         _ => {
             if has_gp_handler(v) {
-                v.dom.log_once(format!("guest wrmsr {msr:#x}: #GP injected"));
+                v.dom
+                    .log_once(format!("guest wrmsr {msr:#x}: #GP injected"));
                 return false;
             }
         }
@@ -206,7 +226,13 @@ pub fn ptwr(v: &mut PvVcpu, regs: &mut Regs, cr2: u64) -> Option<Action> {
     }
     let target = (walk.l1e & pte::ADDR_MASK) >> 12;
     let dom = v.dom.clone();
-    if dom.mmu.lock().unwrap_or_else(|e| e.into_inner()).type_of(target) != PageType::L1 {
+    if dom
+        .mmu
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .type_of(target)
+        != PageType::L1
+    {
         return None;
     }
     let insn = fetch(v, regs.rip)?;
@@ -222,25 +248,35 @@ pub fn ptwr(v: &mut PvVcpu, regs: &mut Regs, cr2: u64) -> Option<Action> {
         _ => 0,
     };
     let addr = insn.virtual_address(mem_op, 0, |r, _, _| {
-        Some(if r.is_segment_register() { seg_base(r) } else { reg_get(regs, r) })
+        Some(if r.is_segment_register() {
+            seg_base(r)
+        } else {
+            reg_get(regs, r)
+        })
     })?;
     if addr & (size as u64 - 1) != 0 || addr >> 12 != cr2 >> 12 {
         return None;
     }
     let entry_gpa = (target << 12) | (addr & 0xff8);
     let shift = (addr & 7) * 8;
-    let mask: u64 = if size == 8 { u64::MAX } else { ((1u64 << (size * 8)) - 1) << shift };
+    let mask: u64 = if size == 8 {
+        u64::MAX
+    } else {
+        ((1u64 << (size * 8)) - 1) << shift
+    };
     let old = v.mem().read_u64(entry_gpa).ok()?;
     let old_part = (old & mask) >> shift;
     let src = |i: u32| -> Option<u64> {
         match insn.op_kind(i) {
             OpKind::Register => Some(reg_get(regs, insn.op_register(i))),
-            OpKind::Immediate8 | OpKind::Immediate16 | OpKind::Immediate32 | OpKind::Immediate64 => {
-                Some(insn.immediate(i))
-            }
-            OpKind::Immediate8to16 | OpKind::Immediate8to32 | OpKind::Immediate8to64 | OpKind::Immediate32to64 => {
-                Some(insn.immediate(i))
-            }
+            OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64 => Some(insn.immediate(i)),
+            OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64 => Some(insn.immediate(i)),
             _ => None,
         }
     };
@@ -267,29 +303,40 @@ pub fn ptwr(v: &mut PvVcpu, regs: &mut Regs, cr2: u64) -> Option<Action> {
             }
         }
         Mnemonic::Cmpxchg => {
-            let acc = reg_get(regs, match size {
-                1 => Register::AL,
-                2 => Register::AX,
-                4 => Register::EAX,
-                _ => Register::RAX,
-            });
+            let acc = reg_get(
+                regs,
+                match size {
+                    1 => Register::AL,
+                    2 => Register::AX,
+                    4 => Register::EAX,
+                    _ => Register::RAX,
+                },
+            );
             const ZF: u64 = 1 << 6;
             if acc == old_part {
                 new_regs.rflags |= ZF;
                 src(1)?
             } else {
                 new_regs.rflags &= !ZF;
-                reg_set(&mut new_regs, match size {
-                    1 => Register::AL,
-                    2 => Register::AX,
-                    4 => Register::EAX,
-                    _ => Register::RAX,
-                }, old_part);
+                reg_set(
+                    &mut new_regs,
+                    match size {
+                        1 => Register::AL,
+                        2 => Register::AX,
+                        4 => Register::EAX,
+                        _ => Register::RAX,
+                    },
+                    old_part,
+                );
                 old_part
             }
         }
         _ => {
-            v.dom.log_once(format!("ptwr: unemulated instruction {:?} at {:#x}", insn.mnemonic(), regs.rip));
+            v.dom.log_once(format!(
+                "ptwr: unemulated instruction {:?} at {:#x}",
+                insn.mnemonic(),
+                regs.rip
+            ));
             return None;
         }
     };

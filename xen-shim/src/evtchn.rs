@@ -20,9 +20,15 @@ pub const BACKEND_XENSTORE: u32 = 1;
 pub enum PortState {
     #[default]
     Free,
-    Unbound { remote: u16 },
-    Interdomain { backend: u32 },
-    Virq { virq: u32 },
+    Unbound {
+        remote: u16,
+    },
+    Interdomain {
+        backend: u32,
+    },
+    Virq {
+        virq: u32,
+    },
     Ipi,
 }
 
@@ -54,10 +60,22 @@ impl EventChannels {
             virqs: vec![[0; NR_VIRQS as usize]; layout.max_vcpus as usize],
         };
         if layout.console_port != 0 {
-            ev.set(layout.console_port, PortState::Interdomain { backend: BACKEND_CONSOLE }, 0);
+            ev.set(
+                layout.console_port,
+                PortState::Interdomain {
+                    backend: BACKEND_CONSOLE,
+                },
+                0,
+            );
         }
         if layout.store_port != 0 {
-            ev.set(layout.store_port, PortState::Interdomain { backend: BACKEND_XENSTORE }, 0);
+            ev.set(
+                layout.store_port,
+                PortState::Interdomain {
+                    backend: BACKEND_XENSTORE,
+                },
+                0,
+            );
         }
         ev
     }
@@ -69,7 +87,10 @@ impl EventChannels {
     }
 
     pub fn state(&self, port: u32) -> PortState {
-        self.ports.get(port as usize).map(|p| p.state).unwrap_or_default()
+        self.ports
+            .get(port as usize)
+            .map(|p| p.state)
+            .unwrap_or_default()
     }
 
     /// The vCPU a bound port delivers to.
@@ -128,11 +149,19 @@ impl EventChannels {
     }
 
     pub fn close(&mut self, port: u32) -> Result<PortState, i64> {
-        let p = self.ports.get_mut(port as usize).filter(|_| port != 0).ok_or(-EINVAL)?;
+        let p = self
+            .ports
+            .get_mut(port as usize)
+            .filter(|_| port != 0)
+            .ok_or(-EINVAL)?;
         let old = *p;
         *p = Port::default();
         if let PortState::Virq { virq } = old.state {
-            if let Some(slot) = self.virqs.get_mut(old.vcpu as usize).and_then(|v| v.get_mut(virq as usize)) {
+            if let Some(slot) = self
+                .virqs
+                .get_mut(old.vcpu as usize)
+                .and_then(|v| v.get_mut(virq as usize))
+            {
                 *slot = 0;
             }
         }
@@ -143,7 +172,11 @@ impl EventChannels {
         if vcpu >= self.max_vcpus {
             return Err(-ENOENT);
         }
-        let p = self.ports.get_mut(port as usize).filter(|_| port != 0).ok_or(-EINVAL)?;
+        let p = self
+            .ports
+            .get_mut(port as usize)
+            .filter(|_| port != 0)
+            .ok_or(-EINVAL)?;
         match p.state {
             PortState::Free => Err(-EINVAL),
             PortState::Virq { virq } if virq == VIRQ_TIMER => Err(-EINVAL),
@@ -246,10 +279,13 @@ mod tests {
             shared_info_gpa: 0,
             m2p_gpa: 0,
             m2p_entries: 0,
+            m2p_va: 0,
             console_mfn: 0,
             console_port: 2,
             store_port: 1,
             store_mfn: 0,
+            grant_gpa: 0,
+            grant_frames: 0,
         }
     }
 

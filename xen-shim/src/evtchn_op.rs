@@ -17,7 +17,11 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
                 return Err(-ESRCH);
             }
             let remote = u16::from_le_bytes([b[2], b[3]]);
-            let port = dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).alloc_unbound(remote)?;
+            let port = dom
+                .evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .alloc_unbound(remote)?;
             v.copy_to(arg + 4, &port.to_le_bytes())?;
             Ok(0)
         }
@@ -25,27 +29,42 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
         1 => {
             let virq = v.read_u32(arg)?;
             let vcpu = v.read_u32(arg + 4)?;
-            let port = dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).bind_virq(virq, vcpu)?;
+            let port = dom
+                .evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bind_virq(virq, vcpu)?;
             v.copy_to(arg + 8, &port.to_le_bytes())?;
             Ok(0)
         }
         // bind_ipi {vcpu, OUT port}
         7 => {
             let vcpu = v.read_u32(arg)?;
-            let port = dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).bind_ipi(vcpu)?;
+            let port = dom
+                .evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bind_ipi(vcpu)?;
             v.copy_to(arg + 4, &port.to_le_bytes())?;
             Ok(0)
         }
         // close {port}
         3 => {
             let port = v.read_u32(arg)?;
-            dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).close(port)?;
+            dom.evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .close(port)?;
             Ok(0)
         }
         // send {port}
         4 => {
             let port = v.read_u32(arg)?;
-            let state = dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).state(port);
+            let state = dom
+                .evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .state(port);
             match state {
                 PortState::Interdomain { backend } => dom.platform.backend_notify(backend, port),
                 PortState::Ipi => dom.raise_port(port),
@@ -57,7 +76,11 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
         // status
         5 => {
             let port = v.read_u32(arg + 4)?;
-            let (status, vcpu, a, b) = dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).status(port)?;
+            let (status, vcpu, a, b) = dom
+                .evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .status(port)?;
             let mut out = [0u8; 16];
             out[..4].copy_from_slice(&status.to_le_bytes());
             out[4..8].copy_from_slice(&vcpu.to_le_bytes());
@@ -70,13 +93,20 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
         8 => {
             let port = v.read_u32(arg)?;
             let vcpu = v.read_u32(arg + 4)?;
-            dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).bind_vcpu(port, vcpu)?;
+            dom.evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bind_vcpu(port, vcpu)?;
             Ok(0)
         }
         // unmask {port}
         9 => {
             let port = v.read_u32(arg)?;
-            let target = dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).vcpu_of(port);
+            let target = dom
+                .evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .vcpu_of(port);
             if let Some(t) = target {
                 if evtchn::unmask(&*dom.mem, si, dom.vcpu_info_gpa(t), port) {
                     dom.platform.kick(t);
@@ -87,7 +117,10 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
         // reset
         10 => {
             let keep = [dom.layout.console_port, dom.layout.store_port];
-            dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).reset(&keep);
+            dom.evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset(&keep);
             Ok(0)
         }
         // bind_interdomain, init_control, expand_array, set_priority: FIFO ABI not offered.

@@ -28,7 +28,13 @@ fn canonical(va: u64) -> bool {
 
 /// Walk the 4-level tables rooted at `root_mfn` for `va`.
 /// `write`/`user` select the access rights checked at every level.
-pub fn walk(mem: &dyn GuestMem, root_mfn: u64, va: u64, write: bool, user: bool) -> Result<Walk, Fault> {
+pub fn walk(
+    mem: &dyn GuestMem,
+    root_mfn: u64,
+    va: u64,
+    write: bool,
+    user: bool,
+) -> Result<Walk, Fault> {
     let wbit = if write { 2 } else { 0 };
     let ubit = if user { 4 } else { 0 };
     let fault = |present: bool| Fault {
@@ -78,7 +84,11 @@ pub fn copy_from(mem: &dyn GuestMem, root_mfn: u64, va: u64, buf: &mut [u8]) -> 
         let cur = va.wrapping_add(done as u64);
         let chunk = ((4096 - (cur & 0xfff)) as usize).min(buf.len() - done);
         let w = walk(mem, root_mfn, cur, false, false)?;
-        mem.read(w.gpa, &mut buf[done..done + chunk]).map_err(|_| Fault { va: cur, error_code: 1 })?;
+        mem.read(w.gpa, &mut buf[done..done + chunk])
+            .map_err(|_| Fault {
+                va: cur,
+                error_code: 1,
+            })?;
         done += chunk;
     }
     Ok(())
@@ -91,7 +101,11 @@ pub fn copy_to(mem: &dyn GuestMem, root_mfn: u64, va: u64, data: &[u8]) -> Resul
         let cur = va.wrapping_add(done as u64);
         let chunk = ((4096 - (cur & 0xfff)) as usize).min(data.len() - done);
         let w = walk(mem, root_mfn, cur, true, false)?;
-        mem.write(w.gpa, &data[done..done + chunk]).map_err(|_| Fault { va: cur, error_code: 3 })?;
+        mem.write(w.gpa, &data[done..done + chunk])
+            .map_err(|_| Fault {
+                va: cur,
+                error_code: 3,
+            })?;
         done += chunk;
     }
     Ok(())
@@ -115,7 +129,10 @@ mod tests {
         assert_eq!(w.l1e_addr, 0x4000);
         let e = walk(&m, 1, 0x400010, true, false).unwrap_err();
         assert_eq!(e.error_code, 3);
-        assert_eq!(walk(&m, 1, 0x401000, false, false).unwrap_err().error_code, 0);
+        assert_eq!(
+            walk(&m, 1, 0x401000, false, false).unwrap_err().error_code,
+            0
+        );
         assert!(walk(&m, 1, 0x0000_8000_0000_0000, false, false).is_err());
         m.write(0x8ff0, b"0123456789abcdef").unwrap();
         let mut b = [0u8; 4];

@@ -1,9 +1,9 @@
 //! Hypercall dispatch (x86_64 PV ABI: number in rax, arguments in
 //! rdi, rsi, rdx, r10, r8; result in rax).
 
-use crate::abi::{errno::*, hc, hypercall_name, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
-use crate::vcpu::{Action, Flush, PvVcpu, TrapInfo};
+use crate::abi::{errno::*, hc, hypercall_name};
 use crate::regs::Regs;
+use crate::vcpu::{Action, Flush, PvVcpu, TrapInfo};
 
 /// Handle the hypercall in `regs` (a SYSCALL from guest kernel mode).
 pub fn hypercall(v: &mut PvVcpu, regs: &mut Regs) -> Action {
@@ -17,9 +17,18 @@ pub fn hypercall(v: &mut PvVcpu, regs: &mut Regs) -> Action {
     }
     let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
     let (ret, action) = dispatch(v, nr, args, false);
+    log::trace!(
+        "hypercall {}({:#x}, {:#x}, {:#x}) = {ret} {action:?}",
+        hypercall_name(nr),
+        args[0],
+        args[1],
+        args[2]
+    );
     regs.rax = ret as u64;
     regs.rip = ret_rip;
-    regs.rflags = (ret_flags & crate::regs::flags::ARCH_MASK) | crate::regs::flags::IF | crate::regs::flags::FIXED;
+    regs.rflags = (ret_flags & crate::regs::flags::ARCH_MASK)
+        | crate::regs::flags::IF
+        | crate::regs::flags::FIXED;
     action
 }
 
@@ -55,6 +64,7 @@ pub fn dispatch(v: &mut PvVcpu, nr: u64, a: [u64; 6], in_multicall: bool) -> (i6
         }
         hc::XEN_VERSION => r(xen_version(v, a[0], a[1])),
         hc::CONSOLE_IO => r(console_io(v, a[0], a[1], a[2])),
+        hc::GRANT_TABLE_OP => r(crate::gnttab::grant_table_op(v, a[0], a[1], a[2])),
         hc::VM_ASSIST => r(vm_assist(v, a[0], a[1])),
         hc::VCPU_OP => crate::vcpuop::vcpu_op(v, a[0], a[1], a[2]),
         hc::SET_SEGMENT_BASE => r(crate::descriptors::set_segment_base(v, a[0], a[1])),
@@ -86,7 +96,10 @@ fn set_trap_table(v: &mut PvVcpu, va: u64) -> Result<i64, i64> {
             break;
         }
         let vector = b[0];
-        v.traps[vector as usize] = TrapInfo { flags: b[1], address };
+        v.traps[vector as usize] = TrapInfo {
+            flags: b[1],
+            address,
+        };
     }
     Ok(0)
 }
@@ -168,15 +181,18 @@ fn memory_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
         }
         12 => {
             let mut b = [0u8; 24];
-            b[..8].copy_from_slice(&MACH2PHYS_VIRT_START.to_le_bytes());
-            b[8..16].copy_from_slice(&MACH2PHYS_VIRT_END.to_le_bytes());
+            let start = v.dom.layout.m2p_va;
+            let end = start + (v.dom.layout.m2p_entries * 8).div_ceil(1 << 21) * (1 << 21);
+            b[..8].copy_from_slice(&start.to_le_bytes());
+            b[8..16].copy_from_slice(&end.to_le_bytes());
             let max_mfn = v.dom.layout.m2p_entries.saturating_sub(1);
             b[16..24].copy_from_slice(&max_mfn.to_le_bytes());
             v.copy_to(arg, &b)?;
             Ok(0)
         }
         _ => {
-            v.dom.log_once(format!("unimplemented memory_op {cmd} -> -ENOSYS"));
+            v.dom
+                .log_once(format!("unimplemented memory_op {cmd} -> -ENOSYS"));
             Err(-ENOSYS)
         }
     }
@@ -228,8 +244,14 @@ fn vm_assist(v: &mut PvVcpu, cmd: u64, ty: u64) -> Result<i64, i64> {
         return Err(-EINVAL);
     }
     match cmd {
-        0 => v.dom.vm_assist.fetch_or(1 << ty, std::sync::atomic::Ordering::SeqCst),
-        1 => v.dom.vm_assist.fetch_and(!(1 << ty), std::sync::atomic::Ordering::SeqCst),
+        0 => v
+            .dom
+            .vm_assist
+            .fetch_or(1 << ty, std::sync::atomic::Ordering::SeqCst),
+        1 => v
+            .dom
+            .vm_assist
+            .fetch_and(!(1 << ty), std::sync::atomic::Ordering::SeqCst),
         _ => return Err(-ENOSYS),
     };
     Ok(0)
@@ -275,7 +297,8 @@ fn physdev_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
             Ok(0)
         }
         _ => {
-            v.dom.log_once(format!("unimplemented physdev_op {cmd} -> -ENOSYS"));
+            v.dom
+                .log_once(format!("unimplemented physdev_op {cmd} -> -ENOSYS"));
             Err(-ENOSYS)
         }
     }

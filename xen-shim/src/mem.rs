@@ -79,7 +79,12 @@ impl VecMem {
         }
     }
 
-    fn range(&self, len_total: usize, gpa: u64, len: usize) -> Result<std::ops::Range<usize>, MemError> {
+    fn range(
+        &self,
+        len_total: usize,
+        gpa: u64,
+        len: usize,
+    ) -> Result<std::ops::Range<usize>, MemError> {
         let err = MemError { gpa, len };
         let start = usize::try_from(gpa).map_err(|_| err)?;
         let end = start.checked_add(len).ok_or(err)?;

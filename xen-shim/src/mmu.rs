@@ -183,7 +183,8 @@ impl Mmu {
         let base = mfn << 12;
         let mut page = [0u8; 4096];
         mem.read(base, &mut page).map_err(|_| -EFAULT)?;
-        let entry = |i: usize| u64::from_le_bytes(page[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let entry =
+            |i: usize| u64::from_le_bytes(page[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
         for i in 0..512usize {
             if level == 4 && (RESERVED_L4_FIRST..=RESERVED_L4_LAST).contains(&i) {
                 continue;
@@ -252,7 +253,11 @@ impl Mmu {
                 return Err(-EINVAL);
             }
             self.get_type(mem, log, target, PageType::level(level - 1))?;
-            Ok(if level == 4 { e | pte::US | pte::A } else { e | pte::US })
+            Ok(if level == 4 {
+                e | pte::US | pte::A
+            } else {
+                e | pte::US
+            })
         }
     }
 
@@ -298,7 +303,13 @@ impl Mmu {
     }
 
     /// MMUEXT_PIN_Ln_TABLE.
-    pub fn pin(&mut self, mem: &dyn GuestMem, log: &mut PtLog, mfn: u64, level: u8) -> Result<(), i64> {
+    pub fn pin(
+        &mut self,
+        mem: &dyn GuestMem,
+        log: &mut PtLog,
+        mfn: u64,
+        level: u8,
+    ) -> Result<(), i64> {
         if self.is_pinned(mfn) {
             return Err(-EINVAL);
         }
@@ -351,7 +362,10 @@ mod tests {
         assert_eq!(mmu.type_of(4), PageType::L1);
         assert_eq!(mmu.type_of(10), PageType::Writable);
         // kernel page gets US and bit 52
-        assert_eq!(m.read_u64(0x4000).unwrap(), 0xa000 | 0x23 | pte::US | pte::GUEST_KERNEL);
+        assert_eq!(
+            m.read_u64(0x4000).unwrap(),
+            0xa000 | 0x23 | pte::US | pte::GUEST_KERNEL
+        );
         assert_eq!(m.read_u64(0x1000 + 256 * 8).unwrap(), 0x55000 | 0x63);
         assert!(!log.is_empty());
         // double pin refused
@@ -367,11 +381,16 @@ mod tests {
         m.write_u64(0x4000, 0xa000 | 0x21).unwrap();
         mmu.pin(&m, &mut log, 4, 1).unwrap();
         // map the L1 itself writable through its own entry 1
-        assert_eq!(mmu.mod_entry(&m, &mut log, 4, 1, 0x4000 | 0x23, false), Err(-EINVAL));
+        assert_eq!(
+            mmu.mod_entry(&m, &mut log, 4, 1, 0x4000 | 0x23, false),
+            Err(-EINVAL)
+        );
         // read-only is fine
-        mmu.mod_entry(&m, &mut log, 4, 1, 0x4000 | 0x21, false).unwrap();
+        mmu.mod_entry(&m, &mut log, 4, 1, 0x4000 | 0x21, false)
+            .unwrap();
         // a writable-mapped frame cannot become a page table
-        mmu.mod_entry(&m, &mut log, 4, 2, 0x5000 | 0x23, false).unwrap();
+        mmu.mod_entry(&m, &mut log, 4, 2, 0x5000 | 0x23, false)
+            .unwrap();
         assert_eq!(mmu.pin(&m, &mut log, 5, 1), Err(-EINVAL));
     }
 
@@ -380,12 +399,21 @@ mod tests {
         let (m, mut mmu, mut log) = setup();
         mmu.pin(&m, &mut log, 4, 1).unwrap();
         // frame 100 is outside guest RAM (monitor-owned)
-        assert_eq!(mmu.mod_entry(&m, &mut log, 4, 0, (100 << 12) | 0x21, false), Err(-EINVAL));
+        assert_eq!(
+            mmu.mod_entry(&m, &mut log, 4, 0, (100 << 12) | 0x21, false),
+            Err(-EINVAL)
+        );
         mmu.pin(&m, &mut log, 1, 4).unwrap();
-        assert_eq!(mmu.mod_entry(&m, &mut log, 1, 256, 0x2000 | 0x67, false), Err(-EINVAL));
+        assert_eq!(
+            mmu.mod_entry(&m, &mut log, 1, 256, 0x2000 | 0x67, false),
+            Err(-EINVAL)
+        );
         // superpage in L2 refused
         mmu.pin(&m, &mut log, 3, 2).unwrap();
-        assert_eq!(mmu.mod_entry(&m, &mut log, 3, 0, 0x200000 | 0xe7, false), Err(-EINVAL));
+        assert_eq!(
+            mmu.mod_entry(&m, &mut log, 3, 0, 0x200000 | 0xe7, false),
+            Err(-EINVAL)
+        );
     }
 
     #[test]

@@ -17,7 +17,13 @@ fn check_foreign(dom: u64) -> Result<(), i64> {
     }
 }
 
-pub fn mmu_update(v: &mut PvVcpu, reqs: u64, count: u64, pdone: u64, foreign: u64) -> Result<i64, i64> {
+pub fn mmu_update(
+    v: &mut PvVcpu,
+    reqs: u64,
+    count: u64,
+    pdone: u64,
+    foreign: u64,
+) -> Result<i64, i64> {
     check_foreign(foreign & 0xffff)?;
     let dom = v.dom.clone();
     let mut done = 0u64;
@@ -54,7 +60,9 @@ pub fn mmu_update(v: &mut PvVcpu, reqs: u64, count: u64, pdone: u64, foreign: u6
                 if mfn >= dom.layout.nr_pages {
                     Err(-EINVAL)
                 } else {
-                    dom.mem.write_u64(dom.layout.m2p_gpa + mfn * 8, val).map_err(|_| -EFAULT)
+                    dom.mem
+                        .write_u64(dom.layout.m2p_gpa + mfn * 8, val)
+                        .map_err(|_| -EFAULT)
                 }
             }
             _ => Err(-ENOSYS),
@@ -100,7 +108,13 @@ pub fn update_va_mapping(v: &mut PvVcpu, va: u64, val: u64, flags: u64) -> Resul
     Ok(0)
 }
 
-pub fn mmuext_op(v: &mut PvVcpu, ops: u64, count: u64, pdone: u64, foreign: u64) -> Result<i64, i64> {
+pub fn mmuext_op(
+    v: &mut PvVcpu,
+    ops: u64,
+    count: u64,
+    pdone: u64,
+    foreign: u64,
+) -> Result<i64, i64> {
     check_foreign(foreign & 0xffff)?;
     let dom = v.dom.clone();
     let mut done = 0u64;
@@ -153,18 +167,22 @@ pub fn mmuext_op(v: &mut PvVcpu, ops: u64, count: u64, pdone: u64, foreign: u64)
                     Ok(())
                 } else {
                     let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
-                    mmu.get_type(&*dom.mem, &mut v.pt_log, arg1, PageType::L4).map(|()| {
-                        if v.root_user != 0 {
-                            mmu.put_type(&*dom.mem, v.root_user);
-                        }
-                        v.root_user = arg1;
-                    })
+                    mmu.get_type(&*dom.mem, &mut v.pt_log, arg1, PageType::L4)
+                        .map(|()| {
+                            if v.root_user != 0 {
+                                mmu.put_type(&*dom.mem, v.root_user);
+                            }
+                            v.root_user = arg1;
+                        })
                 }
             }
             16 => {
                 // CLEAR_PAGE
                 let mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
-                if !mmu.is_ram(arg1) || mmu.type_of(arg1) != PageType::None && mmu.type_of(arg1) != PageType::Writable {
+                if !mmu.is_ram(arg1)
+                    || mmu.type_of(arg1) != PageType::None
+                        && mmu.type_of(arg1) != PageType::Writable
+                {
                     Err(-EINVAL)
                 } else {
                     dom.mem.write(arg1 << 12, &[0u8; 4096]).map_err(|_| -EFAULT)
@@ -172,12 +190,17 @@ pub fn mmuext_op(v: &mut PvVcpu, ops: u64, count: u64, pdone: u64, foreign: u64)
             }
             17 => {
                 let mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
-                let ok = |m| mmu.is_ram(m) && matches!(mmu.type_of(m), PageType::None | PageType::Writable);
+                let ok = |m| {
+                    mmu.is_ram(m) && matches!(mmu.type_of(m), PageType::None | PageType::Writable)
+                };
                 if !ok(arg1) || !mmu.is_ram(arg2) {
                     Err(-EINVAL)
                 } else {
                     let mut page = [0u8; 4096];
-                    dom.mem.read(arg2 << 12, &mut page).and_then(|()| dom.mem.write(arg1 << 12, &page)).map_err(|_| -EFAULT)
+                    dom.mem
+                        .read(arg2 << 12, &mut page)
+                        .and_then(|()| dom.mem.write(arg1 << 12, &page))
+                        .map_err(|_| -EFAULT)
                 }
             }
             _ => {
@@ -200,5 +223,7 @@ pub fn mmuext_op(v: &mut PvVcpu, ops: u64, count: u64, pdone: u64, foreign: u64)
 
 /// Walk helper re-exported for the monitor's diagnostics.
 pub fn translate(v: &PvVcpu, va: u64) -> Option<u64> {
-    guestva::walk(v.mem(), v.current_root(), va, false, false).ok().map(|w| w.gpa)
+    guestva::walk(v.mem(), v.current_root(), va, false, false)
+        .ok()
+        .map(|w| w.gpa)
 }

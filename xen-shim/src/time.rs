@@ -83,7 +83,10 @@ impl Clock {
         mem.write_u32(shared_info + shinfo::WC_VERSION, odd)?;
         let sec = self.wallclock_ns / 1_000_000_000;
         mem.write_u32(shared_info + shinfo::WC_SEC, sec as u32)?;
-        mem.write_u32(shared_info + shinfo::WC_NSEC, (self.wallclock_ns % 1_000_000_000) as u32)?;
+        mem.write_u32(
+            shared_info + shinfo::WC_NSEC,
+            (self.wallclock_ns % 1_000_000_000) as u32,
+        )?;
         mem.write_u32(shared_info + shinfo::WC_SEC_HI, (sec >> 32) as u32)?;
         mem.write_u32(shared_info + shinfo::WC_VERSION, odd.wrapping_add(1))
     }
@@ -108,7 +111,12 @@ mod tests {
     #[test]
     fn version_protocol_ends_even() {
         let m = crate::mem::VecMem::new(8192);
-        let c = Clock { tsc0: 5, scale: TimeScale::from_hz(3_000_000_000), tsc_khz: 3_000_000, wallclock_ns: 1_700_000_000_123 };
+        let c = Clock {
+            tsc0: 5,
+            scale: TimeScale::from_hz(3_000_000_000),
+            tsc_khz: 3_000_000,
+            wallclock_ns: 1_700_000_000_123,
+        };
         c.write_time_info(&m, 64).unwrap();
         assert_eq!(m.read_u32(64).unwrap() % 2, 0);
         c.write_time_info(&m, 64).unwrap();

@@ -10,7 +10,13 @@ use crate::regs::{flags, Regs};
 use crate::vcpu::{exception_name, has_error_code, Action, PvVcpu};
 
 /// Handle a hardware exception taken while the guest ran.
-pub fn exception(v: &mut PvVcpu, regs: &mut Regs, vector: u8, error: Option<u32>, cr2: u64) -> Action {
+pub fn exception(
+    v: &mut PvVcpu,
+    regs: &mut Regs,
+    vector: u8,
+    error: Option<u32>,
+    cr2: u64,
+) -> Action {
     match vector {
         14 => {
             let err = error.unwrap_or(0);
@@ -49,7 +55,11 @@ pub fn exception(v: &mut PvVcpu, regs: &mut Regs, vector: u8, error: Option<u32>
             bounce(v, regs, 6, None, 0)
         }
         _ => {
-            let err = if has_error_code(vector) { Some(error.unwrap_or(0)) } else { None };
+            let err = if has_error_code(vector) {
+                Some(error.unwrap_or(0))
+            } else {
+                None
+            };
             bounce(v, regs, vector, err, cr2)
         }
     }
@@ -91,7 +101,8 @@ pub fn create_bounce_frame(
         (v.kernel_sp, regs.cs)
     };
     sp &= !15;
-    let rflags = (regs.rflags & !(flags::IF | flags::IOPL)) | if saved_mask { 0 } else { flags::IF };
+    let rflags =
+        (regs.rflags & !(flags::IF | flags::IOPL)) | if saved_mask { 0 } else { flags::IF };
     let mut words: Vec<u64> = vec![regs.rcx, regs.r11];
     if let Some(e) = error {
         words.push(u64::from(e));
@@ -105,7 +116,9 @@ pub fn create_bounce_frame(
     ]);
     sp = sp.wrapping_sub(words.len() as u64 * 8);
     if (HYPERVISOR_VIRT_START..HYPERVISOR_VIRT_END).contains(&sp) {
-        return Err(Action::Crash(format!("bounce frame at {sp:#x} inside the hypervisor hole")));
+        return Err(Action::Crash(format!(
+            "bounce frame at {sp:#x} inside the hypervisor hole"
+        )));
     }
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     if let Err(f) = guestva::copy_to(v.mem(), v.root_kernel, sp, &bytes) {
@@ -121,7 +134,8 @@ pub fn create_bounce_frame(
     regs.cs = FLAT_KERNEL_CS;
     regs.ss = FLAT_KERNEL_SS;
     regs.rsp = sp;
-    regs.rflags = (regs.rflags & !(flags::TF | flags::NT | flags::RF | flags::VM | flags::AC | flags::IOPL))
+    regs.rflags = (regs.rflags
+        & !(flags::TF | flags::NT | flags::RF | flags::VM | flags::AC | flags::IOPL))
         | flags::IF
         | flags::FIXED;
     Ok(())
@@ -134,7 +148,8 @@ pub fn do_iret(v: &mut PvVcpu, regs: &mut Regs) -> Action {
         return Action::Crash(format!("iret: unreadable frame at {:#x}", regs.rsp));
     }
     let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-    let (rax, r11, rcx, fl, rip, cs, rflags, rsp, ss) = (w(0), w(1), w(2), w(3), w(4), w(5), w(6), w(7), w(8));
+    let (rax, r11, rcx, fl, rip, cs, rflags, rsp, ss) =
+        (w(0), w(1), w(2), w(3), w(4), w(5), w(6), w(7), w(8));
     if cs & 3 == 3 {
         if v.root_user == 0 {
             return Action::Crash("iret to user mode without a user page table".into());
@@ -147,7 +162,8 @@ pub fn do_iret(v: &mut PvVcpu, regs: &mut Regs) -> Action {
     regs.cs = (cs as u16) | 3;
     regs.ss = (ss as u16) | 3;
     regs.rsp = rsp;
-    regs.rflags = (rflags & flags::ARCH_MASK & !(flags::IOPL | flags::VM)) | flags::IF | flags::FIXED;
+    regs.rflags =
+        (rflags & flags::ARCH_MASK & !(flags::IOPL | flags::VM)) | flags::IF | flags::FIXED;
     if fl & VGCF_IN_SYSCALL == 0 {
         regs.r11 = r11;
         regs.rcx = rcx;

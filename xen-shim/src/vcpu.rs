@@ -22,7 +22,11 @@ pub enum Entry {
     /// SYSCALL: a hypercall in kernel mode, a system call in user mode.
     Syscall,
     /// An exception or software interrupt with its vector, error code and CR2.
-    Exception { vector: u8, error: Option<u32>, cr2: u64 },
+    Exception {
+        vector: u8,
+        error: Option<u32>,
+        cr2: u64,
+    },
 }
 
 /// What the monitor does next with this vCPU.
@@ -34,7 +38,10 @@ pub enum Action {
     /// SCHEDOP_yield.
     Yield,
     /// SCHEDOP_poll on these ports with an optional deadline (ns of system time).
-    Poll { ports: Vec<u32>, timeout: Option<u64> },
+    Poll {
+        ports: Vec<u32>,
+        timeout: Option<u64>,
+    },
     /// SCHEDOP_shutdown with Xen's reason code.
     Shutdown(u32),
     /// The domain must be crashed (Xen's domain_crash).
@@ -183,15 +190,23 @@ impl PvVcpu {
     }
 
     pub fn upcall_mask(&self) -> bool {
-        self.mem().read_u8(self.vcpu_info() + shinfo::UPCALL_MASK).unwrap_or(1) != 0
+        self.mem()
+            .read_u8(self.vcpu_info() + shinfo::UPCALL_MASK)
+            .unwrap_or(1)
+            != 0
     }
 
     pub fn set_upcall_mask(&self, masked: bool) {
-        let _ = self.mem().write_u8(self.vcpu_info() + shinfo::UPCALL_MASK, masked as u8);
+        let _ = self
+            .mem()
+            .write_u8(self.vcpu_info() + shinfo::UPCALL_MASK, masked as u8);
     }
 
     pub fn upcall_pending(&self) -> bool {
-        self.mem().read_u8(self.vcpu_info() + shinfo::UPCALL_PENDING).unwrap_or(0) != 0
+        self.mem()
+            .read_u8(self.vcpu_info() + shinfo::UPCALL_PENDING)
+            .unwrap_or(0)
+            != 0
     }
 
     fn count(&mut self, what: &'static str) {
@@ -263,7 +278,11 @@ impl PvVcpu {
         regs.cs = FLAT_KERNEL_CS | 3;
         regs.ss = FLAT_KERNEL_SS | 3;
         let cb = self.syscall_callback;
-        let fl = if self.syscall_masks_events { TBF_INTERRUPT } else { 0 };
+        let fl = if self.syscall_masks_events {
+            TBF_INTERRUPT
+        } else {
+            0
+        };
         match crate::traps::create_bounce_frame(self, regs, cb, None, fl) {
             Ok(()) => {
                 regs.rflags &= !flags::DF;
@@ -290,7 +309,12 @@ impl PvVcpu {
             ev.virq_port(self.id, virq)
         };
         if let Some(p) = port {
-            crate::evtchn::set_pending(self.mem(), self.dom.layout.shared_info_gpa, self.vcpu_info(), p);
+            crate::evtchn::set_pending(
+                self.mem(),
+                self.dom.layout.shared_info_gpa,
+                self.vcpu_info(),
+                p,
+            );
         }
     }
 

@@ -93,7 +93,8 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
         }
         10 => ok(register_vcpu_info(v, target, arg)),
         _ => {
-            v.dom.log_once(format!("unimplemented vcpu_op {cmd} -> -ENOSYS"));
+            v.dom
+                .log_once(format!("unimplemented vcpu_op {cmd} -> -ENOSYS"));
             ok(Err(-ENOSYS))
         }
     }
@@ -114,7 +115,8 @@ fn register_vcpu_info(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64>
     let new = (mfn << 12) + offset;
     let mut table = dom.vcpu_info.lock().unwrap_or_else(|e| e.into_inner());
     let old = table.get(target as usize).copied().ok_or(-EINVAL)?;
-    let legacy = dom.layout.shared_info_gpa + u64::from(target.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE;
+    let legacy = dom.layout.shared_info_gpa
+        + u64::from(target.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE;
     if old != legacy {
         return Err(-EBUSY);
     }
@@ -122,8 +124,12 @@ fn register_vcpu_info(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64>
     dom.mem.read(old, &mut info).map_err(|_| -EFAULT)?;
     dom.mem.write(new, &info).map_err(|_| -EFAULT)?;
     // Xen marks everything pending so the guest rescans.
-    dom.mem.write_u64(new + shinfo::PENDING_SEL, u64::MAX).map_err(|_| -EFAULT)?;
-    dom.mem.write_u8(new + shinfo::UPCALL_PENDING, 1).map_err(|_| -EFAULT)?;
+    dom.mem
+        .write_u64(new + shinfo::PENDING_SEL, u64::MAX)
+        .map_err(|_| -EFAULT)?;
+    dom.mem
+        .write_u8(new + shinfo::UPCALL_PENDING, 1)
+        .map_err(|_| -EFAULT)?;
     table[target as usize] = new;
     if target == v.id {
         v.vcpu_info_registered = true;
@@ -165,15 +171,25 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
                 }
             }
             let si = v.dom.layout.shared_info_gpa;
-            if ports.iter().any(|&p| crate::evtchn::is_pending(v.mem(), si, p)) {
+            if ports
+                .iter()
+                .any(|&p| crate::evtchn::is_pending(v.mem(), si, p))
+            {
                 return (0, Action::Resume);
             }
-            (0, Action::Poll { ports, timeout: (timeout != 0).then_some(timeout) })
+            (
+                0,
+                Action::Poll {
+                    ports,
+                    timeout: (timeout != 0).then_some(timeout),
+                },
+            )
         }
         4 => (-EPERM, Action::Resume),
         5 => (0, Action::Resume),
         _ => {
-            v.dom.log_once(format!("unimplemented sched_op {cmd} -> -ENOSYS"));
+            v.dom
+                .log_once(format!("unimplemented sched_op {cmd} -> -ENOSYS"));
             (-ENOSYS, Action::Resume)
         }
     }

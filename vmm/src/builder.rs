@@ -1,0 +1,323 @@
+//! The x86_64 PV domain builder, laid out as Xen's libxenguest does it
+//! (`xc_dom_build_image` / `alloc_pgtables_pv` / `start_info_x86_64`).
+
+use xen_shim::abi::{pte, SIF_MOD_START_PFN};
+use xen_shim::mem::GuestMem;
+use xen_shim::mmu::{Mmu, PtLog};
+
+use crate::loader::PvKernel;
+
+const PAGE: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("guest memory too small: the kernel, initrd and boot structures need {need} MiB, the guest has {have} MiB")]
+    TooSmall { need: u64, have: u64 },
+    #[error(
+        "the initial mapping would exceed 1 GiB ({0:#x} bytes); give the kernel a smaller initrd"
+    )]
+    MappingTooLarge(u64),
+    #[error("writing guest memory: {0}")]
+    Mem(#[from] xen_shim::mem::MemError),
+    #[error("validating the initial page tables failed (Xen error {0})")]
+    Validate(i64),
+    #[error("command line is {0} bytes; Xen allows at most 1023")]
+    CmdlineTooLong(usize),
+}
+
+/// Where the builder put everything (pfns unless noted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PvLayout {
+    pub virt_base: u64,
+    pub kernel_pfn: u64,
+    pub kernel_pages: u64,
+    pub start_info_pfn: u64,
+    pub store_pfn: u64,
+    pub console_pfn: u64,
+    pub pt_pfn: u64,
+    pub nr_pt_frames: u64,
+    pub stack_pfn: u64,
+    pub virt_pgtab_end: u64,
+    pub initrd_pfn: u64,
+    pub initrd_pages: u64,
+    pub p2m_pfn: u64,
+    pub p2m_pages: u64,
+    pub p2m_tables: u64,
+    pub p2m_va: u64,
+    pub entry: u64,
+    pub rsp: u64,
+    pub rsi: u64,
+}
+
+/// Number of page tables (L4 + L3s + L2s + L1s) mapping [start, end].
+fn count_tables(start: u64, end: u64) -> (u64, u64, u64) {
+    let n = |shift: u32| (end >> shift) - (start >> shift) + 1;
+    (n(39), n(30), n(21))
+}
+
+/// Compute the layout without touching memory.
+pub fn plan(k: &PvKernel, initrd_len: u64, nr_pages: u64) -> Result<PvLayout, BuildError> {
+    let vb = k.notes.virt_base;
+    let mut cursor = (k.virt_kend - vb).div_ceil(PAGE);
+    let kernel_pfn = (k.virt_kstart - vb) / PAGE;
+    let kernel_pages = cursor - kernel_pfn;
+    let initrd_pages = initrd_len.div_ceil(PAGE);
+    let mut take = |n: u64, cursor: &mut u64| {
+        let p = *cursor;
+        *cursor += n;
+        p
+    };
+    let mut initrd_pfn = 0;
+    if !k.notes.mod_start_pfn && initrd_pages > 0 {
+        initrd_pfn = take(initrd_pages, &mut cursor);
+    }
+    let p2m_pages = (nr_pages * 8).div_ceil(PAGE);
+    let init_p2m = k.notes.init_p2m.filter(|&a| a % PAGE == 0 && a < vb);
+    let mut p2m_pfn = 0;
+    if init_p2m.is_none() {
+        p2m_pfn = take(p2m_pages, &mut cursor);
+    }
+    let start_info_pfn = take(1, &mut cursor);
+    let store_pfn = take(1, &mut cursor);
+    let console_pfn = take(1, &mut cursor);
+    // Page-table count, iterated as Xen's count_pgtables does.
+    let extra = 1 + (512 * 1024) / PAGE;
+    let cur_va = vb + cursor * PAGE;
+    let mut pages = extra;
+    let (tables, try_end) = loop {
+        let try_end = (cur_va + pages * PAGE).div_ceil(4 << 20) * (4 << 20) - 1;
+        let (l3, l2, l1) = count_tables(vb, try_end);
+        let tables = 1 + l3 + l2 + l1;
+        if tables + extra <= pages {
+            break (tables, try_end);
+        }
+        pages += 1;
+    };
+    if try_end + 1 - vb > 1 << 30 {
+        return Err(BuildError::MappingTooLarge(try_end + 1 - vb));
+    }
+    let pt_pfn = take(tables, &mut cursor);
+    let stack_pfn = take(1, &mut cursor);
+    let virt_pgtab_end = try_end + 1;
+    cursor = (virt_pgtab_end - vb) / PAGE;
+    if k.notes.mod_start_pfn && initrd_pages > 0 {
+        initrd_pfn = take(initrd_pages, &mut cursor);
+    }
+    let mut p2m_tables = 0;
+    let p2m_va = match init_p2m {
+        Some(va) => {
+            p2m_pfn = take(p2m_pages, &mut cursor);
+            let l1 = p2m_pages.div_ceil(512);
+            let l2 = l1.div_ceil(512);
+            p2m_tables = 1 + l2 + l1;
+            take(p2m_tables, &mut cursor);
+            va
+        }
+        None => vb + p2m_pfn * PAGE,
+    };
+    if cursor > nr_pages {
+        return Err(BuildError::TooSmall {
+            need: (cursor * PAGE).div_ceil(1 << 20) + 16,
+            have: nr_pages * PAGE >> 20,
+        });
+    }
+    Ok(PvLayout {
+        virt_base: vb,
+        kernel_pfn,
+        kernel_pages,
+        start_info_pfn,
+        store_pfn,
+        console_pfn,
+        pt_pfn,
+        nr_pt_frames: tables,
+        stack_pfn,
+        virt_pgtab_end,
+        initrd_pfn,
+        initrd_pages,
+        p2m_pfn,
+        p2m_pages,
+        p2m_tables,
+        p2m_va,
+        entry: k.entry,
+        rsp: vb + (stack_pfn + 1) * PAGE,
+        rsi: vb + start_info_pfn * PAGE,
+    })
+}
+
+/// Everything the builder needs besides the kernel.
+pub struct BuildInput<'a> {
+    pub initrd: &'a [u8],
+    pub cmdline: &'a str,
+    pub nr_pages: u64,
+    pub shared_info_gpa: u64,
+    pub console_port: u32,
+    pub store_port: u32,
+}
+
+const L1_FLAGS: u64 = pte::P | pte::RW | pte::A;
+const LN_FLAGS: u64 = pte::P | pte::RW | pte::US | pte::A | pte::D;
+
+/// Load the kernel, lay out the boot structures and pin the initial L4.
+pub fn build(
+    mem: &dyn GuestMem,
+    mmu: &mut Mmu,
+    k: &PvKernel,
+    input: &BuildInput,
+) -> Result<PvLayout, BuildError> {
+    if input.cmdline.len() > 1023 {
+        return Err(BuildError::CmdlineTooLong(input.cmdline.len()));
+    }
+    let l = plan(k, input.initrd.len() as u64, input.nr_pages)?;
+    // Kernel segments at their physical placement.
+    let dest = l.kernel_pfn * PAGE;
+    for s in &k.segments {
+        let at = dest + (s.paddr - k.pstart);
+        mem.write(at, &s.data)?;
+        let zeros = s.memsz.saturating_sub(s.data.len() as u64);
+        if zeros > 0 {
+            mem.write(at + s.data.len() as u64, &vec![0u8; zeros as usize])?;
+        }
+    }
+    if let Some(hp) = k.notes.hypercall_page {
+        let pfn = (hp - l.virt_base) / PAGE;
+        mem.write(pfn * PAGE, &hypercall_page())?;
+    }
+    if !input.initrd.is_empty() {
+        mem.write(l.initrd_pfn * PAGE, input.initrd)?;
+    }
+    // Identity p2m.
+    let p2m: Vec<u8> = (0..input.nr_pages).flat_map(|i| i.to_le_bytes()).collect();
+    mem.write(l.p2m_pfn * PAGE, &p2m)?;
+    // Initial page tables, laid out L4, L3s, L2s, L1s.
+    let vb = l.virt_base;
+    let end = l.virt_pgtab_end - 1;
+    let (n3, n2, n1) = count_tables(vb, end);
+    let l4 = l.pt_pfn;
+    let l3_0 = l4 + 1;
+    let l2_0 = l3_0 + n3;
+    let l1_0 = l2_0 + n2;
+    let pt_end = l.pt_pfn + l.nr_pt_frames;
+    let e = |pfn: u64, f: u64| (pfn << 12) | f;
+    for i in 0..n3 {
+        let va = ((vb >> 39) + i) << 39;
+        mem.write_u64(l4 * PAGE + ((va >> 39) & 511) * 8, e(l3_0 + i, LN_FLAGS))?;
+    }
+    for i in 0..n2 {
+        let va = ((vb >> 30) + i) << 30;
+        let l3 = l3_0 + ((va >> 39) - (vb >> 39));
+        mem.write_u64(l3 * PAGE + ((va >> 30) & 511) * 8, e(l2_0 + i, LN_FLAGS))?;
+    }
+    for i in 0..n1 {
+        let va = ((vb >> 21) + i) << 21;
+        let l2 = l2_0 + ((va >> 30) - (vb >> 30));
+        mem.write_u64(l2 * PAGE + ((va >> 21) & 511) * 8, e(l1_0 + i, LN_FLAGS))?;
+    }
+    let nr_mapped = (l.virt_pgtab_end - vb) / PAGE;
+    let mut l1s = vec![0u8; (n1 * PAGE) as usize];
+    let first = vb >> 21 << 21;
+    for pfn in 0..nr_mapped {
+        let va = vb + pfn * PAGE;
+        let slot = ((va - first) / PAGE) as usize;
+        let ro = pfn >= l.pt_pfn && pfn < pt_end;
+        let f = if ro { L1_FLAGS & !pte::RW } else { L1_FLAGS };
+        l1s[slot * 8..slot * 8 + 8].copy_from_slice(&e(pfn, f).to_le_bytes());
+    }
+    mem.write(l1_0 * PAGE, &l1s)?;
+    // The p2m mapping at INIT_P2M with its own (unmapped) tables.
+    if l.p2m_tables > 0 {
+        let t3 = l.p2m_pfn + l.p2m_pages;
+        let nl1 = l.p2m_pages.div_ceil(512);
+        let nl2 = nl1.div_ceil(512);
+        let t2 = t3 + 1;
+        let t1 = t2 + nl2;
+        let va = l.p2m_va;
+        mem.write_u64(l4 * PAGE + ((va >> 39) & 511) * 8, e(t3, LN_FLAGS))?;
+        for i in 0..nl2 {
+            mem.write_u64(
+                t3 * PAGE + (((va >> 30) + i) & 511) * 8,
+                e(t2 + i, LN_FLAGS),
+            )?;
+        }
+        for i in 0..nl1 {
+            let l2 = t2 + i / 512;
+            mem.write_u64(
+                l2 * PAGE + (((va >> 21) + i) & 511) * 8,
+                e(t1 + i, LN_FLAGS),
+            )?;
+        }
+        for p in 0..l.p2m_pages {
+            let l1 = t1 + p / 512;
+            mem.write_u64(
+                l1 * PAGE + (((va >> 12) + p) & 511) * 8,
+                e(l.p2m_pfn + p, L1_FLAGS),
+            )?;
+        }
+    }
+    // start_info.
+    let si = l.start_info_pfn * PAGE;
+    let mut b = vec![0u8; PAGE as usize];
+    b[..14].copy_from_slice(b"xen-3.0-x86_64");
+    let put =
+        |b: &mut Vec<u8>, off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(&mut b, 0x20, input.nr_pages);
+    put(&mut b, 0x28, input.shared_info_gpa);
+    let flags = if k.notes.mod_start_pfn && !input.initrd.is_empty() {
+        SIF_MOD_START_PFN
+    } else {
+        0
+    };
+    b[0x30..0x34].copy_from_slice(&flags.to_le_bytes());
+    put(&mut b, 0x38, l.store_pfn);
+    b[0x40..0x44].copy_from_slice(&input.store_port.to_le_bytes());
+    put(&mut b, 0x48, l.console_pfn);
+    b[0x50..0x54].copy_from_slice(&input.console_port.to_le_bytes());
+    put(&mut b, 0x58, vb + l.pt_pfn * PAGE);
+    put(&mut b, 0x60, l.nr_pt_frames);
+    put(&mut b, 0x68, l.p2m_va);
+    if !input.initrd.is_empty() {
+        let ms = if flags != 0 {
+            l.initrd_pfn
+        } else {
+            vb + l.initrd_pfn * PAGE
+        };
+        put(&mut b, 0x70, ms);
+        put(&mut b, 0x78, l.initrd_pages * PAGE);
+    }
+    b[0x80..0x80 + input.cmdline.len()].copy_from_slice(input.cmdline.as_bytes());
+    if l.p2m_tables > 0 {
+        put(&mut b, 0x480, l.p2m_pfn);
+        put(&mut b, 0x488, l.p2m_pages + l.p2m_tables);
+    }
+    mem.write(si, &b)?;
+    mem.write(l.store_pfn * PAGE, &[0u8; 4096])?;
+    let mut cons = vec![0u8; PAGE as usize];
+    cons[0xc10] = 1;
+    mem.write(l.console_pfn * PAGE, &cons)?;
+    mem.write(l.stack_pfn * PAGE, &[0u8; 4096])?;
+    // Pin the L4 as Xen's builder does; the validation rewrites entries.
+    let mut log: PtLog = Vec::new();
+    mmu.pin(mem, &mut log, l4, 4)
+        .map_err(BuildError::Validate)?;
+    Ok(l)
+}
+
+/// A hypercall page as Xen writes it (for kernels that still use one).
+pub fn hypercall_page() -> Vec<u8> {
+    let mut p = vec![0xccu8; PAGE as usize];
+    for i in 0..128u32 {
+        let o = (i * 32) as usize;
+        let mut code = vec![0x51, 0x41, 0x53];
+        if i == 23 {
+            code.push(0x50);
+            code.push(0xb8);
+            code.extend_from_slice(&i.to_le_bytes());
+            code.extend_from_slice(&[0x0f, 0x05]);
+        } else {
+            code.push(0xb8);
+            code.extend_from_slice(&i.to_le_bytes());
+            code.extend_from_slice(&[0x0f, 0x05, 0x41, 0x5b, 0x59, 0xc3]);
+        }
+        p[o..o + code.len()].copy_from_slice(&code);
+    }
+    p
+}

@@ -1,0 +1,68 @@
+//! Guest memory: one anonymous mapping for RAM and the monitor area, exposed
+//! to the Xen core through `xen_shim::mem::GuestMem`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use xen_shim::mem::{GuestMem, MemError};
+
+pub struct Memory {
+    pub mmap: GuestMemoryMmap,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    Alloc(u64, String),
+}
+
+impl Memory {
+    pub fn new(size: u64) -> Result<Memory, MemoryError> {
+        let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
+            .map_err(|e| MemoryError::Alloc(size >> 20, e.to_string()))?;
+        Ok(Memory { mmap, size })
+    }
+
+    /// Host address of guest-physical 0 (one region).
+    pub fn host_base(&self) -> *mut u8 {
+        self.mmap
+            .iter()
+            .next()
+            .map(|r| r.as_ptr())
+            .unwrap_or(std::ptr::null_mut())
+    }
+
+    fn atomic(&self, gpa: u64) -> Result<&AtomicU64, MemError> {
+        if gpa % 8 != 0 || gpa.checked_add(8).is_none_or(|e| e > self.size) {
+            return Err(MemError { gpa, len: 8 });
+        }
+        // SAFETY: in bounds, 8-aligned, and the mapping lives as long as self.
+        Ok(unsafe { &*(self.host_base().add(gpa as usize) as *const AtomicU64) })
+    }
+}
+
+impl GuestMem for Memory {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.mmap
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| MemError {
+                gpa,
+                len: buf.len(),
+            })
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.mmap
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| MemError {
+                gpa,
+                len: data.len(),
+            })
+    }
+    fn fetch_or_u64(&self, gpa: u64, v: u64) -> Result<u64, MemError> {
+        Ok(self.atomic(gpa)?.fetch_or(v, Ordering::SeqCst))
+    }
+    fn fetch_and_u64(&self, gpa: u64, v: u64) -> Result<u64, MemError> {
+        Ok(self.atomic(gpa)?.fetch_and(v, Ordering::SeqCst))
+    }
+}

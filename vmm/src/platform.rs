@@ -1,0 +1,145 @@
+//! The monitor side of the Xen core's `Platform`: console output, vCPU
+//! kicks, the TSC, and notifications to the monitor's own backends.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+
+use xen_shim::domain::{Domain, Platform};
+use xen_shim::evtchn::BACKEND_CONSOLE;
+
+/// Per-vCPU wake-up state shared with other threads.
+#[derive(Default)]
+pub struct VcpuSignal {
+    pub kicked: AtomicBool,
+    pub lock: Mutex<()>,
+    pub cv: Condvar,
+    /// pthread id of the vCPU thread once it runs (0 before).
+    pub thread: AtomicU64,
+    /// Timer deadline in system-time ns (u64::MAX = none).
+    pub deadline: AtomicU64,
+}
+
+pub const KICK_SIGNAL: i32 = 34; // SIGRTMIN
+
+pub struct Host {
+    pub vcpus: Vec<Arc<VcpuSignal>>,
+    pub stop: AtomicBool,
+    /// The user pressed the console escape.
+    pub escaped: AtomicBool,
+    console_tail: Mutex<VecDeque<u8>>,
+    pub domain: OnceLock<Weak<Domain>>,
+    pub console_lock: Mutex<()>,
+}
+
+impl Host {
+    pub fn new(nr_vcpus: u32) -> Host {
+        Host {
+            vcpus: (0..nr_vcpus)
+                .map(|_| {
+                    Arc::new(VcpuSignal {
+                        deadline: AtomicU64::new(u64::MAX),
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            stop: AtomicBool::new(false),
+            escaped: AtomicBool::new(false),
+            console_tail: Mutex::new(VecDeque::new()),
+            domain: OnceLock::new(),
+            console_lock: Mutex::new(()),
+        }
+    }
+
+    /// Guest console bytes to stdout, remembering the tail for crash reports.
+    pub fn output(&self, data: &[u8]) {
+        let _g = self.console_lock.lock();
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(data);
+        let _ = out.flush();
+        let mut t = self.console_tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.extend(data.iter().copied());
+        while t.len() > 4096 {
+            t.pop_front();
+        }
+    }
+
+    /// The last `n` lines the guest printed.
+    pub fn last_lines(&self, n: usize) -> String {
+        let t = self.console_tail.lock().unwrap_or_else(|e| e.into_inner());
+        let s: Vec<u8> = t.iter().copied().collect();
+        let s = String::from_utf8_lossy(&s);
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn stop_all(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for v in 0..self.vcpus.len() as u32 {
+            self.kick(v);
+        }
+    }
+
+    /// Drain the PV console ring to stdout.
+    pub fn console_drain(&self, dom: &Domain) {
+        let gpa = dom.layout.console_mfn << 12;
+        let mem = &*dom.mem;
+        let (Ok(cons), Ok(prod)) = (mem.read_u32(gpa + 0xc08), mem.read_u32(gpa + 0xc0c)) else {
+            return;
+        };
+        let n = prod.wrapping_sub(cons);
+        if n == 0 || n > 2048 {
+            if n > 2048 {
+                // Hostile indices: resynchronise rather than loop.
+                let _ = mem.write_u32(gpa + 0xc08, prod);
+            }
+            return;
+        }
+        let mut buf = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let idx = u64::from(cons.wrapping_add(i) & 2047);
+            buf.push(mem.read_u8(gpa + 0x400 + idx).unwrap_or(b'?'));
+        }
+        self.output(&buf);
+        let _ = mem.write_u32(gpa + 0xc08, prod);
+        dom.raise_port(dom.layout.console_port);
+    }
+}
+
+impl Platform for Host {
+    fn console_write(&self, data: &[u8]) {
+        self.output(data);
+    }
+
+    fn kick(&self, vcpu: u32) {
+        let Some(s) = self.vcpus.get(vcpu as usize) else {
+            return;
+        };
+        s.kicked.store(true, Ordering::SeqCst);
+        {
+            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.cv.notify_all();
+        }
+        let t = s.thread.load(Ordering::SeqCst);
+        if t != 0 {
+            // SAFETY: the thread id belongs to a live vCPU thread of this process.
+            unsafe {
+                libc::pthread_kill(t as libc::pthread_t, KICK_SIGNAL);
+            }
+        }
+    }
+
+    fn tsc(&self) -> u64 {
+        // SAFETY: rdtsc has no preconditions; guest TSC equals host TSC.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+
+    fn backend_notify(&self, backend: u32, _port: u32) {
+        if backend == BACKEND_CONSOLE {
+            if let Some(dom) = self.domain.get().and_then(Weak::upgrade) {
+                self.console_drain(&dom);
+            }
+        }
+    }
+}

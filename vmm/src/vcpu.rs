@@ -1,0 +1,559 @@
+//! One KVM vCPU running a PV guest vCPU: the exit loop that turns the
+//! ring-0 stubs' port exits into `xen_shim` entries and resumes the guest.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use xen_shim::abi::{HYPERVISOR_CS, HYPERVISOR_DS};
+use xen_shim::regs::Regs;
+use xen_shim::vcpu::{has_error_code, Action, Entry, Flush, PvVcpu};
+
+use crate::layout::*;
+use crate::platform::{Host, VcpuSignal};
+use crate::ring0;
+
+/// How a vCPU thread ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEnd {
+    Shutdown(u32),
+    Crash(String),
+    Stopped,
+    Down,
+}
+
+thread_local! {
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int) {
+    IMMEDIATE_EXIT.with(|p| {
+        let p = p.get();
+        if !p.is_null() {
+            // SAFETY: points into this thread's kvm_run mapping.
+            unsafe { std::ptr::write_volatile(p, 1) };
+        }
+    });
+}
+
+pub fn install_kick_handler() {
+    // SAFETY: installing a signal handler that only does a volatile store.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_kick as usize;
+        sa.sa_flags = 0;
+        libc::sigaction(crate::platform::KICK_SIGNAL, &sa, std::ptr::null_mut());
+    }
+}
+
+pub struct Vcpu {
+    pub fd: VcpuFd,
+    pub pv: PvVcpu,
+    pub host: Arc<Host>,
+    pub mon: Arc<MonitorLayout>,
+    pub signal: Arc<VcpuSignal>,
+    /// CR3 currently loaded on the hardware vCPU.
+    active_cr3: u64,
+    /// Page-table writes still to replay (JIT continuation).
+    pending_writes: Vec<(u64, u64)>,
+    pending_tail: Option<(Option<u64>, Vec<u64>, u64)>,
+    pub exits: u64,
+}
+
+fn seg_from_desc(sel: u16, d: u64) -> kvm_segment {
+    let limit = ((d & 0xffff) | ((d >> 32) & 0xf_0000)) as u32;
+    let g = ((d >> 55) & 1) as u8;
+    kvm_segment {
+        base: xen_shim::descriptors::descriptor_base(d),
+        limit: if g == 1 { (limit << 12) | 0xfff } else { limit },
+        selector: sel,
+        type_: ((d >> 40) & 0xf) as u8 | 1,
+        present: ((d >> 47) & 1) as u8,
+        dpl: ((d >> 45) & 3) as u8,
+        db: ((d >> 54) & 1) as u8,
+        s: ((d >> 44) & 1) as u8,
+        l: ((d >> 53) & 1) as u8,
+        g,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+impl Vcpu {
+    pub fn new(fd: VcpuFd, pv: PvVcpu, host: Arc<Host>, mon: Arc<MonitorLayout>) -> Vcpu {
+        let signal = host.vcpus[pv.id as usize].clone();
+        Vcpu {
+            fd,
+            pv,
+            host,
+            mon,
+            signal,
+            active_cr3: 0,
+            pending_writes: Vec::new(),
+            pending_tail: None,
+            exits: 0,
+        }
+    }
+
+    fn seg(&self, sel: u16) -> Option<kvm_segment> {
+        xen_shim::descriptors::lookup(&self.pv, sel).map(|d| seg_from_desc(sel, d))
+    }
+
+    /// Set the architectural state common to every entry (GDT/IDT/TR/CRs).
+    pub fn base_sregs(&self, s: &mut kvm_sregs) {
+        let id = self.pv.id;
+        s.cr0 = 0x8005_0033;
+        s.cr4 = 0x620;
+        s.efer = 0xd01;
+        s.gdt.base = ring0::gdt_va(id);
+        s.gdt.limit = (GDT_PAGES * PAGE - 1) as u16;
+        s.idt.base = MonitorLayout::r0_va(R0_IDT);
+        s.idt.limit = 256 * 16 - 1;
+        s.tr = kvm_segment {
+            base: ring0::tss_va(id),
+            limit: ring0::TSS_LIMIT as u32,
+            selector: xen_shim::abi::TSS_SELECTOR,
+            type_: 11,
+            present: 1,
+            ..Default::default()
+        };
+        s.ldt = kvm_segment {
+            unusable: 1,
+            ..Default::default()
+        };
+    }
+
+    fn gregs(regs: &kvm_regs) -> Regs {
+        Regs {
+            rax: regs.rax,
+            rbx: regs.rbx,
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            rsi: regs.rsi,
+            rdi: regs.rdi,
+            rbp: regs.rbp,
+            rsp: regs.rsp,
+            r8: regs.r8,
+            r9: regs.r9,
+            r10: regs.r10,
+            r11: regs.r11,
+            r12: regs.r12,
+            r13: regs.r13,
+            r14: regs.r14,
+            r15: regs.r15,
+            rip: regs.rip,
+            rflags: regs.rflags,
+            cs: 0,
+            ss: 0,
+        }
+    }
+
+    fn kregs(g: &Regs) -> kvm_regs {
+        kvm_regs {
+            rax: g.rax,
+            rbx: g.rbx,
+            rcx: g.rcx,
+            rdx: g.rdx,
+            rsi: g.rsi,
+            rdi: g.rdi,
+            rbp: g.rbp,
+            rsp: g.rsp,
+            r8: g.r8,
+            r9: g.r9,
+            r10: g.r10,
+            r11: g.r11,
+            r12: g.r12,
+            r13: g.r13,
+            r14: g.r14,
+            r15: g.r15,
+            rip: g.rip,
+            rflags: g.rflags,
+        }
+    }
+
+    /// Load `g` as the guest context, via the JIT stub when page-table
+    /// writes or flushes must happen on the vCPU.
+    pub fn resume(&mut self, g: &Regs) -> Result<(), String> {
+        let mem = &*self.pv.dom.mem;
+        if self.pv.gdt_dirty {
+            ring0::write_guest_gdt(mem, &self.mon, self.pv.id, &self.pv.gdt)
+                .map_err(|e| e.to_string())?;
+            self.pv.gdt_dirty = false;
+        }
+        let cr3 = self.pv.current_root() << 12;
+        let flush = std::mem::take(&mut self.pv.flush);
+        let writes = std::mem::take(&mut self.pv.pt_log);
+        let mut s = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        self.base_sregs(&mut s);
+        s.fs.base = self.pv.fs_base;
+        s.gs.base = self.pv.gs_base();
+        if writes.is_empty() && flush == Flush::None {
+            let cs = self
+                .seg(g.cs)
+                .ok_or_else(|| format!("bad guest CS {:#x}", g.cs))?;
+            let ss = self
+                .seg(g.ss)
+                .ok_or_else(|| format!("bad guest SS {:#x}", g.ss))?;
+            s.cs = cs;
+            s.ss = ss;
+            s.cr3 = cr3;
+            self.active_cr3 = cr3;
+            self.fd
+                .set_sregs(&s)
+                .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+            self.fd
+                .set_regs(&Self::kregs(g))
+                .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+            return Ok(());
+        }
+        // The ring-0 path: replay, flush, iretq.
+        let cr3_load = if flush == Flush::All || cr3 != self.active_cr3 {
+            Some(cr3)
+        } else {
+            None
+        };
+        let pages = match flush {
+            Flush::Pages(p) if cr3_load.is_none() => p,
+            _ => Vec::new(),
+        };
+        let frame = ring0::stack_top(self.pv.id) - 40;
+        let stack_gpa = self.mon.r0_gpa(MonitorLayout::vcpu_page(
+            self.pv.id,
+            R0_STACK + R0_STACK_PAGES,
+        )) - 40;
+        for (i, w) in [g.rip, u64::from(g.cs), g.rflags, g.rsp, u64::from(g.ss)]
+            .iter()
+            .enumerate()
+        {
+            mem.write_u64(stack_gpa + i as u64 * 8, *w)
+                .map_err(|e| e.to_string())?;
+        }
+        s.cs = seg_from_desc(HYPERVISOR_CS, 0x00af_9b00_0000_ffff);
+        s.ss = seg_from_desc(HYPERVISOR_DS, 0x00cf_9300_0000_ffff);
+        s.cr3 = self.active_cr3;
+        self.fd
+            .set_sregs(&s)
+            .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        self.pending_writes = writes;
+        self.pending_tail = Some((cr3_load, pages, g.rax));
+        if cr3_load.is_some() {
+            self.active_cr3 = cr3;
+        }
+        let mut k = Self::kregs(g);
+        k.rsp = frame;
+        k.rflags = 2;
+        self.fd
+            .set_regs(&k)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        self.write_jit_chunk()
+    }
+
+    fn write_jit_chunk(&mut self) -> Result<(), String> {
+        let (cr3, pages, rax) = self.pending_tail.clone().unwrap_or((None, Vec::new(), 0));
+        let stub = ring0::jit(&self.pending_writes, cr3, &pages, rax);
+        let done = self.pending_writes.len() - stub.rest;
+        self.pending_writes.drain(..done);
+        let gpa = ring0::jit_gpa(&self.mon, self.pv.id);
+        self.pv
+            .dom
+            .mem
+            .write(gpa, &stub.code)
+            .map_err(|e| e.to_string())?;
+        if stub.rest == 0 {
+            self.pending_tail = None;
+        }
+        let mut k = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        k.rip = ring0::jit_va(self.pv.id);
+        self.fd
+            .set_regs(&k)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))
+    }
+
+    /// Decode an exit on `port` into the guest context and an entry.
+    fn entry(&mut self, port: u16) -> Result<Option<(Entry, Regs)>, String> {
+        let k = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let stubs = MonitorLayout::r0_va(R0_STUBS);
+        let mut g = Self::gregs(&k);
+        if port == PORT_SYSCALL && k.rip == stubs + STUB_SYSCALL_OFF + 2 {
+            g.rsp = k.rsp;
+            let (cs, ss) = if self.pv.kernel_mode {
+                (0xe033, 0xe02b)
+            } else {
+                (0x33, 0x2b)
+            };
+            g.cs = cs;
+            g.ss = ss;
+            return Ok(Some((Entry::Syscall, g)));
+        }
+        let vector = if port < 32 || port == 0x80 {
+            port as u8
+        } else {
+            0xff
+        };
+        if vector != 0xff && k.rip == stubs + stub_vector_off(vector) + 2 {
+            let s = self
+                .fd
+                .get_sregs()
+                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+            if s.cs.dpl != 0 {
+                return Err(format!(
+                    "exception stub reached outside ring 0 (cs {:#x})",
+                    s.cs.selector
+                ));
+            }
+            let top_va = ring0::stack_top(self.pv.id);
+            let top_gpa = self.mon.r0_gpa(MonitorLayout::vcpu_page(
+                self.pv.id,
+                R0_STACK + R0_STACK_PAGES,
+            ));
+            let off = top_va.wrapping_sub(k.rsp);
+            if off > R0_STACK_PAGES * PAGE || off < 40 {
+                return Err(format!("ring-0 stack pointer {:#x} out of range", k.rsp));
+            }
+            let fa = top_gpa - off;
+            let mem = &*self.pv.dom.mem;
+            let r = |i: u64| mem.read_u64(fa + i * 8).unwrap_or(0);
+            let (err, base) = if has_error_code(vector) && vector < 32 {
+                (Some(r(0) as u32), 1)
+            } else {
+                (None, 0)
+            };
+            g.rip = r(base);
+            let cs = r(base + 1) as u16;
+            g.rflags = r(base + 2);
+            g.rsp = r(base + 3);
+            g.ss = r(base + 4) as u16;
+            g.cs = cs;
+            if cs & 3 == 0 {
+                return Err(format!(
+                    "{} in monitor ring-0 code at {:#x} (err {:?}, cr2 {:#x})",
+                    xen_shim::vcpu::exception_name(vector),
+                    g.rip,
+                    err,
+                    s.cr2
+                ));
+            }
+            return Ok(Some((
+                Entry::Exception {
+                    vector,
+                    error: err,
+                    cr2: s.cr2,
+                },
+                g,
+            )));
+        }
+        if port == PORT_JIT_CONTINUE && k.rip == ring0::jit_va(self.pv.id) + 2
+            || port == PORT_JIT_CONTINUE
+        {
+            self.write_jit_chunk()?;
+            return Ok(None);
+        }
+        // A guest `out` outside our stubs (possible in ring 3 on PVM-style
+        // hosts): the write is dropped, as Xen does for a domU.
+        self.pv.dom.log_once(format!(
+            "guest port write {port:#x} at {:#x} ignored",
+            k.rip
+        ));
+        Ok(None)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.pv.dom.clock.now_ns(self.pv.dom.platform.tsc())
+    }
+
+    /// Fire an expired timer, sync the deadline for the timer thread.
+    fn timers(&mut self) {
+        if let Some(d) = self.pv.timer_deadline {
+            if d <= self.now_ns() {
+                self.pv.timer_deadline = self.pv.periodic_ns.map(|p| d + p);
+                self.pv.raise_virq(xen_shim::evtchn::VIRQ_TIMER);
+            }
+        }
+        let d = self.pv.timer_deadline.unwrap_or(u64::MAX);
+        if self.signal.deadline.swap(d, Ordering::SeqCst) != d {
+            let _g = self.signal.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.signal.cv.notify_all();
+        }
+    }
+
+    fn events_deliverable(&self) -> bool {
+        self.pv.upcall_pending() && !self.pv.upcall_mask()
+    }
+
+    fn block(&mut self, poll: Option<&[u32]>) {
+        loop {
+            self.timers();
+            if self.host.stop.load(Ordering::SeqCst) || self.events_deliverable() {
+                return;
+            }
+            if let Some(ports) = poll {
+                let si = self.pv.dom.layout.shared_info_gpa;
+                if ports
+                    .iter()
+                    .any(|&p| xen_shim::evtchn::is_pending(self.pv.mem(), si, p))
+                {
+                    return;
+                }
+            }
+            let now = self.now_ns();
+            let wait = self
+                .pv
+                .timer_deadline
+                .map(|d| d.saturating_sub(now))
+                .unwrap_or(50_000_000)
+                .min(50_000_000);
+            let g = self.signal.lock.lock().unwrap_or_else(|e| e.into_inner());
+            if self.signal.kicked.swap(false, Ordering::SeqCst) {
+                continue;
+            }
+            let _ = self
+                .signal
+                .cv
+                .wait_timeout(g, Duration::from_nanos(wait.max(1000)));
+            self.signal.kicked.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Run until the guest shuts down, crashes or the monitor stops.
+    pub fn run(&mut self, mut g: Regs) -> VcpuEnd {
+        // SAFETY: pthread_self has no preconditions.
+        self.signal
+            .thread
+            .store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+        let ie = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
+        IMMEDIATE_EXIT.with(|p| p.set(ie));
+        if let Err(e) = self.resume(&g) {
+            return VcpuEnd::Crash(e);
+        }
+        loop {
+            if self.host.stop.load(Ordering::SeqCst) {
+                return VcpuEnd::Stopped;
+            }
+            let exit = self.fd.run();
+            self.exits += 1;
+            let port = match exit {
+                Ok(VcpuExit::IoOut(port, _)) => port,
+                Ok(VcpuExit::IoIn(_port, data)) => {
+                    data.iter_mut().for_each(|b| *b = 0xff);
+                    continue;
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    self.signal.kicked.store(false, Ordering::SeqCst);
+                    if let Err(e) = self.async_event() {
+                        return VcpuEnd::Crash(e);
+                    }
+                    continue;
+                }
+                Ok(other) => return VcpuEnd::Crash(format!("unexpected KVM exit: {other:?}")),
+                Err(e) => return VcpuEnd::Crash(format!("KVM_RUN failed: {e}")),
+            };
+            let (entry, mut regs) = match self.entry(port) {
+                Ok(Some(x)) => x,
+                Ok(None) => continue,
+                Err(e) => return VcpuEnd::Crash(e),
+            };
+            log::trace!(
+                "entry {entry:?} at {:#x} (cs {:#x} rsp {:#x})",
+                regs.rip,
+                regs.cs,
+                regs.rsp
+            );
+            let action = self.pv.handle(entry, &mut regs);
+            match action {
+                Action::Resume => {}
+                Action::Yield => {
+                    if let Some(dom) = self.host.domain.get().and_then(std::sync::Weak::upgrade) {
+                        self.host.console_drain(&dom);
+                    }
+                    std::thread::yield_now();
+                }
+                Action::Block => {
+                    self.block(None);
+                    if let Err(a) = self.pv.deliver_events(&mut regs) {
+                        return self.end(a);
+                    }
+                }
+                Action::Poll { ports, .. } => {
+                    self.block(Some(&ports));
+                    if let Err(a) = self.pv.deliver_events(&mut regs) {
+                        return self.end(a);
+                    }
+                }
+                other => return self.end(other),
+            }
+            self.timers();
+            if self.events_deliverable() {
+                if let Err(a) = self.pv.deliver_events(&mut regs) {
+                    return self.end(a);
+                }
+            }
+            g = regs;
+            if let Err(e) = self.resume(&g) {
+                return VcpuEnd::Crash(e);
+            }
+        }
+    }
+
+    fn end(&self, a: Action) -> VcpuEnd {
+        match a {
+            Action::Shutdown(r) => VcpuEnd::Shutdown(r),
+            Action::Crash(m) => VcpuEnd::Crash(m),
+            Action::Down => VcpuEnd::Down,
+            _ => VcpuEnd::Stopped,
+        }
+    }
+
+    /// KVM_RUN was interrupted: deliver timers/events if the guest is in a
+    /// state where Xen would (not in the middle of our ring-0 stub).
+    fn async_event(&mut self) -> Result<(), String> {
+        self.timers();
+        if !self.events_deliverable() || self.pending_tail.is_some() {
+            return Ok(());
+        }
+        let s = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        if s.cs.dpl != 3 {
+            return Ok(());
+        }
+        let k = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let mut g = Self::gregs(&k);
+        g.cs = s.cs.selector;
+        g.ss = s.ss.selector;
+        match self.pv.deliver_events(&mut g) {
+            Ok(()) => self.resume(&g),
+            Err(a) => Err(format!("{a:?}")),
+        }
+    }
+
+    /// A register dump for crash reports.
+    pub fn dump(&self) -> String {
+        let r = self.fd.get_regs().unwrap_or_default();
+        let s = self.fd.get_sregs().unwrap_or_default();
+        format!(
+            "vCPU {} ({} mode): rip {:#018x} rsp {:#018x} rflags {:#x} cs {:#x} ss {:#x}\n  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x}\n  rsi {:#x} rdi {:#x} rbp {:#x} r8 {:#x}\n  r9 {:#x} r10 {:#x} r11 {:#x} r12 {:#x}\n  r13 {:#x} r14 {:#x} r15 {:#x}\n  cr2 {:#x} cr3 {:#x} fs.base {:#x} gs.base {:#x} exits {}",
+            self.pv.id,
+            if self.pv.kernel_mode { "kernel" } else { "user" },
+            r.rip, r.rsp, r.rflags, s.cs.selector, s.ss.selector, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi,
+            r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, s.cr2, s.cr3, s.fs.base, s.gs.base, self.exits
+        )
+    }
+}

@@ -1,0 +1,356 @@
+//! A PV domain on KVM: memory, the monitor area, vCPUs and their threads.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kvm_bindings::{
+    kvm_msr_entry, kvm_userspace_memory_region, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use xen_shim::cpuid::{CpuidEntry, CpuidPolicy};
+use xen_shim::domain::{Domain, DomainLayout, Platform};
+use xen_shim::mem::GuestMem;
+use xen_shim::mmu::Mmu;
+use xen_shim::regs::Regs;
+use xen_shim::time::{Clock, TimeScale};
+use xen_shim::vcpu::PvVcpu;
+
+use crate::builder::{self, BuildInput, PvLayout};
+use crate::layout::*;
+use crate::memory::Memory;
+use crate::platform::Host;
+use crate::ring0;
+use crate::vcpu::{install_kick_handler, Vcpu, VcpuEnd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
+    NoKvm(kvm_ioctls::Error),
+    #[error("KVM: {0}")]
+    Kvm(String),
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error(transparent)]
+    Build(#[from] builder::BuildError),
+    #[error("guest memory: {0}")]
+    Mem(#[from] xen_shim::mem::MemError),
+    #[error("loading the kernel: {0}")]
+    Loader(#[from] crate::loader::LoaderError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} MiB is too little memory for a PV guest (at least 64 MiB)")]
+    TooLittleMemory(u64),
+    #[error("--vcpus must be between 1 and {MAX_VCPUS}")]
+    Vcpus,
+}
+
+fn kerr(what: &str) -> impl Fn(kvm_ioctls::Error) -> VmError + '_ {
+    move |e| VmError::Kvm(format!("{what}: {e}"))
+}
+
+pub struct VmConfig<'a> {
+    pub kernel: &'a Path,
+    pub initrd: Option<&'a Path>,
+    pub cmdline: &'a str,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+}
+
+/// How the domain ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Poweroff,
+    Reboot,
+    Crash(String),
+    Other(u32),
+}
+
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    pub dom: Arc<Domain>,
+    pub host: Arc<Host>,
+    pub layout: PvLayout,
+    vcpus: Vec<Vcpu>,
+    boot_regs: Regs,
+}
+
+const CONSOLE_PORT: u32 = 2;
+
+impl Vm {
+    pub fn create(cfg: &VmConfig) -> Result<Vm, VmError> {
+        if cfg.memory_mib < 64 {
+            return Err(VmError::TooLittleMemory(cfg.memory_mib));
+        }
+        if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
+            return Err(VmError::Vcpus);
+        }
+        let kernel = crate::loader::load_pv_kernel_file(cfg.kernel)?;
+        let initrd = match cfg.initrd {
+            Some(p) => std::fs::read(p).map_err(|e| VmError::Read {
+                path: p.display().to_string(),
+                source: e,
+            })?,
+            None => Vec::new(),
+        };
+        let kvm = Kvm::new().map_err(VmError::NoKvm)?;
+        let vm = kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?;
+        let ram = cfg.memory_mib << 20;
+        let mon = Arc::new(MonitorLayout::new(ram));
+        let mem = Arc::new(Memory::new(mon.end)?);
+        // SAFETY: the mapping outlives the VM (held in Domain via Arc).
+        unsafe {
+            vm.set_user_memory_region(kvm_userspace_memory_region {
+                slot: 0,
+                flags: 0,
+                guest_phys_addr: 0,
+                memory_size: mon.end,
+                userspace_addr: mem.host_base() as u64,
+            })
+            .map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        let slots = ring0::build(&*mem, &mon, cfg.vcpus)?;
+        let nr_pages = ram / PAGE;
+        let mut mmu = Mmu::new(nr_pages);
+        mmu.set_reserved_l4(slots);
+        mmu.add_data_frame(mon.shared_info / PAGE);
+        for i in 0..u64::from(GRANT_FRAMES) {
+            mmu.add_data_frame(mon.grant / PAGE + i);
+        }
+        let layout = builder::build(
+            &*mem,
+            &mut mmu,
+            &kernel,
+            &BuildInput {
+                initrd: &initrd,
+                cmdline: cfg.cmdline,
+                nr_pages,
+                shared_info_gpa: mon.shared_info,
+                console_port: CONSOLE_PORT,
+                store_port: 0,
+            },
+        )?;
+        if log::log_enabled!(log::Level::Debug) {
+            let w = xen_shim::guestva::walk(&*mem, layout.pt_pfn, M2P_VA + 0x1f020, false, true);
+            log::debug!("M2P walk from the initial L4: {w:x?}");
+        }
+        // vCPUs and CPUID.
+        let mut fds = Vec::new();
+        for i in 0..cfg.vcpus {
+            fds.push(
+                vm.create_vcpu(u64::from(i))
+                    .map_err(kerr("KVM_CREATE_VCPU"))?,
+            );
+        }
+        let tsc_khz = fds[0].get_tsc_khz().map_err(kerr("KVM_GET_TSC_KHZ"))?;
+        let host_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kerr("KVM_GET_SUPPORTED_CPUID"))?;
+        let entries: Vec<CpuidEntry> = host_cpuid
+            .as_slice()
+            .iter()
+            .map(|e| CpuidEntry {
+                leaf: e.function,
+                sub: e.index,
+                indexed: e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0,
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+            })
+            .collect();
+        let policy = CpuidPolicy::pv_from_host(&entries, tsc_khz);
+        let host = Arc::new(Host::new(cfg.vcpus));
+        // SAFETY: rdtsc has no preconditions.
+        let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let clock = Clock {
+            tsc0,
+            scale: TimeScale::from_hz(u64::from(tsc_khz) * 1000),
+            tsc_khz: tsc_khz.into(),
+            wallclock_ns: wall,
+        };
+        let dlayout = DomainLayout {
+            domid: 1,
+            nr_pages,
+            max_vcpus: cfg.vcpus,
+            shared_info_gpa: mon.shared_info,
+            m2p_gpa: mon.m2p,
+            m2p_entries: nr_pages,
+            m2p_va: M2P_VA,
+            console_mfn: layout.console_pfn,
+            console_port: CONSOLE_PORT,
+            store_mfn: layout.store_pfn,
+            store_port: 0,
+            grant_gpa: mon.grant,
+            grant_frames: GRANT_FRAMES,
+        };
+        let platform: Arc<dyn Platform> = host.clone();
+        let dom = Arc::new(Domain::new(
+            mem.clone(),
+            dlayout,
+            mmu,
+            policy.clone(),
+            clock,
+            platform,
+        ));
+        let _ = host.domain.set(Arc::downgrade(&dom));
+        dom.init_shared_info();
+        let mut vcpus = Vec::new();
+        for (i, fd) in fds.into_iter().enumerate() {
+            let mut cpuid = CpuId::new(policy.entries.len())
+                .map_err(|e| VmError::Kvm(format!("cpuid: {e:?}")))?;
+            for (k, e) in policy.entries.iter().enumerate() {
+                let r = policy.lookup(e.leaf, e.sub, i as u32);
+                let s = &mut cpuid.as_mut_slice()[k];
+                s.function = e.leaf;
+                s.index = e.sub;
+                s.flags = if e.indexed {
+                    kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+                } else {
+                    0
+                };
+                s.eax = r[0];
+                s.ebx = r[1];
+                s.ecx = r[2];
+                s.edx = r[3];
+            }
+            fd.set_cpuid2(&cpuid).map_err(kerr("KVM_SET_CPUID2"))?;
+            let stubs = MonitorLayout::r0_va(R0_STUBS);
+            let msrs = Msrs::from_entries(&[
+                kvm_msr_entry {
+                    index: 0xc000_0081,
+                    data: (0xe023u64 << 48) | (0xe008u64 << 32),
+                    ..Default::default()
+                },
+                kvm_msr_entry {
+                    index: 0xc000_0082,
+                    data: stubs + STUB_SYSCALL_OFF,
+                    ..Default::default()
+                },
+                kvm_msr_entry {
+                    index: 0xc000_0083,
+                    data: stubs + STUB_SYSCALL_OFF,
+                    ..Default::default()
+                },
+                kvm_msr_entry {
+                    index: 0xc000_0084,
+                    data: 0x4_7700,
+                    ..Default::default()
+                },
+                kvm_msr_entry {
+                    index: 0x277,
+                    data: xen_shim::emulate::XEN_PAT,
+                    ..Default::default()
+                },
+                kvm_msr_entry {
+                    index: 0x10,
+                    data: tsc0,
+                    ..Default::default()
+                },
+            ])
+            .map_err(|e| VmError::Kvm(format!("msrs: {e:?}")))?;
+            fd.set_msrs(&msrs).map_err(kerr("KVM_SET_MSRS"))?;
+            let mut pv = PvVcpu::new(i as u32, dom.clone());
+            if i == 0 {
+                pv.root_kernel = layout.pt_pfn;
+                pv.kernel_sp = layout.rsp;
+            }
+            vcpus.push(Vcpu::new(fd, pv, host.clone(), mon.clone()));
+        }
+        let boot_regs = Regs {
+            rip: layout.entry,
+            rsp: layout.rsp,
+            rsi: layout.rsi,
+            rflags: 0x202,
+            cs: xen_shim::abi::FLAT_KERNEL_CS,
+            ss: xen_shim::abi::FLAT_KERNEL_SS,
+            ..Default::default()
+        };
+        Ok(Vm {
+            _kvm: kvm,
+            _vm: vm,
+            dom,
+            host,
+            layout,
+            vcpus,
+            boot_regs,
+        })
+    }
+
+    /// Run the guest until it shuts down.
+    pub fn run(mut self) -> Outcome {
+        install_kick_handler();
+        let host = self.host.clone();
+        let timer_host = Arc::downgrade(&host);
+        let timer = std::thread::spawn(move || timer_thread(timer_host));
+        let mut vcpu0 = self.vcpus.remove(0);
+        let regs = self.boot_regs;
+        let end = vcpu0.run(regs);
+        let outcome = match &end {
+            VcpuEnd::Shutdown(0) => Outcome::Poweroff,
+            VcpuEnd::Shutdown(1) => Outcome::Reboot,
+            VcpuEnd::Shutdown(3) => Outcome::Crash(format!(
+                "the guest crashed (SCHEDOP_shutdown crash)\n{}",
+                vcpu0.dump()
+            )),
+            VcpuEnd::Shutdown(r) => Outcome::Other(*r),
+            VcpuEnd::Crash(m) => Outcome::Crash(format!("{m}\n{}", vcpu0.dump())),
+            VcpuEnd::Stopped | VcpuEnd::Down => Outcome::Other(255),
+        };
+        host.stop_all();
+        let _ = timer.join();
+        log::info!("vCPU 0 exits by reason: {:?}", vcpu0.pv.exits_by_reason);
+        log::info!(
+            "hypercalls by name: {:?}",
+            self.dom
+                .hypercall_counts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        );
+        log::info!("total exits: {}", vcpu0.exits);
+        outcome
+    }
+}
+
+/// Kicks vCPUs whose timer deadline passed while they run guest code.
+fn timer_thread(host: Weak<Host>) {
+    loop {
+        let Some(h) = host.upgrade() else { return };
+        if h.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(dom) = h.domain.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let now = dom.clock.now_ns(dom.platform.tsc());
+        let mut next = u64::MAX;
+        for (i, s) in h.vcpus.iter().enumerate() {
+            let d = s.deadline.load(Ordering::SeqCst);
+            if d <= now {
+                s.deadline.store(u64::MAX, Ordering::SeqCst);
+                h.kick(i as u32);
+            } else {
+                next = next.min(d);
+            }
+        }
+        drop(dom);
+        drop(h);
+        let sleep = next.saturating_sub(now).clamp(20_000, 1_000_000);
+        std::thread::sleep(Duration::from_nanos(sleep));
+    }
+}
+
+impl Vm {
+    pub fn guest_mem(&self) -> &dyn GuestMem {
+        &*self.dom.mem
+    }
+}
