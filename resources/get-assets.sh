@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Obtain the guest assets used by xenkvm's demo and integration tests:
+#   - a stock Debian 12 "cloud" kernel (a Xen PV-capable bzImage) and its modules,
+#   - a static busybox,
+#   - one gzip-compressed cpio (newc) initramfs per resources/initramfs/<name>.init.
+#
+# Everything lands in resources/cache/ (override with XENKVM_CACHE=DIR).
+# Idempotent: packages already in the cache are not downloaded again (set
+# XENKVM_REFRESH=1 to fetch them anew); an initramfs image is rebuilt when its init
+# script, busybox or this script is newer than it.
+#
+# Needs: apt-get, apt-cache, dpkg-deb (a Debian/Ubuntu host with Debian's package
+# lists for linux-image-cloud-amd64). Nothing else: the initramfs is packed with the
+# downloaded busybox itself.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${XENKVM_CACHE:-$here/cache}"
+INITDIR="$here/initramfs"
+REFRESH="${XENKVM_REFRESH:-0}"
+KERNEL_META="${XENKVM_KERNEL_PACKAGE:-linux-image-cloud-amd64}"
+
+log() { printf '[get-assets] %s\n' "$*" >&2; }
+die() {
+    printf '[get-assets] error: %s\n' "$*" >&2
+    exit 1
+}
+
+no_apt() {
+    # Plain printf only: this may run on a host without the usual tools.
+    printf '%s\n' \
+        "[get-assets] error: this script needs apt-get, apt-cache and dpkg-deb (a Debian-like host)." \
+        "[get-assets] You can still run xenkvm with your own assets:" \
+        "[get-assets]   xenkvm run --kernel PATH/TO/vmlinuz --initrd PATH/TO/initrd.cpio.gz" \
+        "[get-assets] The kernel must be a Xen PV-capable x86-64 Linux (CONFIG_XEN_PV=y), as a" \
+        "[get-assets] bzImage or an ELF vmlinux; the initrd is a cpio archive (optionally" \
+        "[get-assets] gzip-compressed) with an executable /init." >&2
+    exit 1
+}
+
+mkdir -p "$CACHE"
+CACHE="$(cd "$CACHE" && pwd)"
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/xenkvm-assets.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+# apt-get download drops privileges to _apt when run as root; let it write here.
+chmod 0777 "$tmp"
+
+apt_updated=0
+apt_update_once() {
+    if [ "$apt_updated" = 0 ]; then
+        apt_updated=1
+        log "running apt-get update"
+        if ! apt-get update -qq >&2; then
+            log "apt-get update failed (not root?); continuing with the current package lists"
+        fi
+    fi
+}
+
+# Print the candidate version of a package, or nothing if apt does not know it.
+candidate() {
+    apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { if ($2 != "(none)") print $2; exit }'
+}
+
+# download PKG -> prints the path of the downloaded .deb
+download() {
+    local pkg="$1" tool
+    for tool in apt-get apt-cache dpkg-deb; do
+        command -v "$tool" >/dev/null 2>&1 || no_apt
+    done
+    if [ -z "$(candidate "$pkg")" ]; then
+        apt_update_once
+        [ -n "$(candidate "$pkg")" ] ||
+            die "package $pkg is not known to apt (is Debian's main archive in sources.list?)"
+    fi
+    local dir="$tmp/dl-$pkg"
+    mkdir -p "$dir"
+    chmod 0777 "$dir"
+    if ! (cd "$dir" && apt-get download -q "$pkg" >&2); then
+        # Stale lists can point at files the mirror no longer has.
+        apt_update_once
+        (cd "$dir" && apt-get download -q "$pkg" >&2) || die "apt-get download $pkg failed"
+    fi
+    local deb
+    deb="$(find "$dir" -maxdepth 1 -name '*.deb' | head -n 1)"
+    [ -n "$deb" ] || die "apt-get download $pkg produced no .deb"
+    printf '%s\n' "$deb"
+}
+
+human() { du -sh "$1" | cut -f1; }
+
+# ---------------------------------------------------------------- kernel
+if [ "$REFRESH" = 1 ] || [ ! -s "$CACHE/vmlinuz" ] || [ ! -s "$CACHE/kernel-version" ]; then
+    log "downloading $KERNEL_META"
+    meta_deb="$(download "$KERNEL_META")"
+    # The metapackage depends on the real image package, e.g. linux-image-6.1.0-56-cloud-amd64.
+    kpkg="$(dpkg-deb -f "$meta_deb" Depends | tr ',' '\n' |
+        sed -e 's/^[[:space:]]*//' -e 's/[[:space:]].*$//' |
+        grep -E '^linux-image-[0-9]' | head -n 1 || true)"
+    if [ -z "$kpkg" ]; then
+        kpkg="$(apt-cache depends "$KERNEL_META" 2>/dev/null |
+            awk '/Depends: linux-image-[0-9]/ { print $2; exit }')"
+    fi
+    [ -n "$kpkg" ] || die "cannot find the kernel package that $KERNEL_META depends on"
+    log "downloading $kpkg"
+    kdeb="$(download "$kpkg")"
+    kx="$tmp/kernel"
+    mkdir -p "$kx"
+    dpkg-deb -x "$kdeb" "$kx"
+    vmlinuz="$(find "$kx/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n 1)"
+    [ -n "$vmlinuz" ] || die "$kpkg contains no boot/vmlinuz-*"
+    kver="${vmlinuz##*/vmlinuz-}"
+    cp -f "$vmlinuz" "$CACHE/vmlinuz-$kver"
+    cp -f "$vmlinuz" "$CACHE/vmlinuz.new"
+    mv -f "$CACHE/vmlinuz.new" "$CACHE/vmlinuz"
+    if [ -f "$kx/boot/config-$kver" ]; then
+        cp -f "$kx/boot/config-$kver" "$CACHE/config-$kver"
+    fi
+    if [ -d "$kx/lib/modules/$kver" ]; then
+        mkdir -p "$CACHE/modules"
+        rm -rf "$CACHE/modules/$kver"
+        cp -a "$kx/lib/modules/$kver" "$CACHE/modules/$kver"
+    else
+        log "warning: $kpkg has no lib/modules/$kver"
+    fi
+    printf '%s\n' "$kpkg $(dpkg-deb -f "$kdeb" Version)" >"$CACHE/kernel-package"
+    printf '%s\n' "$kver" >"$CACHE/kernel-version"
+else
+    log "kernel already cached ($(cat "$CACHE/kernel-version")); XENKVM_REFRESH=1 to fetch again"
+fi
+kver="$(cat "$CACHE/kernel-version")"
+
+# --------------------------------------------------------------- busybox
+if [ "$REFRESH" = 1 ] || [ ! -x "$CACHE/busybox" ]; then
+    log "downloading busybox-static"
+    bdeb="$(download busybox-static)"
+    bx="$tmp/busybox"
+    mkdir -p "$bx"
+    dpkg-deb -x "$bdeb" "$bx"
+    [ -x "$bx/bin/busybox" ] || die "busybox-static contains no bin/busybox"
+    cp -f "$bx/bin/busybox" "$CACHE/busybox.new"
+    chmod 0755 "$CACHE/busybox.new"
+    mv -f "$CACHE/busybox.new" "$CACHE/busybox"
+    printf '%s\n' "busybox-static $(dpkg-deb -f "$bdeb" Version)" >"$CACHE/busybox-package"
+else
+    log "busybox already cached"
+fi
+BB="$CACHE/busybox"
+"$BB" true 2>/dev/null || die "$BB does not run on this host"
+
+# ------------------------------------------------------------- initramfs
+build_initramfs() {
+    local init="$1" name out root
+    name="$(basename "$init" .init)"
+    out="$CACHE/initramfs-$name.cpio.gz"
+    root="$tmp/initramfs-$name"
+    if [ "$REFRESH" != 1 ] && [ "$out" -nt "$init" ] && [ "$out" -nt "$BB" ] &&
+        [ "$out" -nt "${BASH_SOURCE[0]}" ]; then
+        log "initramfs-$name is up to date"
+        printf '%s\n' "$out"
+        return
+    fi
+    rm -rf "$root"
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,mnt,root,run,var}
+    chmod 1777 "$root/tmp"
+    cp "$BB" "$root/bin/busybox"
+    chmod 0755 "$root/bin/busybox"
+    # Same links as `busybox --install -s`, but relative to the staging tree.
+    local applet
+    while IFS= read -r applet; do
+        case "$applet" in
+        "" | bin/busybox) continue ;;
+        esac
+        mkdir -p "$root/$(dirname "$applet")"
+        [ -e "$root/$applet" ] || [ -L "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
+    done < <("$BB" --list-full)
+    [ -L "$root/bin/sh" ] || ln -s /bin/busybox "$root/bin/sh"
+    cp "$init" "$root/init"
+    chmod 0755 "$root/init"
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\n' >"$root/etc/group"
+    # The kernel's built-in initramfs already provides /dev/console; add it here too when
+    # we can (root), so the image also works with kernels built without that default list.
+    mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+    # Pack with busybox itself: cpio newc, then gzip.
+    (cd "$root" && "$BB" find . | LC_ALL=C "$BB" sort | "$BB" cpio -o -H newc 2>/dev/null) |
+        "$BB" gzip -9 >"$out.new"
+    mv -f "$out.new" "$out"
+    printf '%s\n' "$out"
+}
+
+shopt -s nullglob
+inits=("$INITDIR"/*.init)
+[ "${#inits[@]}" -gt 0 ] || die "no init scripts in $INITDIR"
+images=()
+for init in "${inits[@]}"; do
+    images+=("$(build_initramfs "$init")")
+done
+
+# ---------------------------------------------------------------- report
+echo "xenkvm guest assets in $CACHE:"
+echo "  kernel:    $CACHE/vmlinuz ($(human "$CACHE/vmlinuz")), version $kver"
+[ -f "$CACHE/kernel-package" ] && echo "             package $(cat "$CACHE/kernel-package")"
+echo "             also $CACHE/vmlinuz-$kver"
+if [ -d "$CACHE/modules/$kver" ]; then
+    echo "  modules:   $CACHE/modules/$kver ($(human "$CACHE/modules/$kver"))"
+fi
+echo "  busybox:   $CACHE/busybox ($(human "$CACHE/busybox"))" \
+    "$(cat "$CACHE/busybox-package" 2>/dev/null || true)"
+for img in "${images[@]}"; do
+    echo "  initramfs: $img ($(human "$img"))"
+done
+echo "Try: xenkvm run --kernel $CACHE/vmlinuz --initrd $CACHE/initramfs-demo.cpio.gz"
