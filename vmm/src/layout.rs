@@ -38,9 +38,14 @@ pub const MAX_VCPUS: u32 = ((512 - R0_PER_VCPU) / R0_VCPU_PAGES) as u32;
 pub const PORT_SYSCALL: u16 = 0xf0;
 pub const PORT_JIT_CONTINUE: u16 = 0xf1;
 pub const PORT_SPURIOUS: u16 = 0xf2;
+/// The interrupt the monitor injects to interrupt a running guest at an
+/// instruction boundary (to deliver an event upcall), and its exit port.
+pub const UPCALL_VECTOR: u8 = 0xf0;
+pub const PORT_UPCALL: u16 = 0xf3;
 /// Exception vector v (0..32) exits on port v; int 0x80 on 0x80.
 pub const STUB_SYSCALL_OFF: u64 = 0;
 pub const STUB_SPURIOUS_OFF: u64 = 8;
+pub const STUB_UPCALL_OFF: u64 = 12;
 pub fn stub_vector_off(v: u8) -> u64 {
     16 + u64::from(v) * 4
 }

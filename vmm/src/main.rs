@@ -14,6 +14,7 @@ mod platform;
 mod ring0;
 mod vcpu;
 mod vm;
+mod xs;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,12 @@ struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
+    /// Domain name (as in xenstore and `xenkvm list`).
+    #[arg(long, default_value = "guest")]
+    name: String,
+    /// Unix socket for the domain's xenstore (default: in the run directory).
+    #[arg(long)]
+    xenstore_socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -85,7 +92,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let sock = args.xenstore_socket.clone().unwrap_or_else(|| {
+        xs::run_dir().join(format!("{}-{}", args.name, std::process::id())).join("xenstored.sock")
+    });
     let cfg = vm::VmConfig {
+        name: &args.name,
+        xenstore_socket: Some(&sock),
         kernel: &args.kernel,
         initrd: args.initrd.as_deref(),
         cmdline: &args.cmdline,
@@ -94,6 +106,12 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let vm = vm::Vm::create(&cfg)?;
     log::info!("guest layout: {:x?}", vm.layout);
+    eprintln!(
+        "xenkvm: domain {} ({}) xenstore: export XENSTORED_PATH={}",
+        1,
+        args.name,
+        sock.display()
+    );
     let host = vm.host.clone();
     console::raw_mode();
     console::spawn_input(host.clone(), std::sync::Arc::downgrade(&vm.dom));

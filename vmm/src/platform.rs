@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
 use xen_shim::domain::{Domain, Platform};
-use xen_shim::evtchn::BACKEND_CONSOLE;
+use xen_shim::evtchn::{BACKEND_CONSOLE, BACKEND_XENSTORE};
+
+use crate::xs::XsBackend;
 
 /// Per-vCPU wake-up state shared with other threads.
 #[derive(Default)]
@@ -30,6 +32,7 @@ pub struct Host {
     pub escaped: AtomicBool,
     console_tail: Mutex<VecDeque<u8>>,
     pub domain: OnceLock<Weak<Domain>>,
+    pub xs: OnceLock<Arc<XsBackend>>,
     pub console_lock: Mutex<()>,
 }
 
@@ -48,6 +51,7 @@ impl Host {
             escaped: AtomicBool::new(false),
             console_tail: Mutex::new(VecDeque::new()),
             domain: OnceLock::new(),
+            xs: OnceLock::new(),
             console_lock: Mutex::new(()),
         }
     }
@@ -136,10 +140,15 @@ impl Platform for Host {
     }
 
     fn backend_notify(&self, backend: u32, _port: u32) {
-        if backend == BACKEND_CONSOLE {
-            if let Some(dom) = self.domain.get().and_then(Weak::upgrade) {
-                self.console_drain(&dom);
+        let Some(dom) = self.domain.get().and_then(Weak::upgrade) else { return };
+        match backend {
+            BACKEND_CONSOLE => self.console_drain(&dom),
+            BACKEND_XENSTORE => {
+                if let Some(xs) = self.xs.get() {
+                    xs.process(&dom);
+                }
             }
+            _ => {}
         }
     }
 }

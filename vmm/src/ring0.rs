@@ -92,6 +92,7 @@ fn write_stubs(mem: &dyn GuestMem, l: &MonitorLayout) -> Result<(), MemError> {
     };
     put(STUB_SYSCALL_OFF, PORT_SYSCALL);
     put(STUB_SPURIOUS_OFF, PORT_SPURIOUS);
+    put(STUB_UPCALL_OFF, PORT_UPCALL);
     for v in 0..32u8 {
         put(stub_vector_off(v), u16::from(v));
     }
@@ -117,6 +118,7 @@ fn write_idt(mem: &dyn GuestMem, l: &MonitorLayout) -> Result<(), MemError> {
                 if v == 3 || v == 4 { 3 } else { 0 },
             ),
             0x80 => (stubs + stub_vector_off(0x80), 3),
+            UPCALL_VECTOR => (stubs + STUB_UPCALL_OFF, 0),
             _ => (stubs + STUB_SPURIOUS_OFF, 0),
         };
         let (lo, hi) = gate(target, dpl);

@@ -7,7 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use std::os::fd::AsRawFd;
+
 use kvm_ioctls::{VcpuExit, VcpuFd};
+
+/// `_IOW(KVMIO, 0x86, struct kvm_interrupt)`
+const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 use xen_shim::abi::{HYPERVISOR_CS, HYPERVISOR_DS};
 use xen_shim::regs::Regs;
 use xen_shim::vcpu::{has_error_code, Action, Entry, Flush, PvVcpu};
@@ -60,6 +65,10 @@ pub struct Vcpu {
     /// Page-table writes still to replay (JIT continuation).
     pending_writes: Vec<(u64, u64)>,
     pending_tail: Option<(Option<u64>, Vec<u64>, u64)>,
+    /// Special registers read at the last exit, reused on resume.
+    sregs: Option<kvm_sregs>,
+    /// An upcall interrupt is queued in KVM.
+    upcall_irq: bool,
     pub exits: u64,
 }
 
@@ -95,6 +104,8 @@ impl Vcpu {
             active_cr3: 0,
             pending_writes: Vec::new(),
             pending_tail: None,
+            sregs: None,
+            upcall_irq: false,
             exits: 0,
         }
     }
@@ -187,10 +198,13 @@ impl Vcpu {
         let cr3 = self.pv.current_root() << 12;
         let flush = std::mem::take(&mut self.pv.flush);
         let writes = std::mem::take(&mut self.pv.pt_log);
-        let mut s = self
-            .fd
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let mut s = match self.sregs.take() {
+            Some(s) => s,
+            None => self
+                .fd
+                .get_sregs()
+                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?,
+        };
         self.base_sregs(&mut s);
         s.fs.base = self.pv.fs_base;
         s.gs.base = self.pv.gs_base();
@@ -285,6 +299,11 @@ impl Vcpu {
             .fd
             .get_regs()
             .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let s = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        self.sync_segments(&s);
         let stubs = MonitorLayout::r0_va(R0_STUBS);
         let mut g = Self::gregs(&k);
         if port == PORT_SYSCALL && k.rip == stubs + STUB_SYSCALL_OFF + 2 {
@@ -304,39 +323,8 @@ impl Vcpu {
             0xff
         };
         if vector != 0xff && k.rip == stubs + stub_vector_off(vector) + 2 {
-            let s = self
-                .fd
-                .get_sregs()
-                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-            if s.cs.dpl != 0 {
-                return Err(format!(
-                    "exception stub reached outside ring 0 (cs {:#x})",
-                    s.cs.selector
-                ));
-            }
-            let top_va = ring0::stack_top(self.pv.id);
-            let top_gpa = self.mon.r0_gpa(MonitorLayout::vcpu_page(
-                self.pv.id,
-                R0_STACK + R0_STACK_PAGES,
-            ));
-            let off = top_va.wrapping_sub(k.rsp);
-            if off > R0_STACK_PAGES * PAGE || off < 40 {
-                return Err(format!("ring-0 stack pointer {:#x} out of range", k.rsp));
-            }
-            let fa = top_gpa - off;
-            let mem = &*self.pv.dom.mem;
-            let r = |i: u64| mem.read_u64(fa + i * 8).unwrap_or(0);
-            let (err, base) = if has_error_code(vector) && vector < 32 {
-                (Some(r(0) as u32), 1)
-            } else {
-                (None, 0)
-            };
-            g.rip = r(base);
-            let cs = r(base + 1) as u16;
-            g.rflags = r(base + 2);
-            g.rsp = r(base + 3);
-            g.ss = r(base + 4) as u16;
-            g.cs = cs;
+            let err = self.read_frame(&k, &s, &mut g, has_error_code(vector) && vector < 32)?;
+            let cs = g.cs;
             if cs & 3 == 0 {
                 return Err(format!(
                     "{} in monitor ring-0 code at {:#x} (err {:?}, cr2 {:#x})",
@@ -355,9 +343,26 @@ impl Vcpu {
                 g,
             )));
         }
-        if port == PORT_JIT_CONTINUE && k.rip == ring0::jit_va(self.pv.id) + 2
-            || port == PORT_JIT_CONTINUE
-        {
+        if port == PORT_UPCALL && k.rip == stubs + STUB_UPCALL_OFF + 2 {
+            self.upcall_irq = false;
+            let mut g = Self::gregs(&k);
+            self.read_frame(&k, &s, &mut g, false)?;
+            if g.cs & 3 == 0 {
+                // Taken inside our own ring-0 code (its final iretq): go back
+                // there; the upcall is retried on the next chance.
+                let mut back = k;
+                back.rip = g.rip;
+                back.rsp = g.rsp;
+                back.rflags = g.rflags;
+                self.fd
+                    .set_regs(&back)
+                    .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+                self.sregs = None;
+                return Ok(None);
+            }
+            return Ok(Some((Entry::Interrupt, g)));
+        }
+        if port == PORT_JIT_CONTINUE && k.rip == ring0::jit_va(self.pv.id) + 2 {
             self.write_jit_chunk()?;
             return Ok(None);
         }
@@ -368,6 +373,57 @@ impl Vcpu {
             k.rip
         ));
         Ok(None)
+    }
+
+    /// Read the context the CPU saved on our ring-0 stack when it took an
+    /// exception or interrupt into `g`; returns the error code if any.
+    fn read_frame(
+        &self,
+        k: &kvm_regs,
+        s: &kvm_sregs,
+        g: &mut Regs,
+        errcode: bool,
+    ) -> Result<Option<u32>, String> {
+        if s.cs.dpl != 0 {
+            return Err(format!(
+                "exception stub reached outside ring 0 (cs {:#x})",
+                s.cs.selector
+            ));
+        }
+        let top_va = ring0::stack_top(self.pv.id);
+        let top_gpa = self.mon.r0_gpa(MonitorLayout::vcpu_page(
+            self.pv.id,
+            R0_STACK + R0_STACK_PAGES,
+        ));
+        let off = top_va.wrapping_sub(k.rsp);
+        if off > R0_STACK_PAGES * PAGE || off < 40 {
+            return Err(format!("ring-0 stack pointer {:#x} out of range", k.rsp));
+        }
+        let fa = top_gpa - off;
+        let mem = &*self.pv.dom.mem;
+        let r = |i: u64| mem.read_u64(fa + i * 8).unwrap_or(0);
+        let (err, base) = if errcode { (Some(r(0) as u32), 1) } else { (None, 0) };
+        g.rip = r(base);
+        g.cs = r(base + 1) as u16;
+        g.rflags = r(base + 2);
+        g.rsp = r(base + 3);
+        g.ss = r(base + 4) as u16;
+        Ok(err)
+    }
+
+    /// The guest loads FS/GS natively (`mov %fs`), which may change their
+    /// bases behind our back: take the hardware values as the truth.
+    fn sync_segments(&mut self, s: &kvm_sregs) {
+        if self.pending_tail.is_some() {
+            return;
+        }
+        self.pv.fs_base = s.fs.base;
+        if self.pv.kernel_mode {
+            self.pv.gs_base_kernel = s.gs.base;
+        } else {
+            self.pv.gs_base_user = s.gs.base;
+        }
+        self.sregs = Some(*s);
     }
 
     fn now_ns(&self) -> u64 {
@@ -521,27 +577,23 @@ impl Vcpu {
     /// state where Xen would (not in the middle of our ring-0 stub).
     fn async_event(&mut self) -> Result<(), String> {
         self.timers();
-        if !self.events_deliverable() || self.pending_tail.is_some() {
+        if !self.events_deliverable() || self.upcall_irq {
             return Ok(());
         }
-        let s = self
-            .fd
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-        if s.cs.dpl != 3 {
-            return Ok(());
+        // Interrupt the guest at an instruction boundary with the upcall
+        // vector rather than rewriting its registers here: KVM may be in the
+        // middle of delivering an exception. The upcall is then built from
+        // the clean frame the CPU leaves (PORT_UPCALL).
+        let irq: u32 = UPCALL_VECTOR.into();
+        // SAFETY: KVM_INTERRUPT on our own vCPU fd with a valid pointer.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), KVM_INTERRUPT, &irq) };
+        let err = std::io::Error::last_os_error();
+        if r == 0 || err.raw_os_error() == Some(libc::EEXIST) {
+            self.upcall_irq = true;
+        } else {
+            self.pv.dom.log_once(format!("KVM_INTERRUPT failed: {err}"));
         }
-        let k = self
-            .fd
-            .get_regs()
-            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-        let mut g = Self::gregs(&k);
-        g.cs = s.cs.selector;
-        g.ss = s.ss.selector;
-        match self.pv.deliver_events(&mut g) {
-            Ok(()) => self.resume(&g),
-            Err(a) => Err(format!("{a:?}")),
-        }
+        Ok(())
     }
 
     /// A register dump for crash reports.

@@ -23,6 +23,7 @@ use crate::memory::Memory;
 use crate::platform::Host;
 use crate::ring0;
 use crate::vcpu::{install_kick_handler, Vcpu, VcpuEnd};
+use crate::xs::XsBackend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -47,6 +48,8 @@ pub enum VmError {
     TooLittleMemory(u64),
     #[error("--vcpus must be between 1 and {MAX_VCPUS}")]
     Vcpus,
+    #[error(transparent)]
+    Xenstore(#[from] crate::xs::XsError),
 }
 
 fn kerr(what: &str) -> impl Fn(kvm_ioctls::Error) -> VmError + '_ {
@@ -59,6 +62,9 @@ pub struct VmConfig<'a> {
     pub cmdline: &'a str,
     pub memory_mib: u64,
     pub vcpus: u32,
+    pub name: &'a str,
+    /// Serve the domain's xenstore on this unix socket.
+    pub xenstore_socket: Option<&'a Path>,
 }
 
 /// How the domain ended.
@@ -80,6 +86,7 @@ pub struct Vm {
     boot_regs: Regs,
 }
 
+const STORE_PORT: u32 = 1;
 const CONSOLE_PORT: u32 = 2;
 
 impl Vm {
@@ -132,7 +139,7 @@ impl Vm {
                 nr_pages,
                 shared_info_gpa: mon.shared_info,
                 console_port: CONSOLE_PORT,
-                store_port: 0,
+                store_port: STORE_PORT,
             },
         )?;
         if log::log_enabled!(log::Level::Debug) {
@@ -179,7 +186,7 @@ impl Vm {
             wallclock_ns: wall,
         };
         let dlayout = DomainLayout {
-            domid: 1,
+            domid: dlayout_domid(),
             nr_pages,
             max_vcpus: cfg.vcpus,
             shared_info_gpa: mon.shared_info,
@@ -189,7 +196,7 @@ impl Vm {
             console_mfn: layout.console_pfn,
             console_port: CONSOLE_PORT,
             store_mfn: layout.store_pfn,
-            store_port: 0,
+            store_port: STORE_PORT,
             grant_gpa: mon.grant,
             grant_frames: GRANT_FRAMES,
         };
@@ -204,6 +211,22 @@ impl Vm {
         ));
         let _ = host.domain.set(Arc::downgrade(&dom));
         dom.init_shared_info();
+        let mut xs = XsBackend::new(
+            u32::from(dlayout_domid()),
+            cfg.name,
+            ram >> 10,
+            cfg.vcpus,
+            layout.store_pfn,
+            STORE_PORT,
+            layout.console_pfn,
+            CONSOLE_PORT,
+        )?;
+        if let Some(p) = cfg.xenstore_socket {
+            xs.serve_socket(p)?;
+        }
+        let xs = Arc::new(xs);
+        xs.spawn_pump(Arc::downgrade(&dom));
+        let _ = host.xs.set(xs);
         let mut vcpus = Vec::new();
         for (i, fd) in fds.into_iter().enumerate() {
             let mut cpuid = CpuId::new(policy.entries.len())
@@ -319,6 +342,11 @@ impl Vm {
         log::info!("total exits: {}", vcpu0.exits);
         outcome
     }
+}
+
+/// The domain id of the guest (one guest per monitor process).
+fn dlayout_domid() -> u16 {
+    1
 }
 
 /// Kicks vCPUs whose timer deadline passed while they run guest code.

@@ -27,6 +27,8 @@ pub enum Entry {
         error: Option<u32>,
         cr2: u64,
     },
+    /// The monitor interrupted the guest to deliver pending events.
+    Interrupt,
 }
 
 /// What the monitor does next with this vCPU.
@@ -246,6 +248,10 @@ impl PvVcpu {
                     self.count("guest syscall");
                     self.bounce_syscall(regs)
                 }
+            }
+            Entry::Interrupt => {
+                self.count("upcall interrupt");
+                Action::Resume
             }
             Entry::Exception { vector, error, cr2 } => {
                 self.count(exception_name(vector));
