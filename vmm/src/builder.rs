@@ -62,7 +62,7 @@ pub fn plan(k: &PvKernel, initrd_len: u64, nr_pages: u64) -> Result<PvLayout, Bu
     let kernel_pfn = (k.virt_kstart - vb) / PAGE;
     let kernel_pages = cursor - kernel_pfn;
     let initrd_pages = initrd_len.div_ceil(PAGE);
-    let mut take = |n: u64, cursor: &mut u64| {
+    let take = |n: u64, cursor: &mut u64| {
         let p = *cursor;
         *cursor += n;
         p
@@ -118,7 +118,7 @@ pub fn plan(k: &PvKernel, initrd_len: u64, nr_pages: u64) -> Result<PvLayout, Bu
     if cursor > nr_pages {
         return Err(BuildError::TooSmall {
             need: (cursor * PAGE).div_ceil(1 << 20) + 16,
-            have: nr_pages * PAGE >> 20,
+            have: (nr_pages * PAGE) >> 20,
         });
     }
     Ok(PvLayout {

@@ -65,6 +65,9 @@ struct RunArgs {
     /// Unix socket for the domain's xenstore (default: in the run directory).
     #[arg(long)]
     xenstore_socket: Option<PathBuf>,
+    /// At the end, print exit and hypercall counts as `xenkvm-stats` lines.
+    #[arg(long)]
+    stats: bool,
 }
 
 fn main() -> ExitCode {
@@ -93,7 +96,9 @@ fn main() -> ExitCode {
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let sock = args.xenstore_socket.clone().unwrap_or_else(|| {
-        xs::run_dir().join(format!("{}-{}", args.name, std::process::id())).join("xenstored.sock")
+        xs::run_dir()
+            .join(format!("{}-{}", args.name, std::process::id()))
+            .join("xenstored.sock")
     });
     let cfg = vm::VmConfig {
         name: &args.name,
@@ -104,7 +109,8 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         vcpus: args.vcpus,
     };
-    let vm = vm::Vm::create(&cfg)?;
+    let mut vm = vm::Vm::create(&cfg)?;
+    vm.print_stats = args.stats;
     log::info!("guest layout: {:x?}", vm.layout);
     eprintln!(
         "xenkvm: domain {} ({}) xenstore: export XENSTORED_PATH={}",

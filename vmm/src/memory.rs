@@ -34,7 +34,7 @@ impl Memory {
     }
 
     fn atomic(&self, gpa: u64) -> Result<&AtomicU64, MemError> {
-        if gpa % 8 != 0 || gpa.checked_add(8).is_none_or(|e| e > self.size) {
+        if !gpa.is_multiple_of(8) || gpa.checked_add(8).is_none_or(|e| e > self.size) {
             return Err(MemError { gpa, len: 8 });
         }
         // SAFETY: in bounds, 8-aligned, and the mapping lives as long as self.

@@ -140,7 +140,9 @@ impl Platform for Host {
     }
 
     fn backend_notify(&self, backend: u32, _port: u32) {
-        let Some(dom) = self.domain.get().and_then(Weak::upgrade) else { return };
+        let Some(dom) = self.domain.get().and_then(Weak::upgrade) else {
+            return;
+        };
         match backend {
             BACKEND_CONSOLE => self.console_drain(&dom),
             BACKEND_XENSTORE => {

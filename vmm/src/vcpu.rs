@@ -48,7 +48,7 @@ pub fn install_kick_handler() {
     // SAFETY: installing a signal handler that only does a volatile store.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_kick as usize;
+        sa.sa_sigaction = on_kick as *const () as usize;
         sa.sa_flags = 0;
         libc::sigaction(crate::platform::KICK_SIGNAL, &sa, std::ptr::null_mut());
     }
@@ -396,13 +396,17 @@ impl Vcpu {
             R0_STACK + R0_STACK_PAGES,
         ));
         let off = top_va.wrapping_sub(k.rsp);
-        if off > R0_STACK_PAGES * PAGE || off < 40 {
+        if !(40..=R0_STACK_PAGES * PAGE).contains(&off) {
             return Err(format!("ring-0 stack pointer {:#x} out of range", k.rsp));
         }
         let fa = top_gpa - off;
         let mem = &*self.pv.dom.mem;
         let r = |i: u64| mem.read_u64(fa + i * 8).unwrap_or(0);
-        let (err, base) = if errcode { (Some(r(0) as u32), 1) } else { (None, 0) };
+        let (err, base) = if errcode {
+            (Some(r(0) as u32), 1)
+        } else {
+            (None, 0)
+        };
         g.rip = r(base);
         g.cs = r(base + 1) as u16;
         g.rflags = r(base + 2);

@@ -11,7 +11,6 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VmFd};
 use xen_shim::cpuid::{CpuidEntry, CpuidPolicy};
 use xen_shim::domain::{Domain, DomainLayout, Platform};
-use xen_shim::mem::GuestMem;
 use xen_shim::mmu::Mmu;
 use xen_shim::regs::Regs;
 use xen_shim::time::{Clock, TimeScale};
@@ -23,7 +22,7 @@ use crate::memory::Memory;
 use crate::platform::Host;
 use crate::ring0;
 use crate::vcpu::{install_kick_handler, Vcpu, VcpuEnd};
-use crate::xs::XsBackend;
+use crate::xs::{XsBackend, XsDomain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -84,6 +83,8 @@ pub struct Vm {
     pub layout: PvLayout,
     vcpus: Vec<Vcpu>,
     boot_regs: Regs,
+    /// Print machine-readable exit and hypercall counts at the end.
+    pub print_stats: bool,
 }
 
 const STORE_PORT: u32 = 1;
@@ -211,16 +212,16 @@ impl Vm {
         ));
         let _ = host.domain.set(Arc::downgrade(&dom));
         dom.init_shared_info();
-        let mut xs = XsBackend::new(
-            u32::from(dlayout_domid()),
-            cfg.name,
-            ram >> 10,
-            cfg.vcpus,
-            layout.store_pfn,
-            STORE_PORT,
-            layout.console_pfn,
-            CONSOLE_PORT,
-        )?;
+        let mut xs = XsBackend::new(&XsDomain {
+            domid: u32::from(dlayout_domid()),
+            name: cfg.name,
+            mem_kib: ram >> 10,
+            vcpus: cfg.vcpus,
+            store_gfn: layout.store_pfn,
+            store_port: STORE_PORT,
+            console_gfn: layout.console_pfn,
+            console_port: CONSOLE_PORT,
+        })?;
         if let Some(p) = cfg.xenstore_socket {
             xs.serve_socket(p)?;
         }
@@ -306,6 +307,7 @@ impl Vm {
             layout,
             vcpus,
             boot_regs,
+            print_stats: false,
         })
     }
 
@@ -340,6 +342,15 @@ impl Vm {
                 .unwrap_or_else(|e| e.into_inner())
         );
         log::info!("total exits: {}", vcpu0.exits);
+        if self.print_stats {
+            for (k, v) in &vcpu0.pv.exits_by_reason {
+                eprintln!("xenkvm-stats exit {} {v}", k.replace(' ', "_"));
+            }
+            for (k, v) in self.dom.hypercall_counts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                eprintln!("xenkvm-stats hypercall {k} {v}");
+            }
+            eprintln!("xenkvm-stats exits_total {}", vcpu0.exits);
+        }
         outcome
     }
 }
@@ -374,11 +385,5 @@ fn timer_thread(host: Weak<Host>) {
         drop(h);
         let sleep = next.saturating_sub(now).clamp(20_000, 1_000_000);
         std::thread::sleep(Duration::from_nanos(sleep));
-    }
-}
-
-impl Vm {
-    pub fn guest_mem(&self) -> &dyn GuestMem {
-        &*self.dom.mem
     }
 }

@@ -39,24 +39,52 @@ pub struct XsBackend {
     ring: Mutex<Option<GuestRing>>,
     wake: Arc<Wake>,
     pub socket: Option<PathBuf>,
+}
+
+/// What the store needs to know about the domain it serves.
+#[derive(Clone, Copy)]
+pub struct XsDomain<'a> {
     pub domid: u32,
+    pub name: &'a str,
+    pub mem_kib: u64,
+    pub vcpus: u32,
+    pub store_gfn: u64,
+    pub store_port: u32,
+    pub console_gfn: u64,
+    pub console_port: u32,
 }
 
 impl XsBackend {
-    /// Populate the store for domain `domid` as a toolstack would.
-    pub fn new(domid: u32, name: &str, mem_kib: u64, vcpus: u32, store_gfn: u64, store_port: u32, console_gfn: u64, console_port: u32) -> Result<XsBackend, XsError> {
+    /// Populate the store for a domain as a toolstack would.
+    pub fn new(d: &XsDomain) -> Result<XsBackend, XsError> {
+        let XsDomain {
+            domid,
+            name,
+            mem_kib,
+            vcpus,
+            store_gfn,
+            store_port,
+            console_gfn,
+            console_port,
+        } = *d;
         let e = |x: xenstore::XsError| XsError::Store(format!("{x:?}"));
         let mut s = Store::new();
         xenstore::populate_dom0(&mut s).map_err(e)?;
         xenstore::populate_domain(&mut s, domid, name, mem_kib, vcpus).map_err(e)?;
         xenstore::set_store_ring(&mut s, domid, store_gfn, store_port).map_err(e)?;
         xenstore::add_console(&mut s, domid, 0, console_gfn, console_port).map_err(e)?;
-        s.introduce_domain(domid, store_gfn, store_port).map_err(e)?;
+        s.introduce_domain(domid, store_gfn, store_port)
+            .map_err(e)?;
         let ring = GuestRing::new(&mut s, store_gfn << 12, domid);
         let wake = Arc::new(Wake::default());
         let w = wake.clone();
         s.set_notifier(ring.conn(), Box::new(move || w.kick()));
-        Ok(XsBackend { store: Arc::new(Mutex::new(s)), ring: Mutex::new(Some(ring)), wake, socket: None, domid })
+        Ok(XsBackend {
+            store: Arc::new(Mutex::new(s)),
+            ring: Mutex::new(Some(ring)),
+            wake,
+            socket: None,
+        })
     }
 
     /// Serve the store to Xen's tools on a unix socket.
@@ -97,11 +125,15 @@ impl XsBackend {
                 {
                     let g = wake.lock.lock().unwrap_or_else(|e| e.into_inner());
                     if !wake.pending.swap(false, Ordering::SeqCst) {
-                        let _ = wake.cv.wait_timeout(g, std::time::Duration::from_millis(200));
+                        let _ = wake
+                            .cv
+                            .wait_timeout(g, std::time::Duration::from_millis(200));
                         wake.pending.store(false, Ordering::SeqCst);
                     }
                 }
-                let (Some(me), Some(d)) = (me.upgrade(), dom.upgrade()) else { return };
+                let (Some(me), Some(d)) = (me.upgrade(), dom.upgrade()) else {
+                    return;
+                };
                 me.process(&d);
             })
             .ok();

@@ -142,13 +142,13 @@ pub fn priv_op(v: &mut PvVcpu, regs: &mut Regs) -> Option<Action> {
                     _ => return None,
                 }
             } else if r1.is_dr() && is_gpr(r0) {
-                let idx = (r1.number() - Register::DR0.number()) as usize;
+                let idx = r1.number() - Register::DR0.number();
                 regs.set_gpr(
                     (r0.number() - Register::RAX.number()) as u8,
                     v.debugreg[idx.min(7)],
                 );
             } else if r0.is_dr() && is_gpr(r1) {
-                let idx = (r0.number() - Register::DR0.number()) as usize;
+                let idx = r0.number() - Register::DR0.number();
                 v.debugreg[idx.min(7)] = regs.gpr((r1.number() - Register::RAX.number()) as u8);
             } else {
                 return None;

@@ -107,7 +107,7 @@ fn set_trap_table(v: &mut PvVcpu, va: u64) -> Result<i64, i64> {
 fn set_debugreg(v: &mut PvVcpu, reg: u64, val: u64) -> Result<i64, i64> {
     match reg {
         0..=3 => {
-            if val >= crate::abi::HYPERVISOR_VIRT_START && val < crate::abi::HYPERVISOR_VIRT_END {
+            if (crate::abi::HYPERVISOR_VIRT_START..crate::abi::HYPERVISOR_VIRT_END).contains(&val) {
                 return Err(-EPERM);
             }
             v.debugreg[reg as usize] = val;

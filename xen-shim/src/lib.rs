@@ -3,23 +3,23 @@
 //! Everything here works on a [`mem::GuestMem`] and plain register values so
 //! that it can be unit-tested without `/dev/kvm`.
 
-pub mod mem;
-pub mod xenstore;
 pub mod abi;
-pub mod mmu;
-pub mod regs;
-pub mod guestva;
 pub mod cpuid;
-pub mod time;
-pub mod domain;
-pub mod evtchn;
-pub mod traps;
-pub mod emulate;
-pub mod hypercall;
-pub mod pvmm;
 pub mod descriptors;
-pub mod vcpuop;
-pub mod vcpuctx;
+pub mod domain;
+pub mod emulate;
+pub mod evtchn;
 pub mod evtchn_op;
-pub mod vcpu;
 pub mod gnttab;
+pub mod guestva;
+pub mod hypercall;
+pub mod mem;
+pub mod mmu;
+pub mod pvmm;
+pub mod regs;
+pub mod time;
+pub mod traps;
+pub mod vcpu;
+pub mod vcpuctx;
+pub mod vcpuop;
+pub mod xenstore;

@@ -305,7 +305,7 @@ impl PvVcpu {
         }
         self.count("event upcall");
         let cb = self.event_callback;
-        crate::traps::create_bounce_frame(self, regs, cb, None, TBF_INTERRUPT).map_err(|a| a)
+        crate::traps::create_bounce_frame(self, regs, cb, None, TBF_INTERRUPT)
     }
 
     /// Raise a VIRQ bound on this vCPU.
