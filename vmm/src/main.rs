@@ -12,6 +12,7 @@ mod loader;
 mod memory;
 mod platform;
 mod ring0;
+mod smp;
 mod vcpu;
 mod vm;
 mod xs;

@@ -17,10 +17,13 @@ pub struct VcpuSignal {
     pub kicked: AtomicBool,
     pub lock: Mutex<()>,
     pub cv: Condvar,
-    /// pthread id of the vCPU thread once it runs (0 before).
-    pub thread: AtomicU64,
+    /// pthread id of the vCPU thread while it runs (0 otherwise); the lock
+    /// keeps the thread alive while a kick signals it.
+    pub thread: Mutex<u64>,
     /// Timer deadline in system-time ns (u64::MAX = none).
     pub deadline: AtomicU64,
+    /// Another vCPU asked this one to flush its TLB.
+    pub flush: AtomicBool,
 }
 
 pub const KICK_SIGNAL: i32 = 34; // SIGRTMIN
@@ -125,11 +128,12 @@ impl Platform for Host {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.cv.notify_all();
         }
-        let t = s.thread.load(Ordering::SeqCst);
-        if t != 0 {
-            // SAFETY: the thread id belongs to a live vCPU thread of this process.
+        let t = s.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if *t != 0 {
+            // SAFETY: the thread is alive: it clears the id under this lock
+            // before it exits.
             unsafe {
-                libc::pthread_kill(t as libc::pthread_t, KICK_SIGNAL);
+                libc::pthread_kill(*t as libc::pthread_t, KICK_SIGNAL);
             }
         }
     }

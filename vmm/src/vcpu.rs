@@ -14,6 +14,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 /// `_IOW(KVMIO, 0x86, struct kvm_interrupt)`
 const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 use xen_shim::abi::{HYPERVISOR_CS, HYPERVISOR_DS};
+use xen_shim::domain::Platform;
 use xen_shim::regs::Regs;
 use xen_shim::vcpu::{has_error_code, Action, Entry, Flush, PvVcpu};
 
@@ -69,6 +70,8 @@ pub struct Vcpu {
     sregs: Option<kvm_sregs>,
     /// An upcall interrupt is queued in KVM.
     upcall_irq: bool,
+    /// Starts secondary vCPUs (set while the vCPU thread runs).
+    pub starter: Option<Arc<crate::smp::Starter>>,
     pub exits: u64,
 }
 
@@ -106,6 +109,7 @@ impl Vcpu {
             pending_tail: None,
             sregs: None,
             upcall_irq: false,
+            starter: None,
             exits: 0,
         }
     }
@@ -196,6 +200,9 @@ impl Vcpu {
             self.pv.gdt_dirty = false;
         }
         let cr3 = self.pv.current_root() << 12;
+        if self.signal.flush.swap(false, Ordering::SeqCst) {
+            self.pv.flush = Flush::All;
+        }
         let flush = std::mem::take(&mut self.pv.flush);
         let writes = std::mem::take(&mut self.pv.pt_log);
         let mut s = match self.sregs.take() {
@@ -488,11 +495,17 @@ impl Vcpu {
     }
 
     /// Run until the guest shuts down, crashes or the monitor stops.
-    pub fn run(&mut self, mut g: Regs) -> VcpuEnd {
+    pub fn run(&mut self, g: Regs) -> VcpuEnd {
         // SAFETY: pthread_self has no preconditions.
-        self.signal
-            .thread
-            .store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+        *self.signal.thread.lock().unwrap_or_else(|e| e.into_inner()) =
+            unsafe { libc::pthread_self() } as u64;
+        let end = self.run_inner(g);
+        *self.signal.thread.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+        end
+    }
+
+    fn run_inner(&mut self, mut g: Regs) -> VcpuEnd {
         let ie = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
         IMMEDIATE_EXIT.with(|p| p.set(ie));
         if let Err(e) = self.resume(&g) {
@@ -533,6 +546,7 @@ impl Vcpu {
                 regs.rsp
             );
             let action = self.pv.handle(entry, &mut regs);
+            self.after_handle();
             match action {
                 Action::Resume => {}
                 Action::Yield => {
@@ -568,6 +582,27 @@ impl Vcpu {
         }
     }
 
+    /// Act on requests the Xen core left for the monitor.
+    fn after_handle(&mut self) {
+        if let Some(st) = &self.starter {
+            for (id, ctx) in self.pv.pending_boot.drain(..) {
+                st.set_context(id, ctx);
+            }
+            for id in std::mem::take(&mut self.pv.vcpus_to_up) {
+                st.up(id);
+            }
+        }
+        let mask = std::mem::take(&mut self.pv.remote_flush);
+        if mask != 0 {
+            for (i, s) in self.host.vcpus.iter().enumerate() {
+                if i as u32 != self.pv.id && i < 64 && mask & (1 << i) != 0 {
+                    s.flush.store(true, Ordering::SeqCst);
+                    self.host.kick(i as u32);
+                }
+            }
+        }
+    }
+
     fn end(&self, a: Action) -> VcpuEnd {
         match a {
             Action::Shutdown(r) => VcpuEnd::Shutdown(r),
@@ -581,7 +616,8 @@ impl Vcpu {
     /// state where Xen would (not in the middle of our ring-0 stub).
     fn async_event(&mut self) -> Result<(), String> {
         self.timers();
-        if !self.events_deliverable() || self.upcall_irq {
+        let flush = self.signal.flush.load(Ordering::SeqCst);
+        if !(self.events_deliverable() || flush) || self.upcall_irq {
             return Ok(());
         }
         // Interrupt the guest at an instruction boundary with the upcall

@@ -21,6 +21,9 @@ use crate::layout::*;
 use crate::memory::Memory;
 use crate::platform::Host;
 use crate::ring0;
+use std::collections::BTreeMap;
+
+use crate::smp::{Starter, VcpuReport};
 use crate::vcpu::{install_kick_handler, Vcpu, VcpuEnd};
 use crate::xs::{XsBackend, XsDomain};
 
@@ -312,46 +315,84 @@ impl Vm {
     }
 
     /// Run the guest until it shuts down.
-    pub fn run(mut self) -> Outcome {
+    pub fn run(self) -> Outcome {
         install_kick_handler();
         let host = self.host.clone();
         let timer_host = Arc::downgrade(&host);
         let timer = std::thread::spawn(move || timer_thread(timer_host));
-        let mut vcpu0 = self.vcpus.remove(0);
-        let regs = self.boot_regs;
-        let end = vcpu0.run(regs);
-        let outcome = match &end {
-            VcpuEnd::Shutdown(0) => Outcome::Poweroff,
-            VcpuEnd::Shutdown(1) => Outcome::Reboot,
-            VcpuEnd::Shutdown(3) => Outcome::Crash(format!(
-                "the guest crashed (SCHEDOP_shutdown crash)\n{}",
-                vcpu0.dump()
-            )),
-            VcpuEnd::Shutdown(r) => Outcome::Other(*r),
-            VcpuEnd::Crash(m) => Outcome::Crash(format!("{m}\n{}", vcpu0.dump())),
-            VcpuEnd::Stopped | VcpuEnd::Down => Outcome::Other(255),
+        let (tx, rx) = std::sync::mpsc::channel::<VcpuReport>();
+        let mut vcpus = self.vcpus.into_iter();
+        let Some(vcpu0) = vcpus.next() else {
+            return Outcome::Crash("no vCPU".into());
         };
+        let mut parked: Vec<Option<Vcpu>> = vec![None];
+        parked.extend(vcpus.map(Some));
+        let starter = Arc::new(Starter::new(parked, tx));
+        starter.spawn(vcpu0, self.boot_regs);
+        let mut exits: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut total = 0u64;
+        let mut outcome = None;
+        let mut add = |r: &VcpuReport| {
+            for (k, v) in &r.exits_by_reason {
+                *exits.entry(k).or_insert(0) += v;
+            }
+            total += r.exits;
+        };
+        while outcome.is_none() {
+            let Ok(r) = rx.recv() else { break };
+            add(&r);
+            outcome = match &r.end {
+                VcpuEnd::Shutdown(0) => Some(Outcome::Poweroff),
+                VcpuEnd::Shutdown(1) => Some(Outcome::Reboot),
+                VcpuEnd::Shutdown(3) => Some(Outcome::Crash(format!(
+                    "the guest crashed (SCHEDOP_shutdown crash)\n{}",
+                    r.dump
+                ))),
+                VcpuEnd::Shutdown(n) => Some(Outcome::Other(*n)),
+                VcpuEnd::Crash(m) => {
+                    Some(Outcome::Crash(format!("vCPU {}: {m}\n{}", r.id, r.dump)))
+                }
+                VcpuEnd::Down => {
+                    self.dom
+                        .online
+                        .fetch_and(!(1 << r.id), std::sync::atomic::Ordering::SeqCst);
+                    None
+                }
+                VcpuEnd::Stopped => host
+                    .stop
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .then_some(Outcome::Other(255)),
+            };
+        }
         host.stop_all();
+        let threads =
+            std::mem::take(&mut *starter.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+        while let Ok(r) = rx.try_recv() {
+            add(&r);
+        }
         let _ = timer.join();
-        log::info!("vCPU 0 exits by reason: {:?}", vcpu0.pv.exits_by_reason);
-        log::info!(
-            "hypercalls by name: {:?}",
-            self.dom
-                .hypercall_counts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-        );
-        log::info!("total exits: {}", vcpu0.exits);
+        let calls = self
+            .dom
+            .hypercall_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        log::info!("exits by reason: {exits:?}");
+        log::info!("hypercalls by name: {calls:?}");
+        log::info!("total exits: {total}");
         if self.print_stats {
-            for (k, v) in &vcpu0.pv.exits_by_reason {
+            for (k, v) in &exits {
                 eprintln!("xenkvm-stats exit {} {v}", k.replace(' ', "_"));
             }
-            for (k, v) in self.dom.hypercall_counts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for (k, v) in &calls {
                 eprintln!("xenkvm-stats hypercall {k} {v}");
             }
-            eprintln!("xenkvm-stats exits_total {}", vcpu0.exits);
+            eprintln!("xenkvm-stats exits_total {total}");
         }
-        outcome
+        outcome.unwrap_or(Outcome::Other(255))
     }
 }
 

@@ -105,6 +105,11 @@ pub fn update_va_mapping(v: &mut PvVcpu, va: u64, val: u64, flags: u64) -> Resul
         2 => v.flush.add_page(va),
         _ => {}
     }
+    match flags & !3 {
+        0 => {}
+        4 => v.remote_flush |= all_others(v),
+        mask_va => v.remote_flush |= v.read_u64(mask_va).unwrap_or(u64::MAX) & all_others(v),
+    }
     Ok(0)
 }
 
@@ -140,10 +145,12 @@ pub fn mmuext_op(
             5 => crate::hypercall::new_baseptr(v, arg1).map(|_| ()),
             6 | 8 | 10 => {
                 v.flush = Flush::All;
+                v.remote_flush |= remote_mask(v, cmd, arg2);
                 Ok(())
             }
             7 | 9 | 11 => {
                 v.flush.add_page(arg1);
+                v.remote_flush |= remote_mask(v, cmd, arg2);
                 Ok(())
             }
             12 | 18 => Err(-EPERM),
@@ -219,6 +226,21 @@ pub fn mmuext_op(
         let _ = v.copy_to(pdone, &(done as u32).to_le_bytes());
     }
     result
+}
+
+fn all_others(v: &PvVcpu) -> u64 {
+    let n = v.dom.layout.max_vcpus.min(64);
+    let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+    all & !(1u64 << v.id)
+}
+
+/// vCPUs other than `v` that a multi/all flush op names.
+fn remote_mask(v: &PvVcpu, cmd: u32, mask_va: u64) -> u64 {
+    match cmd {
+        8 | 9 => v.read_u64(mask_va).unwrap_or(u64::MAX) & all_others(v),
+        10 | 11 => all_others(v),
+        _ => 0,
+    }
 }
 
 /// Walk helper re-exported for the monitor's diagnostics.

@@ -71,10 +71,29 @@ impl Flush {
     }
 }
 
-/// Initial context of a secondary vCPU (VCPUOP_initialise), applied by the monitor.
-#[derive(Debug, Clone, Copy, Default)]
+/// Initial context of a secondary vCPU (VCPUOP_initialise), applied when it comes up.
+#[derive(Debug, Clone, Default)]
 pub struct BootContext {
     pub regs: Regs,
+    pub flags: u64,
+    pub traps: Vec<TrapInfo>,
+    pub ldt_base: u64,
+    pub ldt_ents: u64,
+    pub gdt_frames: Vec<u64>,
+    pub gdt_ents: u64,
+    pub kernel_ss: u64,
+    pub kernel_sp: u64,
+    /// MFN of the kernel root (ctrlreg[3]) and of the user root (ctrlreg[1]).
+    pub cr3: u64,
+    pub user_root: u64,
+    pub event_callback: u64,
+    pub failsafe_callback: u64,
+    pub syscall_callback: u64,
+    pub fs_base: u64,
+    pub gs_base_kernel: u64,
+    pub gs_base_user: u64,
+    /// Virtual IOPL from the context's RFLAGS (Linux passes IOPL 1).
+    pub iopl: u32,
 }
 
 pub struct PvVcpu {
@@ -113,9 +132,12 @@ pub struct PvVcpu {
     /// Work for the monitor before resuming.
     pub pt_log: PtLog,
     pub flush: Flush,
-    /// Pending secondary-vCPU start request (for VCPUOP_up).
+    /// Secondary-vCPU contexts (VCPUOP_initialise) and start requests (VCPUOP_up)
+    /// for the monitor to act on.
     pub pending_boot: Vec<(u32, BootContext)>,
     pub vcpus_to_up: Vec<u32>,
+    /// Other vCPUs (bitmask) whose TLBs must be flushed.
+    pub remote_flush: u64,
     /// Statistics.
     pub exits_by_reason: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -161,6 +183,7 @@ impl PvVcpu {
             flush: Flush::None,
             pending_boot: Vec::new(),
             vcpus_to_up: Vec::new(),
+            remote_flush: 0,
             exits_by_reason: Default::default(),
         }
     }

@@ -194,9 +194,3 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
         }
     }
 }
-
-impl BootContext {
-    pub fn is_empty(&self) -> bool {
-        self.regs.rip == 0
-    }
-}

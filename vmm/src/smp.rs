@@ -1,0 +1,107 @@
+//! vCPU threads: the boot vCPU and the secondary vCPUs the guest brings up
+//! with VCPUOP_initialise / VCPUOP_up, and how their ends are collected.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use xen_shim::regs::Regs;
+use xen_shim::vcpu::BootContext;
+
+use crate::vcpu::{Vcpu, VcpuEnd};
+
+/// What a vCPU thread reports when it ends.
+pub struct VcpuReport {
+    pub id: u32,
+    pub end: VcpuEnd,
+    pub dump: String,
+    pub exits_by_reason: BTreeMap<&'static str, u64>,
+    pub exits: u64,
+}
+
+/// Holds the vCPUs that are not running yet and starts them on request.
+pub struct Starter {
+    parked: Mutex<Vec<Option<Vcpu>>>,
+    contexts: Mutex<HashMap<u32, BootContext>>,
+    tx: Mutex<Sender<VcpuReport>>,
+    pub threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Starter {
+    pub fn new(parked: Vec<Option<Vcpu>>, tx: Sender<VcpuReport>) -> Starter {
+        Starter {
+            parked: Mutex::new(parked),
+            contexts: Mutex::new(HashMap::new()),
+            tx: Mutex::new(tx),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// VCPUOP_initialise: remember the context for `id`.
+    pub fn set_context(&self, id: u32, ctx: BootContext) {
+        self.contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, ctx);
+    }
+
+    /// VCPUOP_up: start vCPU `id` with its initialised context.
+    pub fn up(self: &Arc<Self>, id: u32) {
+        let ctx = self
+            .contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        let Some(ctx) = ctx else {
+            log::warn!("VCPUOP_up for vCPU {id} without VCPUOP_initialise; ignored");
+            return;
+        };
+        let vcpu = {
+            let mut p = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+            p.get_mut(id as usize).and_then(Option::take)
+        };
+        let Some(mut vcpu) = vcpu else { return };
+        match xen_shim::vcpuctx::apply_context(&mut vcpu.pv, &ctx) {
+            Ok(regs) => {
+                vcpu.pv.dom.online.fetch_or(1 << id, Ordering::SeqCst);
+                self.spawn(vcpu, regs);
+            }
+            Err(e) => {
+                log::warn!("vCPU {id}: invalid initial context (Xen error {e})");
+                self.parked.lock().unwrap_or_else(|e| e.into_inner())[id as usize] = Some(vcpu);
+            }
+        }
+    }
+
+    /// Run `vcpu` from `regs` on its own thread.
+    pub fn spawn(self: &Arc<Self>, mut vcpu: Vcpu, regs: Regs) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let me = self.clone();
+        let id = vcpu.pv.id;
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                vcpu.starter = Some(me);
+                let end = vcpu.run(regs);
+                vcpu.starter = None;
+                let _ = tx.send(VcpuReport {
+                    id,
+                    dump: vcpu.dump(),
+                    end,
+                    exits_by_reason: std::mem::take(&mut vcpu.pv.exits_by_reason),
+                    exits: vcpu.exits,
+                });
+            });
+        match h {
+            Ok(h) => self
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(h),
+            Err(e) => log::error!("cannot start vCPU {id} thread: {e}"),
+        }
+    }
+}
