@@ -148,14 +148,37 @@ fi
 BB="$CACHE/busybox"
 "$BB" true 2>/dev/null || die "$BB does not run on this host"
 
+# ------------------------------------------------- extra files per image
+# A tree at $CACHE/extra-<name>/ is copied over the staging root of initramfs-<name>
+# (the image is rebuilt when a file there is newer). Only "bench" has one: /bin/xkbench,
+# tests/guests/bench/xkbench.c built with the host's gcc as a static binary.
+xkbench_src="$here/../tests/guests/bench/xkbench.c"
+xkbench_bin="$CACHE/extra-bench/bin/xkbench"
+if [ -f "$xkbench_src" ]; then
+    if ! command -v gcc >/dev/null 2>&1; then
+        log "note: gcc not found; initramfs-bench is built without /bin/xkbench (scripts/bench needs it)"
+    elif [ "$REFRESH" = 1 ] || [ ! "$xkbench_bin" -nt "$xkbench_src" ]; then
+        log "building xkbench (gcc -O2 -static)"
+        mkdir -p "$CACHE/extra-bench/bin"
+        if gcc -O2 -static -Wall -o "$xkbench_bin.new" "$xkbench_src" >&2; then
+            mv -f "$xkbench_bin.new" "$xkbench_bin"
+        else
+            rm -f "$xkbench_bin.new"
+            log "note: building xkbench failed (static glibc missing?); initramfs-bench goes without it"
+        fi
+    fi
+fi
+
 # ------------------------------------------------------------- initramfs
 build_initramfs() {
-    local init="$1" name out root
+    local init="$1" name out root extra
     name="$(basename "$init" .init)"
     out="$CACHE/initramfs-$name.cpio.gz"
     root="$tmp/initramfs-$name"
+    extra="$CACHE/extra-$name"
     if [ "$REFRESH" != 1 ] && [ "$out" -nt "$init" ] && [ "$out" -nt "$BB" ] &&
-        [ "$out" -nt "${BASH_SOURCE[0]}" ]; then
+        [ "$out" -nt "${BASH_SOURCE[0]}" ] &&
+        { [ ! -d "$extra" ] || [ -z "$("$BB" find "$extra" -newer "$out")" ]; }; then
         log "initramfs-$name is up to date"
         printf '%s\n' "$out"
         return
@@ -182,6 +205,7 @@ build_initramfs() {
     # The kernel's built-in initramfs already provides /dev/console; add it here too when
     # we can (root), so the image also works with kernels built without that default list.
     mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+    [ ! -d "$extra" ] || cp -R "$extra/." "$root/"
     # Pack with busybox itself: cpio newc, then gzip.
     (cd "$root" && "$BB" find . | LC_ALL=C "$BB" sort | "$BB" cpio -o -H newc 2>/dev/null) |
         "$BB" gzip -9 >"$out.new"
