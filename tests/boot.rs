@@ -44,3 +44,151 @@ fn pv_first_light_prints_boot_banner() {
         r.output
     );
 }
+
+fn smoke(vcpus: &str) {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let kernel = cache.join("vmlinuz");
+    let initrd = cache.join("initramfs-smoke.cpio.gz");
+    let r = common::xenkvm(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            "console=hvc0",
+            "--memory",
+            "512",
+            "--vcpus",
+            vcpus,
+        ],
+        Duration::from_secs(600),
+    );
+    let out = &r.output;
+    assert!(
+        out.contains("XENKVM-INIT-START"),
+        "init did not start:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("XENKVM-CPUS {vcpus}")),
+        "wrong CPU count:\n{out}"
+    );
+    let date: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("XENKVM-DATE "))
+        .and_then(|d| d.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no date line:\n{out}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        date.abs_diff(now) < 600,
+        "guest date {date} far from host {now}"
+    );
+    assert!(
+        out.contains("XENKVM-MEM-OK 200"),
+        "memory test failed:\n{out}"
+    );
+    assert!(
+        out.contains("XENKVM-FORK-OK 100"),
+        "fork test failed:\n{out}"
+    );
+    assert!(
+        out.contains("XENKVM-INIT-DONE"),
+        "init did not finish:\n{out}"
+    );
+    assert_eq!(r.status, Some(0), "xenkvm did not exit 0:\n{out}");
+}
+
+#[test]
+fn busybox_init_runs_and_powers_off_1_vcpu() {
+    smoke("1");
+}
+
+#[test]
+fn busybox_init_runs_and_powers_off_2_vcpus() {
+    smoke("2");
+}
+
+#[test]
+fn guest_panic_exits_nonzero_with_registers() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let kernel = cache.join("vmlinuz");
+    // No initrd and no root device: the kernel panics mounting root.
+    let r = common::xenkvm(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "128",
+        ],
+        Duration::from_secs(300),
+    );
+    assert_ne!(
+        r.status,
+        Some(0),
+        "a panicking guest must fail:\n{}",
+        r.output
+    );
+    assert!(
+        r.output.contains("Kernel panic"),
+        "panic text missing:\n{}",
+        r.output
+    );
+    assert!(
+        r.output.contains("guest crashed"),
+        "no crash report:\n{}",
+        r.output
+    );
+    assert!(
+        r.output.contains("rip 0x"),
+        "no register dump:\n{}",
+        r.output
+    );
+}
+
+#[test]
+fn interactive_shell_echoes() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let kernel = cache.join("vmlinuz");
+    let initrd = cache.join("initramfs-shell.cpio.gz");
+    let mut g = common::Live::start(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        "console=hvc0",
+        "--memory",
+        "256",
+    ]);
+    assert!(
+        g.wait_for("XENKVM-SHELL", Duration::from_secs(300)),
+        "no shell:\n{}",
+        g.text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    g.send("echo hi-$((40+2))\n");
+    assert!(
+        g.wait_for("hi-42", Duration::from_secs(60)),
+        "typed command not run:\n{}",
+        g.text()
+    );
+    g.send("poweroff -f\n");
+    assert_eq!(
+        g.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        g.text()
+    );
+}

@@ -88,3 +88,99 @@ pub fn xenkvm(args: &[&str], timeout: Duration) -> RunResult {
         timed_out,
     }
 }
+
+/// A running xenkvm whose output is collected as it arrives.
+pub struct Live {
+    pub child: std::process::Child,
+    pub output: std::sync::Arc<std::sync::Mutex<String>>,
+    pub stdin: Option<std::process::ChildStdin>,
+}
+
+impl Live {
+    pub fn start(args: &[&str]) -> Live {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start xenkvm");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Live {
+            child,
+            output,
+            stdin,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Wait until the output contains `pat`; false on timeout or exit.
+    pub fn wait_for(&mut self, pat: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.text().contains(pat) {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                return self.text().contains(pat);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    pub fn send(&mut self, data: &str) {
+        use std::io::Write;
+        if let Some(s) = self.stdin.as_mut() {
+            let _ = s.write_all(data.as_bytes());
+            let _ = s.flush();
+        }
+    }
+
+    /// Wait for exit; kills after `timeout`. Returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                return st.code();
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

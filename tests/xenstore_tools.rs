@@ -8,6 +8,8 @@
 //! Without apt-get the tests are skipped, unless `CI` is set, where they
 //! fail.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -529,4 +531,84 @@ fn hostile_socket_clients_do_not_hurt_the_tools() {
     assert_eq!(d.ok("xenstore-list", &["/still"]), "works\n");
     // The daemon survived all of it.
     assert_eq!(d.code("xenstore-exists", &["/local/domain/0"]), Some(0));
+}
+
+/// Run a real xenstore tool against a domain's socket.
+fn tool_on(tools: &Tools, sock: &Path, tool: &str, args: &[&str]) -> Output {
+    Command::new(tools.bin.join(tool))
+        .args(args)
+        .env("XENSTORED_PATH", sock)
+        .env("LD_LIBRARY_PATH", &tools.lib_path)
+        .output()
+        .expect("run xenstore tool")
+}
+
+#[test]
+fn booted_guest_tree_and_control_shutdown() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let Some(tools) = tools() else { return };
+    let dir = std::env::temp_dir().join(format!("xenkvm-xs-guest-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let sock = dir.join("xenstored.sock");
+    let kernel = cache.join("vmlinuz");
+    let initrd = cache.join("initramfs-wait.cpio.gz");
+    let mut g = common::Live::start(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        "console=hvc0",
+        "--memory",
+        "256",
+        "--name",
+        "xstest",
+        "--xenstore-socket",
+        sock.to_str().unwrap(),
+    ]);
+    assert!(
+        g.wait_for("XENKVM-WAITING", Duration::from_secs(300)),
+        "guest did not reach init:\n{}",
+        g.text()
+    );
+    let ls = tool_on(tools, &sock, "xenstore-ls", &["-f", "/local/domain/1"]);
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        ls.contains("/local/domain/1/name = \"xstest\""),
+        "domain tree:\n{ls}"
+    );
+    assert!(
+        ls.contains("/local/domain/1/memory/target"),
+        "domain tree:\n{ls}"
+    );
+    // The guest's xenbus wrote its shutdown features.
+    let feat = tool_on(
+        tools,
+        &sock,
+        "xenstore-read",
+        &["/local/domain/1/control/feature-poweroff"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&feat.stdout).trim(),
+        "1",
+        "guest xenbus did not write its features:\n{ls}"
+    );
+    let w = tool_on(
+        tools,
+        &sock,
+        "xenstore-write",
+        &["/local/domain/1/control/shutdown", "poweroff"],
+    );
+    assert!(w.status.success(), "xenstore-write failed: {:?}", w);
+    assert_eq!(
+        g.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "guest did not power off:\n{}",
+        g.text()
+    );
+    assert!(g.text().contains("XENKVM-GOT-POWEROFF"), "{}", g.text());
+    let _ = std::fs::remove_dir_all(&dir);
 }

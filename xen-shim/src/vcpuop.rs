@@ -1,7 +1,7 @@
 //! VCPUOP_* and SCHEDOP_* hypercalls.
 
 use crate::abi::{errno::*, shinfo};
-use crate::vcpu::{Action, BootContext, PvVcpu};
+use crate::vcpu::{Action, PvVcpu};
 
 fn ok(r: Result<i64, i64>) -> (i64, Action) {
     (r.unwrap_or_else(|e| e), Action::Resume)
