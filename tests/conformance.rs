@@ -67,6 +67,7 @@ fn build_guest(name: &str) -> PathBuf {
     let elf = out_dir.join(name);
     let mut cmd = Command::new("gcc");
     cmd.args(CFLAGS)
+        .arg(format!("-fmacro-prefix-map={}/=", src.display()))
         .arg(format!("-Wl,-T,{}", src.join("guest.ld").display()))
         .arg("-o")
         .arg(&elf);

@@ -155,13 +155,20 @@ void test_main(void)
 	 * probe: XENVER_extraversion aimed at the direct-map alias of our own page.
 	 */
 	begin("abi.efault_hypervisor_hole_read");
-	EXPECT_EQ(HC2(HC_event_channel_op, 4, HOLE_RING0), -EFAULT);
-	end_xfail(XFAIL_HOLE);
+	rc = HC2(HC_event_channel_op, 4, HOLE_RING0);
+	EXPECT_EQ(rc, -EFAULT);
+	if (rc == -EINVAL) /* it read a "port" out of the monitor's IDT */
+		end_xfail(XFAIL_HOLE);
+	else
+		end();
 
 	begin("abi.efault_hypervisor_hole_write");
 	memset(scratch, 0x5a, 16);
 	rc = HC2(HC_xen_version, XENVER_extraversion, HOLE_DIRECTMAP + (va_to_mfn(scratch) << 12));
 	EXPECT_EQ(rc, -EFAULT);
 	expect(scratch[0] == 0x5a, "extraversion was written through the hypervisor's direct map");
-	end_xfail(XFAIL_HOLE);
+	if (rc == 0)
+		end_xfail(XFAIL_HOLE);
+	else
+		end();
 }

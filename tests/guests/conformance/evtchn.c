@@ -8,12 +8,14 @@
 #define EVTCHNOP_unmask 9
 
 static volatile int upcalls;
+/* The vCPU's vcpu_info: shared_info slot 0, then the registered copy. */
+static volatile struct vcpu_info *vi;
+static char vcpu_info_page[4096] PAGE_ALIGNED;
 static volatile u8 mask_in_handler, saved_mask, frame_if;
 static volatile u64 handled[64]; /* ports the handler found pending */
 
 static void on_event(struct regs *r)
 {
-	volatile struct vcpu_info *vi = &shinfo->vcpu_info[0];
 	u64 *f = regs_iret(r);
 	upcalls++;
 	mask_in_handler = vi->evtchn_upcall_mask;
@@ -58,7 +60,7 @@ static long bind_virq(u32 virq, u32 vcpu, u32 *port)
 
 void test_main(void)
 {
-	volatile struct vcpu_info *vi = &shinfo->vcpu_info[0];
+	vi = &shinfo->vcpu_info[0];
 	struct {
 		u32 vcpu, port;
 	} ipi = { 0, 0 };
@@ -176,5 +178,40 @@ void test_main(void)
 	u32 zero = 0;
 	begin("evtchn.close_port_0");
 	EXPECT_EQ(evtchn_op(EVTCHNOP_close, &zero), -EINVAL);
+	end();
+
+	/* VCPUOP_register_vcpu_info: the per-vCPU fields move to a guest page. */
+	begin("evtchn.register_vcpu_info");
+	volatile struct vcpu_info *legacy = &shinfo->vcpu_info[0];
+	volatile struct vcpu_info *mine = (volatile struct vcpu_info *)(vcpu_info_page + 64);
+	legacy->evtchn_upcall_mask = 1;
+	legacy->evtchn_upcall_pending = 0;
+	struct {
+		u64 mfn;
+		u32 offset, rsvd;
+	} reg = { va_to_mfn(vcpu_info_page), 64, 0 };
+	rc = HC3(HC_vcpu_op, 10 /* VCPUOP_register_vcpu_info */, 0, &reg);
+	EXPECT_EQ(rc, 0);
+	if (rc == 0) {
+		vi = mine;
+		EXPECT_EQ(mine->evtchn_upcall_mask, 1); /* copied */
+		EXPECT_EQ(mine->evtchn_upcall_pending, 1); /* Xen marks everything pending */
+		EXPECT_EQ(mine->evtchn_pending_sel, ~0UL);
+		EXPECT_EQ(mine->time.version & 1, 0);
+		expect(mine->time.tsc_to_system_mul != 0, "no time info in the registered copy");
+		ipi.vcpu = 0;
+		EXPECT_EQ(evtchn_op(EVTCHNOP_bind_ipi, &ipi), 0);
+		int before = upcalls;
+		handled[ipi.port / 64] = 0;
+		EXPECT_EQ(send(ipi.port), 0);
+		EXPECT_EQ(legacy->evtchn_upcall_pending, 0); /* the old slot is not used any more */
+		mine->evtchn_upcall_mask = 0;
+		barrier();
+		HC2(HC_xen_version, 0, 0);
+		EXPECT_EQ(upcalls, before + 1);
+		EXPECT_EQ(bit(handled, ipi.port), 1);
+		EXPECT_EQ(mine->evtchn_upcall_mask, 0);
+		mine->evtchn_upcall_mask = 1;
+	}
 	end();
 }
