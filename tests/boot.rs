@@ -192,3 +192,45 @@ fn interactive_shell_echoes() {
         g.text()
     );
 }
+
+#[test]
+fn reboot_restarts_by_default_and_exits_when_asked() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let kernel = cache.join("vmlinuz");
+    let initrd = cache.join("initramfs-reboot.cpio.gz");
+    let base = [
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        "console=hvc0",
+        "--memory",
+        "128",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--on-reboot", "exit"]);
+    let r = common::xenkvm(&args, Duration::from_secs(300));
+    assert_eq!(r.status, Some(0), "{}", r.output);
+    assert!(r.output.contains("guest rebooted; exiting"), "{}", r.output);
+
+    let mut g = common::Live::start(&base);
+    assert!(
+        g.wait_for("starting it again", Duration::from_secs(300)),
+        "no restart:\n{}",
+        g.text()
+    );
+    let second = |t: &str| t.matches("XENKVM-REBOOTING").count() >= 2;
+    let start = std::time::Instant::now();
+    while !second(&g.text()) && start.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        second(&g.text()),
+        "the restarted guest did not run init:\n{}",
+        g.text()
+    );
+}

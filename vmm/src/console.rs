@@ -68,8 +68,24 @@ pub fn push_input(dom: &Domain, data: &[u8]) -> usize {
     n
 }
 
+/// The guest the terminal is attached to (changes when it reboots).
+#[derive(Clone, Default)]
+pub struct Current(Arc<Mutex<Option<(Arc<Host>, Weak<Domain>)>>>);
+
+impl Current {
+    pub fn set(&self, host: &Arc<Host>, dom: &Arc<Domain>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((host.clone(), Arc::downgrade(dom)));
+    }
+    fn get(&self) -> Option<(Arc<Host>, Arc<Domain>)> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (h, d) = g.as_ref()?;
+        Some((h.clone(), d.upgrade()?))
+    }
+}
+
 /// Forward stdin to the guest until EOF or the escape key.
-pub fn spawn_input(host: Arc<Host>, dom: Weak<Domain>) {
+pub fn spawn_input(current: Current) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin();
         let mut buf = [0u8; 256];
@@ -83,7 +99,9 @@ pub fn spawn_input(host: Arc<Host>, dom: Weak<Domain>) {
                 Some(p) => (&data[..p], true),
                 None => (data, false),
             };
-            let Some(d) = dom.upgrade() else { return };
+            let Some((host, d)) = current.get() else {
+                continue;
+            };
             let mut rest = data;
             while !rest.is_empty() {
                 let k = push_input(&d, rest);

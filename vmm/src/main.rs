@@ -69,6 +69,15 @@ struct RunArgs {
     /// At the end, print exit and hypercall counts as `xenkvm-stats` lines.
     #[arg(long)]
     stats: bool,
+    /// What a guest reboot does: start the guest again (xl's default) or exit.
+    #[arg(long, value_enum, default_value_t = OnReboot::Restart)]
+    on_reboot: OnReboot,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnReboot {
+    Restart,
+    Exit,
 }
 
 fn main() -> ExitCode {
@@ -110,41 +119,61 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         vcpus: args.vcpus,
     };
-    let mut vm = vm::Vm::create(&cfg)?;
-    vm.print_stats = args.stats;
-    log::info!("guest layout: {:x?}", vm.layout);
-    eprintln!(
-        "xenkvm: domain {} ({}) xenstore: export XENSTORED_PATH={}",
-        1,
-        args.name,
-        sock.display()
-    );
-    let host = vm.host.clone();
+    let current = console::Current::default();
     console::raw_mode();
-    console::spawn_input(host.clone(), std::sync::Arc::downgrade(&vm.dom));
-    let outcome = vm.run();
+    console::spawn_input(current.clone());
+    let code = boot_loop(args, &cfg, &sock, &current);
     console::restore();
-    if host.escaped.load(std::sync::atomic::Ordering::SeqCst) {
-        eprintln!("\nxenkvm: stopped by the console escape (Ctrl-])");
-        return Ok(ExitCode::from(130));
-    }
-    match outcome {
-        vm::Outcome::Poweroff => {
-            eprintln!("xenkvm: guest powered off");
-            Ok(ExitCode::SUCCESS)
+    code
+}
+
+/// Boot the guest, and boot it again after each reboot unless told not to.
+fn boot_loop(
+    args: &RunArgs,
+    cfg: &vm::VmConfig,
+    sock: &std::path::Path,
+    current: &console::Current,
+) -> anyhow::Result<ExitCode> {
+    loop {
+        // A previous boot's server keeps its socket inode; new clients reach the new store.
+        let _ = std::fs::remove_file(sock);
+        let mut vm = vm::Vm::create(cfg)?;
+        vm.print_stats = args.stats;
+        log::info!("guest layout: {:x?}", vm.layout);
+        eprintln!(
+            "xenkvm: domain {} ({}) xenstore: export XENSTORED_PATH={}",
+            1,
+            args.name,
+            sock.display()
+        );
+        let host = vm.host.clone();
+        current.set(&host, &vm.dom);
+        let outcome = vm.run();
+        if host.escaped.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("\r\nxenkvm: stopped by the console escape (Ctrl-])");
+            return Ok(ExitCode::from(130));
         }
-        vm::Outcome::Reboot => {
-            eprintln!("xenkvm: guest asked to reboot; exiting");
-            Ok(ExitCode::SUCCESS)
-        }
-        vm::Outcome::Crash(msg) => {
-            eprintln!("\nxenkvm: guest crashed: {msg}");
-            eprintln!("xenkvm: last console lines:\n{}", host.last_lines(15));
-            Ok(ExitCode::from(1))
-        }
-        vm::Outcome::Other(r) => {
-            eprintln!("xenkvm: guest stopped (shutdown reason {r})");
-            Ok(ExitCode::from(1))
+        match outcome {
+            vm::Outcome::Poweroff => {
+                eprintln!("xenkvm: guest powered off");
+                return Ok(ExitCode::SUCCESS);
+            }
+            vm::Outcome::Reboot if args.on_reboot == OnReboot::Restart => {
+                eprintln!("xenkvm: guest rebooted; starting it again");
+            }
+            vm::Outcome::Reboot => {
+                eprintln!("xenkvm: guest rebooted; exiting (--on-reboot exit)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            vm::Outcome::Crash(msg) => {
+                eprintln!("\r\nxenkvm: guest crashed: {msg}");
+                eprintln!("xenkvm: last console lines:\n{}", host.last_lines(15));
+                return Ok(ExitCode::from(1));
+            }
+            vm::Outcome::Other(r) => {
+                eprintln!("xenkvm: guest stopped (shutdown reason {r})");
+                return Ok(ExitCode::from(1));
+            }
         }
     }
 }
