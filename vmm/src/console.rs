@@ -70,7 +70,9 @@ pub fn push_input(dom: &Domain, data: &[u8]) -> usize {
 
 /// The guest the terminal is attached to (changes when it reboots).
 #[derive(Clone, Default)]
-pub struct Current(Arc<Mutex<Option<(Arc<Host>, Weak<Domain>)>>>);
+pub struct Current(Arc<Mutex<Option<Attached>>>);
+
+type Attached = (Arc<Host>, Weak<Domain>);
 
 impl Current {
     pub fn set(&self, host: &Arc<Host>, dom: &Arc<Domain>) {

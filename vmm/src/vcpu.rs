@@ -443,13 +443,8 @@ impl Vcpu {
 
     /// Fire an expired timer, sync the deadline for the timer thread.
     fn timers(&mut self) {
-        if let Some(d) = self.pv.timer_deadline {
-            if d <= self.now_ns() {
-                self.pv.timer_deadline = self.pv.periodic_ns.map(|p| d + p);
-                self.pv.raise_virq(xen_shim::evtchn::VIRQ_TIMER);
-            }
-        }
-        let d = self.pv.timer_deadline.unwrap_or(u64::MAX);
+        let now = self.now_ns();
+        let d = self.pv.run_timers(now).unwrap_or(u64::MAX);
         if self.signal.deadline.swap(d, Ordering::SeqCst) != d {
             let _g = self.signal.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.signal.cv.notify_all();
@@ -478,7 +473,7 @@ impl Vcpu {
             let now = self.now_ns();
             let wait = self
                 .pv
-                .timer_deadline
+                .next_timer()
                 .map(|d| d.saturating_sub(now))
                 .unwrap_or(50_000_000)
                 .min(50_000_000);

@@ -115,8 +115,11 @@ impl EventChannels {
     }
 
     pub fn bind_virq(&mut self, virq: u32, vcpu: u32) -> Result<u32, i64> {
-        if virq >= NR_VIRQS || vcpu >= self.max_vcpus {
+        if virq >= NR_VIRQS {
             return Err(-EINVAL);
+        }
+        if vcpu >= self.max_vcpus {
+            return Err(-ENOENT);
         }
         if self.virq_port(vcpu, virq).is_some() {
             return Err(-EEXIST);
@@ -152,7 +155,7 @@ impl EventChannels {
         let p = self
             .ports
             .get_mut(port as usize)
-            .filter(|_| port != 0)
+            .filter(|p| port != 0 && p.state != PortState::Free)
             .ok_or(-EINVAL)?;
         let old = *p;
         *p = Port::default();

@@ -77,8 +77,31 @@ pub fn walk(
     Err(fault(false))
 }
 
+/// Guest handles may not point into the hypervisor hole (the monitor's own
+/// mappings live there) nor wrap around: Xen's access_ok.
+fn access_ok(va: u64, len: usize, write: bool) -> Result<(), Fault> {
+    let end = va.checked_add(len as u64);
+    let bad = match end {
+        None => true,
+        Some(end) => {
+            len > 0
+                && (va < crate::abi::HYPERVISOR_VIRT_END && end > crate::abi::HYPERVISOR_VIRT_START
+                    || !canonical(va)
+                    || !canonical(end - 1))
+        }
+    };
+    if bad {
+        return Err(Fault {
+            va,
+            error_code: if write { 2 } else { 0 },
+        });
+    }
+    Ok(())
+}
+
 /// Copy `buf.len()` bytes from guest-virtual `va` (page by page).
 pub fn copy_from(mem: &dyn GuestMem, root_mfn: u64, va: u64, buf: &mut [u8]) -> Result<(), Fault> {
+    access_ok(va, buf.len(), false)?;
     let mut done = 0usize;
     while done < buf.len() {
         let cur = va.wrapping_add(done as u64);
@@ -96,6 +119,7 @@ pub fn copy_from(mem: &dyn GuestMem, root_mfn: u64, va: u64, buf: &mut [u8]) -> 
 
 /// Copy `data` to guest-virtual `va`, checking that every page is writable.
 pub fn copy_to(mem: &dyn GuestMem, root_mfn: u64, va: u64, data: &[u8]) -> Result<(), Fault> {
+    access_ok(va, data.len(), true)?;
     let mut done = 0usize;
     while done < data.len() {
         let cur = va.wrapping_add(done as u64);

@@ -245,8 +245,10 @@ impl Mmu {
             }
             Ok(if e & pte::US == 0 {
                 e | pte::US | pte::GUEST_KERNEL
-            } else {
+            } else if e & pte::GUEST_KERNEL == 0 {
                 e | pte::G
+            } else {
+                e
             })
         } else {
             if e & LN_DISALLOW != 0 {

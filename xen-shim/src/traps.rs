@@ -52,6 +52,20 @@ pub fn exception(
             if let Some(a) = crate::emulate::forced_cpuid(v, regs) {
                 return a;
             }
+            // PVM-style hosts report `int $n` (CD ib) as #UD: handle it as
+            // Xen handles a software interrupt through a DPL-0 gate.
+            let mut b = [0u8; 2];
+            if crate::guestva::copy_from(v.mem(), v.current_root(), regs.rip, &mut b).is_ok()
+                && b[0] == 0xcd
+            {
+                let n = b[1];
+                let needed = if v.kernel_mode { 1 } else { 3 };
+                if v.traps[n as usize].flags & 3 >= needed {
+                    regs.rip = regs.rip.wrapping_add(2);
+                    return bounce(v, regs, n, None, 0);
+                }
+                return bounce(v, regs, 13, Some((u32::from(n) << 3) | 2), 0);
+            }
             bounce(v, regs, 6, None, 0)
         }
         _ => {

@@ -128,7 +128,9 @@ pub struct PvVcpu {
     pub vcpu_info_registered: bool,
     /// Single-shot timer deadline in system-time ns.
     pub timer_deadline: Option<u64>,
+    /// Periodic timer: period and next expiry (system-time ns).
     pub periodic_ns: Option<u64>,
+    pub periodic_next: Option<u64>,
     /// Work for the monitor before resuming.
     pub pt_log: PtLog,
     pub flush: Flush,
@@ -179,6 +181,7 @@ impl PvVcpu {
             vcpu_info_registered: false,
             timer_deadline: None,
             periodic_ns: None,
+            periodic_next: None,
             pt_log: Vec::new(),
             flush: Flush::None,
             pending_boot: Vec::new(),
@@ -329,6 +332,34 @@ impl PvVcpu {
         self.count("event upcall");
         let cb = self.event_callback;
         crate::traps::create_bounce_frame(self, regs, cb, None, TBF_INTERRUPT)
+    }
+
+    /// Raise VIRQ_TIMER for expired timers; returns the next expiry.
+    pub fn run_timers(&mut self, now: u64) -> Option<u64> {
+        let mut fire = false;
+        if self.timer_deadline.is_some_and(|d| d <= now) {
+            self.timer_deadline = None;
+            fire = true;
+        }
+        if let (Some(p), Some(n)) = (self.periodic_ns, self.periodic_next) {
+            if n <= now {
+                let missed = (now - n) / p.max(1) + 1;
+                self.periodic_next = Some(n + missed * p);
+                fire = true;
+            }
+        }
+        if fire {
+            self.raise_virq(crate::evtchn::VIRQ_TIMER);
+        }
+        self.next_timer()
+    }
+
+    /// The earliest pending timer expiry.
+    pub fn next_timer(&self) -> Option<u64> {
+        match (self.timer_deadline, self.periodic_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Raise a VIRQ bound on this vCPU.

@@ -60,6 +60,7 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
             match v.read_u64(arg) {
                 Ok(p) if p >= 1_000_000 => {
                     v.periodic_ns = Some(p);
+                    v.periodic_next = Some(v.dom.clock.now_ns(v.dom.platform.tsc()) + p);
                     ok(Ok(0))
                 }
                 Ok(_) => ok(Err(-EINVAL)),
@@ -68,6 +69,7 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
         }
         7 => {
             v.periodic_ns = None;
+            v.periodic_next = None;
             ok(Ok(0))
         }
         8 => {
