@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod builder;
 mod console;
+mod create;
 mod layout;
 mod loader;
 mod memory;
@@ -35,6 +36,8 @@ struct Cli {
 enum Cmd {
     /// Run a PV guest in the foreground with its console on this terminal.
     Run(RunArgs),
+    /// Start a guest from an xl.cfg file (in the foreground for now).
+    Create(create::CreateArgs),
     /// Serve a standalone xenstore on a unix socket (for Xen's tools).
     Xenstored {
         /// Socket path; point XENSTORED_PATH at it.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let res: anyhow::Result<ExitCode> = match cli.cmd {
         Cmd::Run(args) => run(&args),
+        Cmd::Create(args) => create::create(&args),
         Cmd::Xenstored { socket } => api::xs_socket::run_standalone(&socket)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
