@@ -321,3 +321,92 @@ pub fn hypercall_page() -> Vec<u8> {
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xen_shim::mem::VecMem;
+
+    /// pv-boot.md §2.2: Debian 6.1.0-56, 256 MiB, 1.5 MiB initrd.
+    #[test]
+    fn layout_matches_the_worked_example() {
+        let Some(bytes) = crate::loader::test_kernel() else {
+            return;
+        };
+        let k = crate::loader::load_pv_kernel(&bytes).unwrap();
+        let l = plan(&k, 0x180000, 0x10000).unwrap();
+        assert_eq!(l.kernel_pfn, 0x1000);
+        assert_eq!(l.kernel_pfn + l.kernel_pages, 0x3e00);
+        assert_eq!(l.start_info_pfn, 0x3e00);
+        assert_eq!(l.store_pfn, 0x3e01);
+        assert_eq!(l.console_pfn, 0x3e02);
+        assert_eq!(l.pt_pfn, 0x3e03);
+        assert_eq!(l.nr_pt_frames, 35);
+        assert_eq!(l.stack_pfn, 0x3e26);
+        assert_eq!(l.rsp, 0xffff_ffff_83e2_7000);
+        assert_eq!(l.rsi, 0xffff_ffff_83e0_0000);
+        assert_eq!(l.virt_pgtab_end, 0xffff_ffff_8400_0000);
+        assert_eq!((l.initrd_pfn, l.initrd_pages), (0x4000, 384));
+        assert_eq!((l.p2m_pfn, l.p2m_pages, l.p2m_tables), (0x4180, 128, 3));
+        assert_eq!(l.p2m_va, 0x80_0000_0000);
+        assert_eq!(l.entry, k.notes.entry);
+    }
+
+    #[test]
+    fn build_writes_start_info_and_pins_the_tables() {
+        let Some(bytes) = crate::loader::test_kernel() else {
+            return;
+        };
+        let k = crate::loader::load_pv_kernel(&bytes).unwrap();
+        let nr_pages = 0x10000;
+        let mem = VecMem::new((nr_pages * PAGE) as usize);
+        let mut mmu = Mmu::new(nr_pages);
+        let initrd = vec![0x5a; 0x180000];
+        let input = BuildInput {
+            initrd: &initrd,
+            cmdline: "console=hvc0",
+            nr_pages,
+            shared_info_gpa: nr_pages * PAGE,
+            console_port: 2,
+            store_port: 1,
+        };
+        let l = build(&mem, &mut mmu, &k, &input).unwrap();
+        let si = l.start_info_pfn * PAGE;
+        let mut magic = [0u8; 14];
+        mem.read(si, &mut magic).unwrap();
+        assert_eq!(&magic, b"xen-3.0-x86_64");
+        assert_eq!(mem.read_u64(si + 0x20).unwrap(), nr_pages);
+        assert_eq!(mem.read_u32(si + 0x30).unwrap(), SIF_MOD_START_PFN);
+        assert_eq!(mem.read_u64(si + 0x58).unwrap(), 0xffff_ffff_83e0_3000);
+        assert_eq!(mem.read_u64(si + 0x60).unwrap(), 35);
+        assert_eq!(mem.read_u64(si + 0x70).unwrap(), 0x4000);
+        assert_eq!(mem.read_u64(si + 0x480).unwrap(), 0x4180);
+        assert_eq!(mem.read_u64(si + 0x488).unwrap(), 131);
+        assert_eq!(mem.read_u8(si + 0x80).unwrap(), b'c');
+        // The L4 is pinned; its tables are typed and mapped read-only.
+        assert_eq!(mmu.type_of(l.pt_pfn), xen_shim::mmu::PageType::L4);
+        assert_eq!(mmu.type_of(l.pt_pfn + 3), xen_shim::mmu::PageType::L1);
+        // The L1 entry mapping the L4 itself: read-only, with Xen's US|bit-52.
+        let l1 = (l.pt_pfn + 3 + l.pt_pfn / 512) * PAGE;
+        let e = mem.read_u64(l1 + (l.pt_pfn % 512) * 8).unwrap();
+        assert_eq!(e & pte::RW, 0);
+        assert_ne!(e & pte::US, 0);
+        assert_ne!(e & pte::GUEST_KERNEL, 0);
+        assert_eq!(e & pte::ADDR_MASK, l.pt_pfn * PAGE);
+        // The console ring starts "disconnected" and the p2m is the identity.
+        assert_eq!(mem.read_u8(l.console_pfn * PAGE + 0xc10).unwrap(), 1);
+        assert_eq!(mem.read_u64(l.p2m_pfn * PAGE + 0x1234 * 8).unwrap(), 0x1234);
+    }
+
+    #[test]
+    fn too_little_memory_is_refused() {
+        let Some(bytes) = crate::loader::test_kernel() else {
+            return;
+        };
+        let k = crate::loader::load_pv_kernel(&bytes).unwrap();
+        assert!(matches!(
+            plan(&k, 0, 0x3000),
+            Err(BuildError::TooSmall { .. })
+        ));
+    }
+}

@@ -92,6 +92,14 @@ fn reg_set(regs: &mut Regs, r: Register, val: u64) {
     regs.set_gpr(n, new);
 }
 
+/// Encoding number of a 64-bit GPR (never out of 0..=15, whatever `r` is).
+fn gpr_index(r: Register) -> u8 {
+    (r.full_register()
+        .number()
+        .wrapping_sub(Register::RAX.number()) as u8)
+        .min(15)
+}
+
 fn is_gpr(r: Register) -> bool {
     r.is_gpr()
 }
@@ -127,9 +135,9 @@ pub fn priv_op(v: &mut PvVcpu, regs: &mut Regs) -> Option<Action> {
                     Register::CR4 => CR4_HW | v.cr4_guest,
                     _ => return None,
                 };
-                regs.set_gpr((r0.number() - Register::RAX.number()) as u8, val);
+                regs.set_gpr(gpr_index(r0), val);
             } else if r0.is_cr() && is_gpr(r1) {
-                let val = regs.gpr((r1.number() - Register::RAX.number()) as u8);
+                let val = regs.gpr(gpr_index(r1));
                 match r0 {
                     Register::CR0 => v.cr0_ts = val & 8 != 0,
                     Register::CR3 => {
@@ -142,14 +150,11 @@ pub fn priv_op(v: &mut PvVcpu, regs: &mut Regs) -> Option<Action> {
                     _ => return None,
                 }
             } else if r1.is_dr() && is_gpr(r0) {
-                let idx = r1.number() - Register::DR0.number();
-                regs.set_gpr(
-                    (r0.number() - Register::RAX.number()) as u8,
-                    v.debugreg[idx.min(7)],
-                );
+                let idx = r1.number().wrapping_sub(Register::DR0.number());
+                regs.set_gpr(gpr_index(r0), v.debugreg[idx.min(7)]);
             } else if r0.is_dr() && is_gpr(r1) {
-                let idx = r0.number() - Register::DR0.number();
-                v.debugreg[idx.min(7)] = regs.gpr((r1.number() - Register::RAX.number()) as u8);
+                let idx = r0.number().wrapping_sub(Register::DR0.number());
+                v.debugreg[idx.min(7)] = regs.gpr(gpr_index(r1));
             } else {
                 return None;
             }

@@ -548,6 +548,32 @@ pub(crate) mod testutil {
 }
 
 #[cfg(test)]
+/// The Debian kernel fetched by resources/get-assets.sh (or $XENKVM_KERNEL).
+pub(crate) fn test_kernel() -> Option<Vec<u8>> {
+    let path = match std::env::var_os("XENKVM_KERNEL") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/cache/vmlinuz"),
+    };
+    match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+            if ci {
+                panic!(
+                    "real kernel {} missing under CI ({e}): run resources/get-assets.sh",
+                    path.display()
+                );
+            }
+            eprintln!(
+                "skipping: no kernel at {} ({e}); run resources/get-assets.sh",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::testutil::*;
     use super::*;
@@ -782,30 +808,8 @@ mod tests {
 
     // ---------------------------------------------------------------- real kernel
 
-    /// The Debian kernel fetched by resources/get-assets.sh (or $XENKVM_KERNEL).
     fn real_kernel() -> Option<Vec<u8>> {
-        let path = match std::env::var_os("XENKVM_KERNEL") {
-            Some(p) => PathBuf::from(p),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/cache/vmlinuz"),
-        };
-        match std::fs::read(&path) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                let ci =
-                    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-                if ci {
-                    panic!(
-                        "real kernel {} missing under CI ({e}): run resources/get-assets.sh",
-                        path.display()
-                    );
-                }
-                eprintln!(
-                    "skipping: no kernel at {} ({e}); run resources/get-assets.sh",
-                    path.display()
-                );
-                None
-            }
-        }
+        super::test_kernel()
     }
 
     #[test]
