@@ -24,16 +24,8 @@ pub fn mmu_update(
     pdone: u64,
     foreign: u64,
 ) -> Result<i64, i64> {
-    check_foreign(foreign & 0xffff)?;
     let dom = v.dom.clone();
-    let mut done = 0u64;
-    let mut result = Ok(0);
-    for i in 0..count.min(1 << 20) {
-        let mut b = [0u8; 16];
-        if let Err(e) = v.copy_from(reqs + i * 16, &mut b) {
-            result = Err(e);
-            break;
-        }
+    batch(v, reqs, count, pdone, foreign, |v, b: &[u8; 16]| {
         let ptr = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
         let val = u64::from_le_bytes(b[8..].try_into().unwrap_or([0; 8]));
         let r = match ptr & 3 {
@@ -67,17 +59,8 @@ pub fn mmu_update(
             }
             _ => Err(-ENOSYS),
         };
-        if let Err(e) = r {
-            log::debug!("mmu_update ptr {ptr:#x} val {val:#x}: {e}");
-            result = Err(e);
-            break;
-        }
-        done += 1;
-    }
-    if pdone != 0 {
-        let _ = v.copy_to(pdone, &(done as u32).to_le_bytes());
-    }
-    result
+        r.inspect_err(|e| log::debug!("mmu_update ptr {ptr:#x} val {val:#x}: {e}"))
+    })
 }
 
 pub fn update_va_mapping(v: &mut PvVcpu, va: u64, val: u64, flags: u64) -> Result<i64, i64> {
@@ -120,16 +103,8 @@ pub fn mmuext_op(
     pdone: u64,
     foreign: u64,
 ) -> Result<i64, i64> {
-    check_foreign(foreign & 0xffff)?;
     let dom = v.dom.clone();
-    let mut done = 0u64;
-    let mut result = Ok(0);
-    for i in 0..count.min(1 << 20) {
-        let mut b = [0u8; 24];
-        if let Err(e) = v.copy_from(ops + i * 24, &mut b) {
-            result = Err(e);
-            break;
-        }
+    batch(v, ops, count, pdone, foreign, |v, b: &[u8; 24]| {
         let cmd = u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]));
         let arg1 = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
         let arg2 = u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8]));
@@ -215,8 +190,29 @@ pub fn mmuext_op(
                 Err(-ENOSYS)
             }
         };
+        r.inspect_err(|e| log::debug!("mmuext_op cmd {cmd} arg1 {arg1:#x}: {e}"))
+    })
+}
+
+/// Run `op` on each `N`-byte request of a guest array, stopping at the first
+/// error, and report how many completed through `pdone`, as Xen does.
+fn batch<const N: usize>(
+    v: &mut PvVcpu,
+    list: u64,
+    count: u64,
+    pdone: u64,
+    foreign: u64,
+    mut op: impl FnMut(&mut PvVcpu, &[u8; N]) -> Result<(), i64>,
+) -> Result<i64, i64> {
+    check_foreign(foreign & 0xffff)?;
+    let mut done = 0u64;
+    let mut result = Ok(0);
+    for i in 0..count.min(1 << 20) {
+        let mut b = [0u8; N];
+        let r = v
+            .copy_from(list + i * N as u64, &mut b)
+            .and_then(|()| op(v, &b));
         if let Err(e) = r {
-            log::debug!("mmuext_op cmd {cmd} arg1 {arg1:#x}: {e}");
             result = Err(e);
             break;
         }
