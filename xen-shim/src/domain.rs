@@ -93,14 +93,14 @@ impl Domain {
         }
     }
 
-    /// Log something unimplemented once per distinct message.
+    /// Log something unimplemented once per distinct message (shown with -v).
     pub fn log_once(&self, what: String) {
         let mut set = self
             .unknown_logged
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if set.insert(what.clone()) {
-            log::warn!("{what}");
+            log::info!("{what}");
         }
     }
 
