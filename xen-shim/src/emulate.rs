@@ -164,8 +164,17 @@ pub fn priv_op(v: &mut PvVcpu, regs: &mut Regs) -> Option<Action> {
         Mnemonic::Wbinvd | Mnemonic::Invd if kernel => {}
         Mnemonic::Cli | Mnemonic::Sti if io_ok => {}
         Mnemonic::In if io_ok => {
-            let r = insn.op0_register();
-            reg_set(regs, r, u64::MAX);
+            let port = if insn.op1_kind() == OpKind::Register {
+                regs.rdx & 0xffff
+            } else {
+                insn.immediate(1) & 0xffff
+            };
+            // Nothing is there (all ones), except that PIT channel 2 reads
+            // as 0, as Xen's emulated PIT gives a domU: Linux's PIT-based
+            // TSC calibration otherwise spins 50,000 reads of 0xff (each an
+            // exit) before giving up.
+            let val = if port == 0x42 { 0 } else { u64::MAX };
+            reg_set(regs, insn.op0_register(), val);
         }
         Mnemonic::Out if io_ok => {}
         _ => return None,
