@@ -9,19 +9,13 @@ fn pv_first_light_prints_boot_banner() {
     let Some(cache) = common::assets() else {
         return;
     };
-    let kernel = cache.join("vmlinuz");
-    let r = common::xenkvm(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--cmdline",
-            "console=hvc0 earlyprintk=xen",
-            "--memory",
-            "256",
-        ],
-        Duration::from_secs(300),
+    let args = common::run_args(
+        &cache,
+        None,
+        "256",
+        &["--cmdline", "console=hvc0 earlyprintk=xen"],
     );
+    let r = common::xenkvm(&args, Duration::from_secs(300));
     for line in [
         "Linux version 6.1.",
         "Hypervisor detected: Xen PV",
@@ -49,24 +43,8 @@ fn smoke(vcpus: &str) {
     let Some(cache) = common::assets() else {
         return;
     };
-    let kernel = cache.join("vmlinuz");
-    let initrd = cache.join("initramfs-smoke.cpio.gz");
-    let r = common::xenkvm(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--cmdline",
-            "console=hvc0",
-            "--memory",
-            "512",
-            "--vcpus",
-            vcpus,
-        ],
-        Duration::from_secs(600),
-    );
+    let args = common::run_args(&cache, Some("smoke"), "512", &["--vcpus", vcpus]);
+    let r = common::xenkvm(&args, Duration::from_secs(600));
     let out = &r.output;
     assert!(
         out.contains("XENKVM-INIT-START"),
@@ -119,18 +97,9 @@ fn guest_panic_exits_nonzero_with_registers() {
     let Some(cache) = common::assets() else {
         return;
     };
-    let kernel = cache.join("vmlinuz");
     // No initrd and no root device: the kernel panics mounting root.
-    let r = common::xenkvm(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--memory",
-            "128",
-        ],
-        Duration::from_secs(300),
-    );
+    let args = common::run_args(&cache, None, "128", &[]);
+    let r = common::xenkvm(&args, Duration::from_secs(300));
     assert_ne!(
         r.status,
         Some(0),
@@ -159,19 +128,7 @@ fn interactive_shell_echoes() {
     let Some(cache) = common::assets() else {
         return;
     };
-    let kernel = cache.join("vmlinuz");
-    let initrd = cache.join("initramfs-shell.cpio.gz");
-    let mut g = common::Live::start(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cmdline",
-        "console=hvc0",
-        "--memory",
-        "256",
-    ]);
+    let mut g = common::Live::start(&common::run_args(&cache, Some("shell"), "256", &[]));
     assert!(
         g.wait_for("XENKVM-SHELL", Duration::from_secs(300)),
         "no shell:\n{}",
@@ -198,21 +155,8 @@ fn reboot_restarts_by_default_and_exits_when_asked() {
     let Some(cache) = common::assets() else {
         return;
     };
-    let kernel = cache.join("vmlinuz");
-    let initrd = cache.join("initramfs-reboot.cpio.gz");
-    let base = [
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cmdline",
-        "console=hvc0",
-        "--memory",
-        "128",
-    ];
-    let mut args = base.to_vec();
-    args.extend(["--on-reboot", "exit"]);
+    let base = common::run_args(&cache, Some("reboot"), "128", &[]);
+    let args = common::run_args(&cache, Some("reboot"), "128", &["--on-reboot", "exit"]);
     let r = common::xenkvm(&args, Duration::from_secs(300));
     assert_eq!(r.status, Some(0), "{}", r.output);
     assert!(r.output.contains("guest rebooted; exiting"), "{}", r.output);

@@ -40,6 +40,37 @@ pub fn assets() -> Option<PathBuf> {
     Some(cache)
 }
 
+/// `xenkvm run` arguments for the cached Debian kernel: an initramfs image
+/// of the cache by name (`smoke` for `initramfs-smoke.cpio.gz`), the memory
+/// in MiB, then `extra` flags (`--cmdline console=hvc0` unless given there).
+pub fn run_args(
+    cache: &std::path::Path,
+    initrd: Option<&str>,
+    memory: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "run".into(),
+        "--kernel".into(),
+        cache.join("vmlinuz").display().to_string(),
+    ];
+    if let Some(name) = initrd {
+        a.push("--initrd".into());
+        a.push(
+            cache
+                .join(format!("initramfs-{name}.cpio.gz"))
+                .display()
+                .to_string(),
+        );
+    }
+    if !extra.contains(&"--cmdline") {
+        a.extend(["--cmdline".into(), "console=hvc0".into()]);
+    }
+    a.extend(["--memory".into(), memory.into()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 pub struct RunResult {
     pub status: Option<i32>,
     pub output: String,
@@ -47,7 +78,7 @@ pub struct RunResult {
 }
 
 /// Run xenkvm with `args`, feeding no input, killing it after `timeout`.
-pub fn xenkvm(args: &[&str], timeout: Duration) -> RunResult {
+pub fn xenkvm<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> RunResult {
     let mut child = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
         .args(args)
         .stdin(Stdio::null())
@@ -97,7 +128,7 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn start(args: &[&str]) -> Live {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Live {
         let mut child = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
             .args(args)
             .stdin(Stdio::piped())

@@ -552,23 +552,17 @@ fn booted_guest_tree_and_control_shutdown() {
     let dir = std::env::temp_dir().join(format!("xenkvm-xs-guest-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let sock = dir.join("xenstored.sock");
-    let kernel = cache.join("vmlinuz");
-    let initrd = cache.join("initramfs-wait.cpio.gz");
-    let mut g = common::Live::start(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cmdline",
-        "console=hvc0",
-        "--memory",
+    let mut g = common::Live::start(&common::run_args(
+        &cache,
+        Some("wait"),
         "256",
-        "--name",
-        "xstest",
-        "--xenstore-socket",
-        sock.to_str().unwrap(),
-    ]);
+        &[
+            "--name",
+            "xstest",
+            "--xenstore-socket",
+            sock.to_str().unwrap(),
+        ],
+    ));
     assert!(
         g.wait_for("XENKVM-WAITING", Duration::from_secs(300)),
         "guest did not reach init:\n{}",

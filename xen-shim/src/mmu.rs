@@ -162,13 +162,15 @@ impl Mmu {
         let ty = f.ty;
         f.ty = PageType::None;
         if let Some(level) = ty.pt_level() {
-            for i in 0..512u64 {
-                if level == 4 && (RESERVED_L4_FIRST..=RESERVED_L4_LAST).contains(&(i as usize)) {
-                    continue;
-                }
-                if let Ok(e) = mem.read_u64((mfn << 12) + i * 8) {
-                    self.put_entry_refs(mem, level, e);
-                }
+            self.release_entries(mem, mfn, level, 512);
+        }
+    }
+
+    /// Drop the references held by entries `0..upto` of a level-`level` table.
+    fn release_entries(&mut self, mem: &dyn GuestMem, mfn: u64, level: u8, upto: usize) {
+        for i in (0..upto).filter(|&i| guest_slot(level, i)) {
+            if let Ok(e) = mem.read_u64((mfn << 12) + i as u64 * 8) {
+                self.put_entry_refs(mem, level, e);
             }
         }
     }
@@ -185,10 +187,7 @@ impl Mmu {
         mem.read(base, &mut page).map_err(|_| -EFAULT)?;
         let entry =
             |i: usize| u64::from_le_bytes(page[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        for i in 0..512usize {
-            if level == 4 && (RESERVED_L4_FIRST..=RESERVED_L4_LAST).contains(&i) {
-                continue;
-            }
+        for i in (0..512usize).filter(|&i| guest_slot(level, i)) {
             let e = entry(i);
             match self.get_entry_refs(mem, log, level, e) {
                 Ok(adj) => {
@@ -198,13 +197,7 @@ impl Mmu {
                 }
                 Err(err) => {
                     log::debug!("validate L{level} mfn {mfn:#x} slot {i}: entry {e:#x} refused");
-                    for j in 0..i {
-                        if level == 4 && (RESERVED_L4_FIRST..=RESERVED_L4_LAST).contains(&j) {
-                            continue;
-                        }
-                        let ej = mem.read_u64(base + j as u64 * 8).unwrap_or(0);
-                        self.put_entry_refs(mem, level, ej);
-                    }
+                    self.release_entries(mem, mfn, level, i);
                     return Err(err);
                 }
             }
@@ -290,7 +283,7 @@ impl Mmu {
     ) -> Result<(), i64> {
         let level = self.type_of(table).pt_level().ok_or(-EINVAL)?;
         let addr = (table << 12) + (index & 511) * 8;
-        if level == 4 && (RESERVED_L4_FIRST..=RESERVED_L4_LAST).contains(&(index as usize)) {
+        if !guest_slot(level, (index & 511) as usize) {
             return Err(-EINVAL);
         }
         let old = mem.read_u64(addr).map_err(|_| -EFAULT)?;
@@ -331,6 +324,12 @@ impl Mmu {
         self.put_type(mem, mfn);
         Ok(())
     }
+}
+
+/// Whether entry `i` of a level-`level` table belongs to the guest (L4 slots
+/// 256..=271 are the hypervisor's).
+fn guest_slot(level: u8, i: usize) -> bool {
+    level != 4 || !(RESERVED_L4_FIRST..=RESERVED_L4_LAST).contains(&i)
 }
 
 /// Write a page-table entry and record it for replay on the vCPU.
