@@ -37,6 +37,7 @@ pub struct Host {
     pub domain: OnceLock<Weak<Domain>>,
     pub xs: OnceLock<Arc<XsBackend>>,
     pub console_lock: Mutex<()>,
+    drain_lock: Mutex<()>,
 }
 
 impl Host {
@@ -56,6 +57,7 @@ impl Host {
             domain: OnceLock::new(),
             xs: OnceLock::new(),
             console_lock: Mutex::new(()),
+            drain_lock: Mutex::new(()),
         }
     }
 
@@ -90,6 +92,8 @@ impl Host {
 
     /// Drain the PV console ring to stdout.
     pub fn console_drain(&self, dom: &Domain) {
+        // vCPUs drain on send and on yield: one at a time, or bytes repeat.
+        let _one = self.drain_lock.lock().unwrap_or_else(|e| e.into_inner());
         let gpa = dom.layout.console_mfn << 12;
         let mem = &*dom.mem;
         let (Ok(cons), Ok(prod)) = (mem.read_u32(gpa + 0xc08), mem.read_u32(gpa + 0xc0c)) else {
@@ -103,10 +107,13 @@ impl Host {
             }
             return;
         }
-        let mut buf = Vec::with_capacity(n as usize);
-        for i in 0..n {
-            let idx = u64::from(cons.wrapping_add(i) & 2047);
-            buf.push(mem.read_u8(gpa + 0x400 + idx).unwrap_or(b'?'));
+        // out[2048] at 0x400, read as at most two slices around the wrap.
+        let start = (cons & 2047) as usize;
+        let first = (n as usize).min(2048 - start);
+        let mut buf = vec![0u8; n as usize];
+        let (a, b) = buf.split_at_mut(first);
+        if mem.read(gpa + 0x400 + start as u64, a).is_err() || mem.read(gpa + 0x400, b).is_err() {
+            return;
         }
         self.output(&buf);
         let _ = mem.write_u32(gpa + 0xc08, prod);

@@ -1,7 +1,6 @@
 //! PV MMU hypercalls: mmu_update, mmuext_op, update_va_mapping.
 
 use crate::abi::{errno::*, DOMID_SELF};
-use crate::guestva;
 use crate::mmu::{write_pt, PageType};
 use crate::vcpu::{Flush, PvVcpu};
 
@@ -237,11 +236,4 @@ fn remote_mask(v: &PvVcpu, cmd: u32, mask_va: u64) -> u64 {
         10 | 11 => all_others(v),
         _ => 0,
     }
-}
-
-/// Walk helper re-exported for the monitor's diagnostics.
-pub fn translate(v: &PvVcpu, va: u64) -> Option<u64> {
-    guestva::walk(v.mem(), v.current_root(), va, false, false)
-        .ok()
-        .map(|w| w.gpa)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::abi::{errno::*, shinfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS, TBF_INTERRUPT};
 use crate::domain::Domain;
-use crate::guestva::{self, Fault};
+use crate::guestva;
 use crate::mmu::PtLog;
 use crate::regs::{flags, Regs};
 
@@ -376,21 +376,6 @@ impl PvVcpu {
                 p,
             );
         }
-    }
-
-    /// Write the runstate area (all time counted as running).
-    pub fn update_runstate(&self, now_ns: u64) {
-        if self.runstate_va == 0 {
-            return;
-        }
-        let mut b = [0u8; 48];
-        b[8..16].copy_from_slice(&now_ns.to_le_bytes());
-        b[16..24].copy_from_slice(&now_ns.to_le_bytes());
-        let _ = guestva::copy_to(self.mem(), self.root_kernel, self.runstate_va, &b);
-    }
-
-    pub fn page_fault_info(f: Fault) -> (u64, u32) {
-        (f.va, f.error_code)
     }
 }
 
