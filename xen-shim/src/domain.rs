@@ -54,7 +54,8 @@ pub struct Domain {
     pub platform: Arc<dyn Platform>,
     pub vm_assist: AtomicU64,
     /// Per-vCPU guest-physical address of its vcpu_info (registered copy or legacy slot).
-    pub vcpu_info: Mutex<Vec<u64>>,
+    /// Read on every exit, so lock-free.
+    pub vcpu_info: Vec<AtomicU64>,
     /// vCPUs brought online (bit per vCPU).
     pub online: AtomicU64,
     unknown_logged: Mutex<HashSet<String>>,
@@ -75,6 +76,7 @@ impl Domain {
                 layout.shared_info_gpa
                     + u64::from(i.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE
             })
+            .map(AtomicU64::new)
             .collect();
         let evtchn = EventChannels::new(&layout);
         Domain {
@@ -85,7 +87,7 @@ impl Domain {
             clock,
             platform,
             vm_assist: AtomicU64::new(0),
-            vcpu_info: Mutex::new(vcpu_info),
+            vcpu_info,
             online: AtomicU64::new(1),
             unknown_logged: Mutex::new(HashSet::new()),
             hypercall_counts: Mutex::new(BTreeMap::new()),
@@ -113,9 +115,9 @@ impl Domain {
     }
 
     pub fn vcpu_info_gpa(&self, vcpu: u32) -> u64 {
-        let v = self.vcpu_info.lock().unwrap_or_else(|e| e.into_inner());
-        v.get(vcpu as usize)
-            .copied()
+        self.vcpu_info
+            .get(vcpu as usize)
+            .map(|a| a.load(Ordering::Acquire))
             .unwrap_or(self.layout.shared_info_gpa)
     }
 

@@ -115,8 +115,8 @@ fn register_vcpu_info(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64>
     }
     let dom = v.dom.clone();
     let new = (mfn << 12) + offset;
-    let mut table = dom.vcpu_info.lock().unwrap_or_else(|e| e.into_inner());
-    let old = table.get(target as usize).copied().ok_or(-EINVAL)?;
+    let slot = dom.vcpu_info.get(target as usize).ok_or(-EINVAL)?;
+    let old = slot.load(std::sync::atomic::Ordering::Acquire);
     let legacy = dom.layout.shared_info_gpa
         + u64::from(target.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE;
     if old != legacy {
@@ -132,7 +132,13 @@ fn register_vcpu_info(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64>
     dom.mem
         .write_u8(new + shinfo::UPCALL_PENDING, 1)
         .map_err(|_| -EFAULT)?;
-    table[target as usize] = new;
+    slot.compare_exchange(
+        old,
+        new,
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Acquire,
+    )
+    .map_err(|_| -EBUSY)?;
     if target == v.id {
         v.vcpu_info_registered = true;
     }
