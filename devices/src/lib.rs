@@ -1,1 +1,9 @@
-//! devices
+//! Emulated devices and the Xen PV backends (block, network), each on the
+//! shared ring helpers in [`ring`]; disk images and the host-side PV boot
+//! loader (what pygrub does) live here too.
+
+pub mod blkback;
+pub mod disk;
+pub mod netback;
+pub mod pygrub;
+pub mod ring;

@@ -78,22 +78,8 @@ fn run_args(cfg: &DomainConfig, dir: &Path) -> anyhow::Result<RunArgs> {
             cfg.domain_type.as_str()
         );
     }
-    let Some(kernel) = &cfg.kernel else {
-        if let Some(bl) = &cfg.bootloader {
-            bail!(
-                "PV bootloaders (bootloader = \"{bl}\") are not supported yet; \
-                 set `kernel` (and `ramdisk`) to the guest's kernel files"
-            );
-        }
-        bail!("firmware-booted PV guests are not supported yet; set `kernel` instead");
-    };
-    if !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
-        eprintln!(
-            "xenkvm: warning: PV block and network devices are not supported yet; \
-             ignoring {} disk(s) and {} vif(s)",
-            cfg.disks.len(),
-            cfg.vifs.len()
-        );
+    if cfg.kernel.is_none() && cfg.bootloader.is_none() {
+        bail!("firmware-booted PV guests are not supported yet; set `kernel` or `bootloader`");
     }
     let on_reboot = match cfg.on_reboot {
         Action::Destroy => OnReboot::Exit,
@@ -106,7 +92,7 @@ fn run_args(cfg: &DomainConfig, dir: &Path) -> anyhow::Result<RunArgs> {
         }
     };
     Ok(RunArgs {
-        kernel: resolve(kernel, dir),
+        kernel: cfg.kernel.as_deref().map(|k| resolve(k, dir)),
         initrd: cfg.ramdisk.as_deref().map(|r| resolve(r, dir)),
         cmdline: cfg.cmdline.clone().unwrap_or_default(),
         memory: cfg.memory_mib,
@@ -115,6 +101,10 @@ fn run_args(cfg: &DomainConfig, dir: &Path) -> anyhow::Result<RunArgs> {
         xenstore_socket: None,
         stats: false,
         on_reboot,
+        disks: cfg.disks.iter().map(|d| d.spec.clone()).collect(),
+        nets: cfg.vifs.iter().map(|v| v.spec.clone()).collect(),
+        bootloader: cfg.bootloader.clone(),
+        bootloader_args: cfg.bootloader_args.clone(),
     })
 }
 
@@ -134,7 +124,7 @@ mod tests {
         let c = cfg("name = 'g'\nmemory = 512\nvcpus = 2\nkernel = 'vmlinuz'\n\
                      ramdisk = '/abs/initrd'\nextra = 'console=hvc0'\non_reboot = 'destroy'\n");
         let a = run_args(&c, &dir).unwrap();
-        assert_eq!(a.kernel, dir.join("vmlinuz"));
+        assert_eq!(a.kernel, Some(dir.join("vmlinuz")));
         assert_eq!(a.initrd, Some(PathBuf::from("/abs/initrd")));
         assert_eq!(a.memory, 512);
         assert_eq!(a.vcpus, 2);
@@ -148,17 +138,16 @@ mod tests {
     fn missing_relative_path_is_kept() {
         let c = cfg("name = 'g'\nkernel = 'nope/vmlinuz'\n");
         let a = run_args(&c, Path::new("/nonexistent")).unwrap();
-        assert_eq!(a.kernel, PathBuf::from("nope/vmlinuz"));
+        assert_eq!(a.kernel, Some(PathBuf::from("nope/vmlinuz")));
         assert!(a.on_reboot == OnReboot::Restart);
     }
 
     #[test]
-    fn pygrub_is_refused() {
-        let c = cfg("name = 'g'\nbootloader = 'pygrub'\n");
-        let Err(e) = run_args(&c, Path::new(".")) else {
-            panic!("pygrub accepted");
-        };
-        let e = e.to_string();
-        assert!(e.contains("PV bootloaders"), "{e}");
+    fn pygrub_needs_no_kernel() {
+        let c = cfg("name = 'g'\nbootloader = 'pygrub'\ndisk = ['file:/img,xvda,w']\n");
+        let a = run_args(&c, Path::new(".")).unwrap();
+        assert_eq!(a.kernel, None);
+        assert_eq!(a.bootloader.as_deref(), Some("pygrub"));
+        assert_eq!(a.disks, vec!["file:/img,xvda,w".to_string()]);
     }
 }

@@ -49,8 +49,9 @@ enum Cmd {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Kernel: a bzImage (vmlinuz) or an ELF vmlinux with Xen PV notes.
-    #[arg(long)]
-    kernel: PathBuf,
+    /// Not needed with --bootloader.
+    #[arg(long, required_unless_present = "bootloader")]
+    kernel: Option<PathBuf>,
     /// Initial ramdisk, passed as the PV module.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -75,6 +76,24 @@ struct RunArgs {
     /// What a guest reboot does: start the guest again (xl's default) or exit.
     #[arg(long, value_enum, default_value_t = OnReboot::Restart)]
     on_reboot: OnReboot,
+    /// A PV disk, in xl's disk syntax: `target=/img.qcow2,vdev=xvda,access=rw,format=qcow2`
+    /// or `file:/img,xvda1,w`. Repeat for more disks.
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
+    /// A PV network interface, in xl's vif syntax: `mac=00:16:3e:..,bridge=br0`
+    /// (empty for defaults). Repeat for more interfaces.
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<String>,
+    /// Boot the kernel found on the first disk, as Xen's pygrub does (`pygrub`).
+    #[arg(long)]
+    bootloader: Option<String>,
+    /// Arguments for the boot loader, e.g. `--entry=1` (repeatable).
+    #[arg(
+        long = "bootloader-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
+    bootloader_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -114,10 +133,13 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .join(format!("{}-{}", args.name, std::process::id()))
             .join("xenstored.sock")
     });
+    let Some(kernel) = args.kernel.as_deref() else {
+        anyhow::bail!("--bootloader is not supported yet");
+    };
     let cfg = vm::VmConfig {
         name: &args.name,
         xenstore_socket: Some(&sock),
-        kernel: &args.kernel,
+        kernel,
         initrd: args.initrd.as_deref(),
         cmdline: &args.cmdline,
         memory_mib: args.memory,

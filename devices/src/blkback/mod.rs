@@ -1,0 +1,1 @@
+//! The PV block backend (vbd).

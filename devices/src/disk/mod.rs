@@ -1,0 +1,1 @@
+//! Disk images (raw, qcow2) behind one synchronous interface.

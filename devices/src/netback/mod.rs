@@ -1,0 +1,1 @@
+//! The PV network backend (vif).

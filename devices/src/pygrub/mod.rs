@@ -1,0 +1,1 @@
+//! Host-side PV boot loader: what pygrub does.

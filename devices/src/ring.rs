@@ -1,0 +1,1 @@
+//! Shared-ring helpers for every backend.
