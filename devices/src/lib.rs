@@ -5,5 +5,7 @@
 pub mod blkback;
 pub mod disk;
 pub mod netback;
+pub mod notify;
 pub mod pygrub;
 pub mod ring;
+pub mod xenbus;

@@ -65,4 +65,14 @@ impl GuestMem for Memory {
     fn fetch_and_u64(&self, gpa: u64, v: u64) -> Result<u64, MemError> {
         Ok(self.atomic(gpa)?.fetch_and(v, Ordering::SeqCst))
     }
+    fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        Ok(self
+            .atomic(gpa)?
+            .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
+    }
 }

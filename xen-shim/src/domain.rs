@@ -60,6 +60,8 @@ pub struct Domain {
     pub online: AtomicU64,
     unknown_logged: Mutex<HashSet<String>>,
     pub hypercall_counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Grant entries mapped by the monitor's backends.
+    pub grants: Mutex<crate::grantmap::ActiveGrants>,
 }
 
 impl Domain {
@@ -91,6 +93,7 @@ impl Domain {
             online: AtomicU64::new(1),
             unknown_logged: Mutex::new(HashSet::new()),
             hypercall_counts: Mutex::new(BTreeMap::new()),
+            grants: Mutex::new(Default::default()),
             layout,
         }
     }

@@ -140,14 +140,24 @@ impl EventChannels {
         self.alloc(PortState::Unbound { remote }, 0)
     }
 
-    /// Connect a guest's unbound port to a monitor backend.
+    /// Connect a guest's port, left unbound for domain 0, to a monitor backend.
     pub fn bind_backend(&mut self, port: u32, backend: u32) -> Result<(), i64> {
         match self.ports.get_mut(port as usize) {
-            Some(p) if matches!(p.state, PortState::Unbound { .. }) => {
+            Some(p) if port != 0 && p.state == (PortState::Unbound { remote: 0 }) => {
                 p.state = PortState::Interdomain { backend };
                 Ok(())
             }
             _ => Err(-EINVAL),
+        }
+    }
+
+    /// The backend closed its end: the guest's port is unbound again (as
+    /// in Xen when the remote end of an interdomain channel closes).
+    pub fn unbind_backend(&mut self, port: u32, backend: u32) {
+        if let Some(p) = self.ports.get_mut(port as usize) {
+            if p.state == (PortState::Interdomain { backend }) {
+                p.state = PortState::Unbound { remote: 0 };
+            }
         }
     }
 

@@ -59,6 +59,22 @@ pub trait GuestMem: Send + Sync {
         self.write_u64(gpa, old | v)?;
         Ok(old)
     }
+    /// Atomic compare-and-exchange of an aligned u64: Ok(old) when it held
+    /// `current` and now holds `new`, Err(actual) otherwise. The default is
+    /// not atomic.
+    fn compare_exchange_u64(
+        &self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        let old = self.read_u64(gpa)?;
+        if old != current {
+            return Ok(Err(old));
+        }
+        self.write_u64(gpa, new)?;
+        Ok(Ok(old))
+    }
     /// Atomic AND of an aligned u64; returns the previous value.
     fn fetch_and_u64(&self, gpa: u64, v: u64) -> Result<u64, MemError> {
         let old = self.read_u64(gpa)?;
