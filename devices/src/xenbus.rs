@@ -184,3 +184,48 @@ pub fn ring_refs(dev: &XenbusDev, prefix: &str, max_order: u32) -> Option<Vec<u3
         })
         .collect()
 }
+
+/// What every backend needs from the monitor.
+#[derive(Clone)]
+pub struct BackendCtx {
+    /// The guest (memory, event channels, grant table).
+    pub dom: Arc<xen_shim::domain::Domain>,
+    /// The guest's xenstore.
+    pub store: SharedStore,
+    /// Routes the guest's notifications to backend threads.
+    pub backends: Arc<crate::notify::Backends>,
+}
+
+impl BackendCtx {
+    /// Bind the frontend's unbound `port` to a new backend id that kicks
+    /// `kick`; returns the id.
+    pub fn bind_port(&self, port: u32, kick: Arc<crate::notify::Kick>) -> Option<u32> {
+        let id = self.backends.register(kick);
+        let r = self
+            .dom
+            .evtchn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bind_backend(port, id);
+        if r.is_err() {
+            self.backends.unregister(id);
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Undo [`BackendCtx::bind_port`].
+    pub fn unbind_port(&self, port: u32, id: u32) {
+        self.dom
+            .evtchn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unbind_backend(port, id);
+        self.backends.unregister(id);
+    }
+
+    /// Notify the frontend on `port`.
+    pub fn notify(&self, port: u32) {
+        self.dom.raise_port(port);
+    }
+}
