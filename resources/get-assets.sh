@@ -221,6 +221,13 @@ for init in "${inits[@]}"; do
     images+=("$(build_initramfs "$init")")
 done
 
+# ------------------------------------------------------------- disk images
+# Test disks (disk-root.raw/.qcow2, disk-menulst.raw) and initramfs-blk; see mkdisk.sh.
+# Its summary goes to stderr so this script's report stays as it was.
+if ! XENKVM_CACHE="$CACHE" XENKVM_REFRESH="$REFRESH" bash "$here/mkdisk.sh" >&2; then
+    log "warning: building the test disk images failed (resources/mkdisk.sh); disk tests will skip"
+fi
+
 # ---------------------------------------------------------------- report
 echo "xenkvm guest assets in $CACHE:"
 echo "  kernel:    $CACHE/vmlinuz ($(human "$CACHE/vmlinuz")), version $kver"
