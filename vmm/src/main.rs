@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod boot;
 mod builder;
 mod console;
 mod create;
@@ -12,6 +13,7 @@ mod layout;
 mod loader;
 mod memory;
 mod platform;
+mod pvdev;
 mod ring0;
 mod smp;
 mod vcpu;
@@ -133,17 +135,17 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .join(format!("{}-{}", args.name, std::process::id()))
             .join("xenstored.sock")
     });
-    let Some(kernel) = args.kernel.as_deref() else {
-        anyhow::bail!("--bootloader is not supported yet");
-    };
+    let disks = pvdev::open_disks(&args.disks)?;
+    let boot = boot::resolve(args, &disks)?;
     let cfg = vm::VmConfig {
         name: &args.name,
         xenstore_socket: Some(&sock),
-        kernel,
-        initrd: args.initrd.as_deref(),
-        cmdline: &args.cmdline,
+        kernel: &boot.kernel,
+        initrd: boot.initrd.as_deref(),
+        cmdline: &boot.cmdline,
         memory_mib: args.memory,
         vcpus: args.vcpus,
+        disks: &disks,
     };
     let current = console::Current::default();
     console::raw_mode();

@@ -36,6 +36,8 @@ pub struct Host {
     console_tail: Mutex<VecDeque<u8>>,
     pub domain: OnceLock<Weak<Domain>>,
     pub xs: OnceLock<Arc<XsBackend>>,
+    /// The PV device backends' threads, by backend id.
+    pub backends: Arc<devices::notify::Backends>,
     pub console_lock: Mutex<()>,
     drain_lock: Mutex<()>,
 }
@@ -56,6 +58,7 @@ impl Host {
             console_tail: Mutex::new(VecDeque::new()),
             domain: OnceLock::new(),
             xs: OnceLock::new(),
+            backends: Default::default(),
             console_lock: Mutex::new(()),
             drain_lock: Mutex::new(()),
         }
@@ -161,7 +164,7 @@ impl Platform for Host {
                     xs.process(&dom);
                 }
             }
-            _ => {}
+            other => self.backends.notify(other),
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum VmError {
     Vcpus,
     #[error(transparent)]
     Xenstore(#[from] crate::xs::XsError),
+    #[error(transparent)]
+    Devices(#[from] crate::pvdev::PvDevError),
 }
 
 fn kerr(what: &str) -> impl Fn(kvm_ioctls::Error) -> VmError + '_ {
@@ -67,6 +69,8 @@ pub struct VmConfig<'a> {
     pub name: &'a str,
     /// Serve the domain's xenstore on this unix socket.
     pub xenstore_socket: Option<&'a Path>,
+    /// PV disks (opened once, served again after each reboot).
+    pub disks: &'a [crate::pvdev::OpenDisk],
 }
 
 /// How the domain ended.
@@ -88,6 +92,8 @@ pub struct Vm {
     boot_regs: Regs,
     /// Print machine-readable exit and hypercall counts at the end.
     pub print_stats: bool,
+    /// The PV device backends; stopped when the VM ends.
+    devices: crate::pvdev::Devices,
 }
 
 const STORE_PORT: u32 = 1;
@@ -230,7 +236,19 @@ impl Vm {
         }
         let xs = Arc::new(xs);
         xs.spawn_pump(Arc::downgrade(&dom));
+        let ctx = devices::xenbus::BackendCtx {
+            dom: dom.clone(),
+            store: xs.store.clone(),
+            backends: host.backends.clone(),
+        };
         let _ = host.xs.set(xs);
+        let devices = crate::pvdev::start(
+            &ctx,
+            u32::from(dlayout_domid()),
+            cfg.name,
+            cfg.vcpus,
+            cfg.disks,
+        )?;
         let mut vcpus = Vec::new();
         for (i, fd) in fds.into_iter().enumerate() {
             let mut cpuid = CpuId::new(policy.entries.len())
@@ -311,6 +329,7 @@ impl Vm {
             vcpus,
             boot_regs,
             print_stats: false,
+            devices,
         })
     }
 
