@@ -136,6 +136,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .join("xenstored.sock")
     });
     let disks = pvdev::open_disks(&args.disks)?;
+    let vifs = pvdev::parse_vifs(&args.nets)?;
     let boot = boot::resolve(args, &disks)?;
     let cfg = vm::VmConfig {
         name: &args.name,
@@ -146,6 +147,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         vcpus: args.vcpus,
         disks: &disks,
+        vifs: &vifs,
     };
     let current = console::Current::default();
     console::raw_mode();

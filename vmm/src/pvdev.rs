@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use api::xlcfg::{Access, DevType, DiskFormat, DiskSpec};
+use api::xlcfg::{Access, DevType, DiskFormat, DiskSpec, VifSpec};
 use devices::blkback::{self, VbdConfig, VbdHandle};
 use devices::disk::{self, DiskImage, Format};
 use devices::xenbus::BackendCtx;
@@ -17,6 +17,33 @@ pub enum PvDevError {
     Disk(#[from] devices::disk::DiskError),
     #[error(transparent)]
     Vbd(#[from] blkback::VbdError),
+    #[error("--net {spec:?}: {why}")]
+    NetSpec { spec: String, why: String },
+    #[error(transparent)]
+    Vif(#[from] devices::netback::NetbackError),
+}
+
+/// Parse the nics given as xl vif specs (the list index is the devid
+/// unless `devid=` says otherwise).
+pub fn parse_vifs(specs: &[String]) -> Result<Vec<VifSpec>, PvDevError> {
+    let mut out: Vec<VifSpec> = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let (v, notes) = VifSpec::parse(s, i as u32).map_err(|why| PvDevError::NetSpec {
+            spec: s.clone(),
+            why,
+        })?;
+        for n in notes {
+            log::info!("vif {s:?}: {n}");
+        }
+        if out.iter().any(|o| o.devid == v.devid) {
+            return Err(PvDevError::NetSpec {
+                spec: s.clone(),
+                why: format!("devid {} is used twice", v.devid),
+            });
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 /// A disk opened for the guest (kept across reboots).
@@ -67,6 +94,7 @@ fn open_disk(text: &str) -> Result<OpenDisk, PvDevError> {
 #[derive(Default)]
 pub struct Devices {
     pub vbds: Vec<VbdHandle>,
+    pub vifs: Vec<devices::netback::VifHandle>,
 }
 
 /// Create the guest's devices in xenstore and start their backends.
@@ -76,6 +104,7 @@ pub fn start(
     name: &str,
     vcpus: u32,
     disks: &[OpenDisk],
+    vifs: &[VifSpec],
 ) -> Result<Devices, PvDevError> {
     let mut devs = Devices::default();
     for d in disks {
@@ -92,6 +121,23 @@ pub fn start(
                 domain_name: name.to_string(),
             },
         )?);
+    }
+    for v in vifs {
+        let h = devices::netback::spawn(
+            ctx,
+            domid,
+            devices::netback::VifConfig {
+                devid: v.devid,
+                mac: v.mac.clone(),
+                bridge: v.bridge.clone(),
+                ifname: v.vifname.clone(),
+                mtu: v.mtu,
+                script: v.script.clone(),
+                domain_name: name.to_string(),
+            },
+        )?;
+        log::info!("vif {}: host interface {}", v.devid, h.ifname());
+        devs.vifs.push(h);
     }
     Ok(devs)
 }

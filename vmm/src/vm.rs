@@ -71,6 +71,8 @@ pub struct VmConfig<'a> {
     pub xenstore_socket: Option<&'a Path>,
     /// PV disks (opened once, served again after each reboot).
     pub disks: &'a [crate::pvdev::OpenDisk],
+    /// PV nics.
+    pub vifs: &'a [api::xlcfg::VifSpec],
 }
 
 /// How the domain ended.
@@ -93,7 +95,7 @@ pub struct Vm {
     /// Print machine-readable exit and hypercall counts at the end.
     pub print_stats: bool,
     /// The PV device backends; stopped when the VM ends.
-    devices: crate::pvdev::Devices,
+    _devices: crate::pvdev::Devices,
 }
 
 const STORE_PORT: u32 = 1;
@@ -248,6 +250,7 @@ impl Vm {
             cfg.name,
             cfg.vcpus,
             cfg.disks,
+            cfg.vifs,
         )?;
         let mut vcpus = Vec::new();
         for (i, fd) in fds.into_iter().enumerate() {
@@ -329,7 +332,7 @@ impl Vm {
             vcpus,
             boot_regs,
             print_stats: false,
-            devices,
+            _devices: devices,
         })
     }
 
