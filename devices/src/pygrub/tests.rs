@@ -329,10 +329,18 @@ fn cached_test_disks() {
             "{img}: {}",
             e.cmdline
         );
-        assert!(e.title.starts_with("Debian GNU/Linux"), "{img}: {}", e.title);
+        assert!(
+            e.title.starts_with("Debian GNU/Linux"),
+            "{img}: {}",
+            e.title
+        );
         let second = load_default(&*d, &args(&["--entry=1"])).unwrap();
         assert_ne!(second.title, e.title, "{img}: a second entry");
         assert!(second.title.contains(kver), "{img}: {}", second.title);
-        assert!(second.cmdline.contains("single"), "{img}: {}", second.cmdline);
+        assert!(
+            second.cmdline.contains("single"),
+            "{img}: {}",
+            second.cmdline
+        );
     }
 }
