@@ -91,7 +91,12 @@ fn create_boots_the_smoke_guest() {
         cache.join("initramfs-smoke.cpio.gz").display()
     );
     std::fs::write(&cfg, text).unwrap();
-    let r = common::xenkvm(&["create", cfg.to_str().unwrap()], Duration::from_secs(600));
+    // -F: in this process, console on stdout (without it the domain would
+    // run in the background; see tests/xl_verbs.rs).
+    let r = common::xenkvm(
+        &["create", "-F", cfg.to_str().unwrap()],
+        Duration::from_secs(600),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!r.timed_out, "timed out:\n{}", r.output);
     assert!(

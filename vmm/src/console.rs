@@ -79,7 +79,7 @@ impl Current {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((host.clone(), Arc::downgrade(dom)));
     }
-    fn get(&self) -> Option<(Arc<Host>, Arc<Domain>)> {
+    pub fn get(&self) -> Option<(Arc<Host>, Arc<Domain>)> {
         let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let (h, d) = g.as_ref()?;
         Some((h.clone(), d.upgrade()?))

@@ -1,30 +1,43 @@
 //! `xenkvm create`: start a guest from an xl.cfg file, as `xl create` does.
 //!
-//! This first slice always runs the guest in the foreground with its console
-//! on this terminal (as `xl create -F -c`); PV block and network devices and
-//! PV bootloaders are not supported yet.
+//! By default the domain runs as its own background process (a monitor
+//! started with `xenkvm monitor`, reached through the control API); `-c`
+//! then attaches to its console. `-F` runs the domain in this process with
+//! its console on this terminal.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use api::control::CreateRequest;
 use api::xlcfg::{self, Action, DomainConfig, DomainType};
 
+use crate::control::registry::RunDir;
 use crate::{OnReboot, RunArgs};
+
+/// Why a config cannot run (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("type = \"{0}\" guests are not supported yet (xenkvm runs PV guests)")]
+    Type(&'static str),
+    #[error("firmware-booted PV guests are not supported yet; set `kernel` or `bootloader`")]
+    NoKernel,
+}
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Background mode is not yet implemented: the guest always runs in the \
-foreground with its console on this terminal, as with -F -c (so -c is implied)."
+    after_help = "Without -F the domain runs in the background: see `xenkvm list`, \
+`xenkvm console NAME`, `xenkvm shutdown NAME`. With -F it runs in this process, with its \
+console on this terminal (Ctrl-] stops it)."
 )]
 pub struct CreateArgs {
     /// Parse the config and print it as JSON; do not start the guest.
     #[arg(short = 'n', long)]
     dry_run: bool,
-    /// Stay in the foreground (always the case for now; background mode is not yet implemented).
+    /// Stay in the foreground until the domain dies, console on this terminal.
     #[arg(short = 'F')]
     foreground: bool,
-    /// Attach to the guest console (implied: the console is always on this terminal).
+    /// Attach to the guest console once the domain is started (Ctrl-] detaches).
     #[arg(short = 'c')]
     console: bool,
     /// The xl.cfg file.
@@ -33,8 +46,7 @@ pub struct CreateArgs {
     overrides: Vec<String>,
 }
 
-pub fn create(args: &CreateArgs) -> anyhow::Result<ExitCode> {
-    let _ = (args.foreground, args.console);
+pub fn create(args: &CreateArgs, run: &RunDir, verbose: u8) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.cfg)
         .with_context(|| format!("cannot read {}", args.cfg.display()))?;
     let file = args.cfg.display().to_string();
@@ -52,9 +64,28 @@ pub fn create(args: &CreateArgs) -> anyhow::Result<ExitCode> {
         println!("{}", xlcfg::to_json(&cfg));
         return Ok(ExitCode::SUCCESS);
     }
+    eprintln!("Parsing config from {file}");
     let dir = args.cfg.parent().unwrap_or(Path::new("."));
-    let run_args = run_args(&cfg, dir)?;
-    crate::run(&run_args)
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    // Refuse what cannot run before starting anything.
+    if let Err(e) = run_args(&cfg, &dir) {
+        eprintln!("xenkvm: {e}");
+        return Ok(ExitCode::from(1));
+    }
+    let req = CreateRequest {
+        config: cfg,
+        config_dir: Some(dir.display().to_string()),
+    };
+    if args.foreground {
+        return match crate::control::monitor::run_foreground(run.clone(), req) {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("xenkvm: {e}");
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
+    crate::control::verbs::create_background(run, &req, args.console, verbose)
 }
 
 /// A path from the config: relative to the config's directory when it exists
@@ -71,25 +102,18 @@ fn resolve(path: &str, dir: &Path) -> PathBuf {
 }
 
 /// The `xenkvm run` arguments equivalent to `cfg`, or why it cannot run yet.
-fn run_args(cfg: &DomainConfig, dir: &Path) -> anyhow::Result<RunArgs> {
+/// (The monitor applies `on_reboot` and the other actions itself; `on_reboot`
+/// here is what a plain `run` would do.)
+pub fn run_args(cfg: &DomainConfig, dir: &Path) -> Result<RunArgs, CreateError> {
     if cfg.domain_type != DomainType::Pv {
-        bail!(
-            "type = \"{}\" guests are not supported yet (xenkvm runs PV guests)",
-            cfg.domain_type.as_str()
-        );
+        return Err(CreateError::Type(cfg.domain_type.as_str()));
     }
     if cfg.kernel.is_none() && cfg.bootloader.is_none() {
-        bail!("firmware-booted PV guests are not supported yet; set `kernel` or `bootloader`");
+        return Err(CreateError::NoKernel);
     }
     let on_reboot = match cfg.on_reboot {
-        Action::Destroy => OnReboot::Exit,
-        Action::Restart => OnReboot::Restart,
-        other => {
-            eprintln!(
-                "xenkvm: warning: on_reboot = \"{other}\" is not supported yet; using restart"
-            );
-            OnReboot::Restart
-        }
+        Action::Destroy | Action::Preserve | Action::CoredumpDestroy => OnReboot::Exit,
+        _ => OnReboot::Restart,
     };
     Ok(RunArgs {
         kernel: cfg.kernel.as_deref().map(|k| resolve(k, dir)),

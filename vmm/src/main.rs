@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod boot;
 mod builder;
 mod console;
+mod control;
 mod create;
 mod layout;
 mod loader;
@@ -30,6 +31,10 @@ struct Cli {
     /// More monitor logging (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Run directory for domain sockets, pid and log files (default:
+    /// $XENKVM_RUN_DIR, $XDG_RUNTIME_DIR/xenkvm, /run/xenkvm for root).
+    #[arg(long, global = true, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -38,8 +43,61 @@ struct Cli {
 enum Cmd {
     /// Run a PV guest in the foreground with its console on this terminal.
     Run(RunArgs),
-    /// Start a guest from an xl.cfg file (in the foreground for now).
+    /// Start a domain from an xl.cfg file (in the background unless -F).
     Create(create::CreateArgs),
+    /// List domains in xl's layout (Name, ID, Mem, VCPUs, State, Time(s)).
+    List {
+        /// Print JSON: `[{"domid": N, "config": {...}, "info": {...}}]`.
+        #[arg(short = 'l', long)]
+        long: bool,
+        /// Only these domains (names or ids).
+        domains: Vec<String>,
+    },
+    /// Attach to a domain's console; Ctrl-] detaches.
+    Console {
+        /// Domain name or id.
+        domain: String,
+    },
+    /// Ask the guest to power off (xenstore control/shutdown).
+    Shutdown {
+        /// Wait until the domain has shut down.
+        #[arg(short = 'w', long)]
+        wait: bool,
+        /// Domain name or id.
+        domain: String,
+    },
+    /// Ask the guest to reboot (xenstore control/shutdown).
+    Reboot {
+        /// Domain name or id.
+        domain: String,
+    },
+    /// Stop a domain at once.
+    Destroy {
+        /// Domain name or id.
+        domain: String,
+    },
+    /// Pause a domain's vCPUs.
+    Pause {
+        /// Domain name or id.
+        domain: String,
+    },
+    /// Resume a paused domain.
+    Unpause {
+        /// Domain name or id.
+        domain: String,
+    },
+    /// Host information as `key : value` lines, like `xl info`.
+    Info,
+    /// Serve the control API for one domain, waiting for `POST /v1/domains`
+    /// (what `create` starts in the background).
+    Monitor {
+        /// The API socket to listen on.
+        #[arg(long)]
+        api_socket: PathBuf,
+        /// This process's log file (moved into the domain's directory).
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
     /// Serve a standalone xenstore on a unix socket (for Xen's tools).
     Xenstored {
         /// Socket path; point XENSTORED_PATH at it.
@@ -106,6 +164,11 @@ enum OnReboot {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.run_dir {
+        // Seen by xs::run_dir() and by the monitors we start.
+        std::env::set_var("XENKVM_RUN_DIR", dir);
+    }
+    let rd = control::registry::RunDir::from_env();
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -115,7 +178,18 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let res: anyhow::Result<ExitCode> = match cli.cmd {
         Cmd::Run(args) => run(&args),
-        Cmd::Create(args) => create::create(&args),
+        Cmd::Create(args) => create::create(&args, &rd, cli.verbose),
+        Cmd::List { long, domains } => control::verbs::list(&rd, long, &domains),
+        Cmd::Console { domain } => control::verbs::console(&rd, &domain),
+        Cmd::Shutdown { wait, domain } => control::verbs::shutdown(&rd, &domain, wait),
+        Cmd::Reboot { domain } => control::verbs::reboot(&rd, &domain),
+        Cmd::Destroy { domain } => control::verbs::destroy(&rd, &domain),
+        Cmd::Pause { domain } => control::verbs::pause(&rd, &domain, true),
+        Cmd::Unpause { domain } => control::verbs::pause(&rd, &domain, false),
+        Cmd::Info => control::verbs::info(&rd),
+        Cmd::Monitor { api_socket, log } => {
+            Ok(control::monitor::serve_empty(rd.clone(), api_socket, log))
+        }
         Cmd::Xenstored { socket } => api::xs_socket::run_standalone(&socket)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
@@ -135,26 +209,49 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .join(format!("{}-{}", args.name, std::process::id()))
             .join("xenstored.sock")
     });
-    let disks = pvdev::open_disks(&args.disks)?;
-    let vifs = pvdev::parse_vifs(&args.nets)?;
-    let boot = boot::resolve(args, &disks)?;
-    let cfg = vm::VmConfig {
-        name: &args.name,
-        xenstore_socket: Some(&sock),
-        kernel: &boot.kernel,
-        initrd: boot.initrd.as_deref(),
-        cmdline: &boot.cmdline,
-        memory_mib: args.memory,
-        vcpus: args.vcpus,
-        disks: &disks,
-        vifs: &vifs,
-    };
+    let prepared = prepare(args)?;
+    let cfg = prepared.vm_config(args, &sock);
     let current = console::Current::default();
     console::raw_mode();
     console::spawn_input(current.clone());
     let code = boot_loop(args, &cfg, &sock, &current);
     console::restore();
     code
+}
+
+/// What every boot of `args` needs, opened once: shared by `run` and the
+/// domain monitor (`control::monitor`), so both boot the same way.
+pub(crate) struct Prepared {
+    disks: Vec<pvdev::OpenDisk>,
+    vifs: Vec<api::xlcfg::VifSpec>,
+    boot: boot::BootFiles,
+}
+
+pub(crate) fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
+    let disks = pvdev::open_disks(&args.disks)?;
+    let vifs = pvdev::parse_vifs(&args.nets)?;
+    let boot = boot::resolve(args, &disks)?;
+    Ok(Prepared { disks, vifs, boot })
+}
+
+impl Prepared {
+    pub(crate) fn vm_config<'a>(
+        &'a self,
+        args: &'a RunArgs,
+        sock: &'a std::path::Path,
+    ) -> vm::VmConfig<'a> {
+        vm::VmConfig {
+            name: &args.name,
+            xenstore_socket: Some(sock),
+            kernel: &self.boot.kernel,
+            initrd: self.boot.initrd.as_deref(),
+            cmdline: &self.boot.cmdline,
+            memory_mib: args.memory,
+            vcpus: args.vcpus,
+            disks: &self.disks,
+            vifs: &self.vifs,
+        }
+    }
 }
 
 /// Boot the guest, and boot it again after each reboot unless told not to.

@@ -34,6 +34,8 @@ pub struct Host {
     /// The user pressed the console escape.
     pub escaped: AtomicBool,
     console_tail: Mutex<VecDeque<u8>>,
+    /// Pause gate, blocked vCPUs and console routing (`xenkvm` control verbs).
+    pub control: crate::control::HostControl,
     pub domain: OnceLock<Weak<Domain>>,
     pub xs: OnceLock<Arc<XsBackend>>,
     /// The PV device backends' threads, by backend id.
@@ -56,6 +58,7 @@ impl Host {
             stop: AtomicBool::new(false),
             escaped: AtomicBool::new(false),
             console_tail: Mutex::new(VecDeque::new()),
+            control: Default::default(),
             domain: OnceLock::new(),
             xs: OnceLock::new(),
             backends: Default::default(),
@@ -64,12 +67,16 @@ impl Host {
         }
     }
 
-    /// Guest console bytes to stdout, remembering the tail for crash reports.
+    /// Guest console bytes to stdout (or the control sink), remembering the tail for crash reports.
     pub fn output(&self, data: &[u8]) {
         let _g = self.console_lock.lock();
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(data);
-        let _ = out.flush();
+        if let Some(sink) = self.control.sink.get() {
+            sink(data);
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(data);
+            let _ = out.flush();
+        }
         let mut t = self.console_tail.lock().unwrap_or_else(|e| e.into_inner());
         t.extend(data.iter().copied());
         while t.len() > 4096 {

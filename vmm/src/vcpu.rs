@@ -456,6 +456,8 @@ impl Vcpu {
     }
 
     fn block(&mut self, poll: Option<&[u32]>) {
+        let host = self.host.clone();
+        let _blocked = host.control.blocked_guard(self.pv.id);
         loop {
             self.timers();
             if self.host.stop.load(Ordering::SeqCst) || self.events_deliverable() {
@@ -509,6 +511,11 @@ impl Vcpu {
         loop {
             if self.host.stop.load(Ordering::SeqCst) {
                 return VcpuEnd::Stopped;
+            }
+            if self.host.control.is_paused() {
+                // `xenkvm pause`: wait at the gate, then re-check stop.
+                self.host.control.wait_unpaused(&self.host.stop);
+                continue;
             }
             let exit = self.fd.run();
             self.exits += 1;

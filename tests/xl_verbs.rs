@@ -1,0 +1,305 @@
+//! The xl-style verbs: `create` in the background, `list`, `console`
+//! (attach and detach with Ctrl-]), `pause`/`unpause`, `shutdown -w`,
+//! `destroy`, `info`, and `list` cleaning up after dead domains.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const HEADER: &str = "Name                                        ID   Mem VCPUs\tState\tTime(s)";
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xenkvm-xl-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn xenkvm(run: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xenkvm"))
+        .arg("--run-dir")
+        .arg(run)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start xenkvm")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn list(run: &Path) -> String {
+    let o = xenkvm(run, &["list"]);
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The `list` row of `name`, split in its columns.
+fn row(list: &str, name: &str) -> Option<Vec<String>> {
+    list.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+}
+
+#[test]
+fn list_shows_the_host_and_cleans_up_dead_domains() {
+    let run = temp_dir("dead");
+    // A domain whose monitor died without cleaning up.
+    let ghost = run.join("domains/ghost");
+    std::fs::create_dir_all(&ghost).unwrap();
+    std::fs::write(ghost.join("pid"), "2147483000\n").unwrap();
+    std::fs::write(ghost.join("domid"), "1\n").unwrap();
+    std::fs::create_dir_all(run.join("ids")).unwrap();
+    std::fs::write(run.join("ids/1"), "ghost\n").unwrap();
+    let out = list(&run);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(HEADER), "{out}");
+    let dom0 = lines.next().expect("Domain-0 row");
+    assert!(
+        dom0.starts_with("Domain-0                                     0 "),
+        "{out}"
+    );
+    assert!(dom0.contains("     r-----  "), "{out}");
+    assert_eq!(lines.next(), None, "{out}");
+    assert!(!ghost.exists(), "dead domain not cleaned up");
+    assert!(!run.join("ids/1").exists());
+    // Verbs on unknown domains fail with a clear message.
+    for verb in [
+        "console", "shutdown", "reboot", "destroy", "pause", "unpause",
+    ] {
+        let o = xenkvm(&run, &[verb, "ghost"]);
+        assert!(!o.status.success(), "{verb}");
+        assert!(
+            text(&o).contains("domain 'ghost' not found"),
+            "{verb}: {}",
+            text(&o)
+        );
+    }
+    let o = xenkvm(&run, &["list", "ghost"]);
+    assert!(!o.status.success());
+    let o = xenkvm(&run, &["info"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for key in [
+        "host ",
+        "nr_cpus",
+        "total_memory",
+        "xen_major",
+        "xen_caps",
+        "run_dir",
+    ] {
+        assert!(t.contains(key), "{key} missing in\n{t}");
+    }
+    let _ = std::fs::remove_dir_all(&run);
+}
+
+/// `xenkvm console NAME` with its stdin a pipe, output collected.
+struct Attached {
+    child: std::process::Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Attached {
+    fn start(run: &Path, name: &str) -> Attached {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
+            .arg("--run-dir")
+            .arg(run)
+            .args(["console", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        for s in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let o = out.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    o.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Attached { child, out }
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, pat: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.text().contains(pat) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn send(&mut self, data: &[u8]) {
+        let s = self.child.stdin.as_mut().unwrap();
+        s.write_all(data).unwrap();
+        s.flush().unwrap();
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn create_list_console_pause_shutdown_destroy() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let run = temp_dir("verbs");
+    let disk = run.join("data.img");
+    std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
+    let name = "xlweb01";
+    // A realistic PV config, with paths relative to the config file.
+    std::fs::copy(cache.join("vmlinuz"), run.join("vmlinuz")).unwrap();
+    std::fs::copy(
+        cache.join("initramfs-wait.cpio.gz"),
+        run.join("initrd-wait.img"),
+    )
+    .unwrap();
+    let cfg = run.join("web01.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "# /etc/xen/web01.cfg\nname = \"{name}\"\nmemory = 256\nvcpus = 1\n\
+             kernel = \"vmlinuz\"\nramdisk = \"initrd-wait.img\"\n\
+             extra = \"console=hvc0 quiet\"\n\
+             disk = [ 'file:{},xvdb,w' ]\n\
+             vif = [ 'mac=00:16:3e:4a:10:01' ]\n\
+             on_reboot = 'restart'\non_poweroff = 'destroy'\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let shell_cfg = run.join("shell.cfg");
+    std::fs::write(
+        &shell_cfg,
+        format!(
+            "name = \"xlshell\"\nmemory = 256\nkernel = \"{}\"\nramdisk = \"{}\"\n\
+             extra = \"console=hvc0\"\n",
+            cache.join("vmlinuz").display(),
+            cache.join("initramfs-shell.cpio.gz").display()
+        ),
+    )
+    .unwrap();
+
+    // create returns once the domains are started.
+    let start = Instant::now();
+    let o = xenkvm(&run, &["create", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "create failed:\n{}", text(&o));
+    assert!(text(&o).contains("Parsing config from"), "{}", text(&o));
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let o = xenkvm(&run, &["create", shell_cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "create failed:\n{}", text(&o));
+    // Names are unique.
+    let o = xenkvm(&run, &["create", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
+
+    // list: xl's columns, both domains, Domain-0 first.
+    let l = list(&run);
+    assert!(l.starts_with(&format!("{HEADER}\nDomain-0 ")), "{l}");
+    let r = row(&l, name).unwrap_or_else(|| panic!("{name} not listed:\n{l}"));
+    assert_eq!(&r[1..4], ["1", "256", "1"], "{l}");
+    assert_eq!(r[4].len(), 6, "{l}");
+    let r2 = row(&l, "xlshell").unwrap_or_else(|| panic!("xlshell not listed:\n{l}"));
+    assert_eq!(r2[1], "2", "{l}");
+    let line = l.lines().find(|x| x.starts_with(name)).unwrap();
+    assert_eq!(line.find(" 1 "), Some(44), "id column: {line:?}");
+
+    // console: attach, see the guest, detach with Ctrl-]; the guest lives on.
+    let mut c = Attached::start(&run, name);
+    assert!(
+        c.wait_for("XENKVM-WAITING", Duration::from_secs(300)),
+        "console:\n{}\nlog:\n{}",
+        c.text(),
+        std::fs::read_to_string(run.join(format!("domains/{name}/log"))).unwrap_or_default()
+    );
+    c.send(b"\x1d");
+    assert_eq!(
+        c.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        c.text()
+    );
+    assert!(row(&list(&run), name).is_some(), "detach stopped the guest");
+
+    // Console input reaches the shell guest.
+    let mut s = Attached::start(&run, "xlshell");
+    assert!(
+        s.wait_for("XENKVM-SHELL", Duration::from_secs(300)),
+        "{}",
+        s.text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    s.send(b"echo verbs-$((7*6))\n");
+    assert!(
+        s.wait_for("verbs-42", Duration::from_secs(60)),
+        "{}",
+        s.text()
+    );
+    s.send(b"\x1d");
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+
+    // pause / unpause show in list's state column.
+    let o = xenkvm(&run, &["pause", name]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(row(&list(&run), name).unwrap()[4], "--p---");
+    let o = xenkvm(&run, &["unpause", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(row(&list(&run), name).unwrap()[4], "--p---");
+
+    // shutdown -w: the guest powers off through xenstore's control/shutdown.
+    let o = xenkvm(&run, &["shutdown", "-w", name]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("has been shut down"), "{}", text(&o));
+    let l = list(&run);
+    assert!(row(&l, name).is_none(), "still listed:\n{l}");
+
+    // destroy pulls the plug.
+    let o = xenkvm(&run, &["destroy", "xlshell"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let l = list(&run);
+    assert_eq!(l.lines().count(), 2, "{l}");
+    let _ = std::fs::remove_dir_all(&run);
+}

@@ -1,0 +1,200 @@
+//! The detachable guest console: output goes to every attached client of
+//! `console.sock` (and to stdout for foreground domains), the last
+//! [`HISTORY`] bytes are replayed to a client when it attaches, and bytes
+//! a client writes are the guest's console input. Detaching (the client's
+//! Ctrl-]) just closes the connection; the guest keeps running.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use crate::console::{push_input, Current};
+
+/// Bytes of output replayed to a client that attaches.
+pub const HISTORY: usize = 16 << 10;
+/// Output chunks queued for a client before it is dropped as too slow.
+const CLIENT_QUEUE: usize = 4096;
+
+#[derive(Default)]
+struct Inner {
+    history: VecDeque<u8>,
+    clients: Vec<SyncSender<Vec<u8>>>,
+}
+
+pub struct ConsoleHub {
+    inner: Mutex<Inner>,
+    to_stdout: bool,
+    current: Current,
+    attached: AtomicU32,
+}
+
+impl ConsoleHub {
+    /// `current` is the guest input goes to; `to_stdout` also copies output
+    /// to this process's stdout (foreground domains).
+    pub fn new(current: Current, to_stdout: bool) -> Arc<ConsoleHub> {
+        Arc::new(ConsoleHub {
+            inner: Mutex::new(Inner::default()),
+            to_stdout,
+            current,
+            attached: AtomicU32::new(0),
+        })
+    }
+
+    /// Clients attached now.
+    pub fn clients(&self) -> u32 {
+        self.attached.load(Ordering::SeqCst)
+    }
+
+    /// Guest output (called with the host's console lock held: never blocks).
+    pub fn output(&self, data: &[u8]) {
+        if self.to_stdout {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(data);
+            let _ = out.flush();
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.history.extend(data.iter().copied());
+        let excess = g.history.len().saturating_sub(HISTORY);
+        g.history.drain(..excess);
+        g.clients.retain(|c| match c.try_send(data.to_vec()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                log::warn!("console client too slow; detaching it");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+
+    /// The sink to install in each boot's `Host`.
+    pub fn sink(self: &Arc<Self>) -> crate::control::ConsoleSink {
+        let me = self.clone();
+        Arc::new(move |d: &[u8]| me.output(d))
+    }
+
+    /// Accept console clients on `path` from a background thread.
+    pub fn serve(self: &Arc<Self>, path: &Path) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(path);
+        let l = UnixListener::bind(path)?;
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("console".into())
+            .spawn(move || {
+                for s in l.incoming() {
+                    match s {
+                        Ok(s) => me.attach(s),
+                        Err(e) => log::warn!("console socket: {e}"),
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    fn attach(self: &Arc<Self>, stream: UnixStream) {
+        let Ok(mut out) = stream.try_clone() else {
+            return;
+        };
+        let (tx, rx) = sync_channel::<Vec<u8>>(CLIENT_QUEUE);
+        let history: Vec<u8> = {
+            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            g.clients.push(tx);
+            g.history.iter().copied().collect()
+        };
+        self.attached.fetch_add(1, Ordering::SeqCst);
+        let _ = std::thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || {
+                if out.write_all(&history).is_err() {
+                    return;
+                }
+                for chunk in rx {
+                    if out.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("console-in".into())
+            .spawn(move || {
+                me.input_loop(stream);
+                me.attached.fetch_sub(1, Ordering::SeqCst);
+            });
+    }
+
+    /// Client bytes into the guest's console ring until the client leaves.
+    fn input_loop(&self, mut stream: UnixStream) {
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                Ok(n) => n,
+            };
+            let Some((host, dom)) = self.current.get() else {
+                continue;
+            };
+            let mut rest = &buf[..n];
+            let mut spins = 0;
+            while !rest.is_empty() && !host.stop.load(Ordering::SeqCst) && spins < 2000 {
+                let k = push_input(&dom, rest);
+                rest = &rest[k..];
+                if k == 0 {
+                    spins += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_get_history_then_live_output() {
+        let hub = ConsoleHub::new(Current::default(), false);
+        let dir = std::env::temp_dir().join(format!("xenkvm-con-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("console.sock");
+        hub.output(b"early ");
+        hub.serve(&sock).unwrap();
+        let mut c = UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        // Wait until attached, then send live output.
+        for _ in 0..200 {
+            if hub.clients() == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        hub.output(b"late");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < 10 {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"early late");
+        // Input with no guest attached is dropped without harm.
+        c.write_all(b"x").unwrap();
+        drop(c);
+        for _ in 0..200 {
+            if hub.clients() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(hub.clients(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

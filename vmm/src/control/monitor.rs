@@ -1,0 +1,612 @@
+//! The per-domain monitor process: the control API on `api.sock`, the
+//! guest's boots, and the `on_poweroff` / `on_reboot` / `on_crash` actions.
+//!
+//! A monitor starts either with its domain (`xenkvm create -F`) or empty
+//! (`xenkvm monitor --api-socket PATH`, what `xenkvm create` starts in the
+//! background), in which case it waits for `POST /v1/domains`. The VM is
+//! created and run on the main thread; API requests run on their own
+//! threads and act through the current boot's `Host` and xenstore.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
+
+use api::control::{
+    matches_domain, server, ApiError, Backend, ConsoleInfo, CreateRequest, DomainInfo, DomainOp,
+    DomainState, ShutdownReason,
+};
+use api::xlcfg::{Action, DomainConfig};
+use xen_shim::domain::Platform;
+
+use super::console::ConsoleHub;
+use super::registry::{Claim, RegistryError, RunDir};
+use crate::console::Current;
+use crate::vm::{Outcome, Vm, VmError};
+use crate::{Prepared, RunArgs};
+
+/// An empty monitor that gets no create request in this time exits.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Booting,
+    Running,
+    Shutdown(ShutdownReason),
+    Dying,
+}
+
+/// The domain this monitor runs.
+struct Running {
+    claim: Claim,
+    cfg: DomainConfig,
+    uuid: String,
+    started: u64,
+    current: Current,
+    hub: Arc<ConsoleHub>,
+    boots: AtomicU32,
+    phase: Mutex<Phase>,
+    destroy: AtomicBool,
+    wake: (Mutex<()>, Condvar),
+    log: Option<PathBuf>,
+}
+
+type Reply = SyncSender<Result<DomainInfo, ApiError>>;
+
+pub struct Monitor {
+    run: RunDir,
+    foreground: bool,
+    /// The API socket and log of an empty monitor, moved into the domain's
+    /// directory once it has one.
+    staging: Option<(PathBuf, Option<PathBuf>)>,
+    requests: Mutex<Option<SyncSender<(CreateRequest, Reply)>>>,
+    dom: Mutex<Option<Arc<Running>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// CPU seconds used by this process (all its threads).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// A random (version 4) UUID.
+fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ (u128::from(std::process::id()) << 64);
+        b = t.to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn vm_error(e: VmError) -> ApiError {
+    match e {
+        VmError::NoKvm(_)
+        | VmError::Kvm(_)
+        | VmError::Memory(_)
+        | VmError::Mem(_)
+        | VmError::Xenstore(_) => ApiError::Internal(e.to_string()),
+        _ => ApiError::BadRequest(e.to_string()),
+    }
+}
+
+/// What the main thread keeps to boot the guest again.
+struct Boot {
+    args: RunArgs,
+    prepared: Prepared,
+}
+
+impl Boot {
+    fn create_vm(&self, sock: &Path) -> Result<Vm, ApiError> {
+        let cfg = self.prepared.vm_config(&self.args, sock);
+        let _ = std::fs::remove_file(sock);
+        let mut vm = Vm::create(&cfg).map_err(vm_error)?;
+        vm.print_stats = self.args.stats;
+        Ok(vm)
+    }
+}
+
+impl Running {
+    fn phase(&self) -> Phase {
+        *lock(&self.phase)
+    }
+
+    fn set_phase(&self, p: Phase) {
+        *lock(&self.phase) = p;
+        let _g = lock(&self.wake.0);
+        self.wake.1.notify_all();
+    }
+
+    fn info(&self) -> DomainInfo {
+        let phase = self.phase();
+        let cur = self.current.get();
+        let mut flags = DomainState::default();
+        let mut vcpus = self.cfg.vcpus;
+        match phase {
+            Phase::Booting => flags.running = true,
+            Phase::Running => {
+                if let Some((host, dom)) = &cur {
+                    let online = dom.online.load(Ordering::SeqCst);
+                    vcpus = online.count_ones();
+                    flags.paused = host.control.is_paused();
+                    // As in Xen, a paused domain shows only `p`.
+                    flags.blocked = !flags.paused
+                        && online != 0
+                        && host.control.blocked_mask() & online == online;
+                    flags.running = !flags.paused && !flags.blocked;
+                }
+            }
+            Phase::Shutdown(r) => {
+                flags.shutdown = true;
+                flags.reason = Some(r);
+            }
+            Phase::Dying => flags.dying = true,
+        }
+        let path = |p: PathBuf| p.display().to_string();
+        DomainInfo {
+            id: self.claim.id,
+            name: self.claim.name.clone(),
+            uuid: self.uuid.clone(),
+            state: flags.letters(),
+            flags,
+            mem_mib: self.cfg.memory_mib,
+            maxmem_mib: self.cfg.maxmem_mib.max(self.cfg.memory_mib),
+            vcpus,
+            max_vcpus: self.cfg.vcpus,
+            time_s: cpu_seconds(),
+            pid: std::process::id(),
+            started: self.started,
+            boots: self.boots.load(Ordering::SeqCst),
+            on_poweroff: self.cfg.on_poweroff.to_string(),
+            on_reboot: self.cfg.on_reboot.to_string(),
+            on_crash: self.cfg.on_crash.to_string(),
+            dir: path(self.claim.dir.clone()),
+            xenstore_socket: path(self.claim.xenstore_socket()),
+            console_socket: path(self.claim.console_socket()),
+            log: self.log.clone().map(path).unwrap_or_default(),
+        }
+    }
+
+    /// Write `what` to the guest's `control/shutdown`, as xl does.
+    fn control_shutdown(&self, what: &str) -> Result<(), ApiError> {
+        match self.phase() {
+            Phase::Running => {}
+            Phase::Booting => return Err(ApiError::Conflict("the domain is starting".into())),
+            Phase::Shutdown(_) => return Err(ApiError::Conflict("the domain is shut down".into())),
+            Phase::Dying => return Err(ApiError::Conflict("the domain is dying".into())),
+        }
+        let (host, dom) = self
+            .current
+            .get()
+            .ok_or_else(|| ApiError::Conflict("the domain is not running".into()))?;
+        let xs = host
+            .xs
+            .get()
+            .ok_or_else(|| ApiError::Internal("the domain has no xenstore".into()))?;
+        let path = format!("/local/domain/{}/control/shutdown", dom.layout.domid);
+        lock(&xs.store)
+            .write(&path, what)
+            .map_err(|e| ApiError::Internal(format!("xenstore write {path}: {e:?}")))?;
+        log::info!("wrote {what} to {path}");
+        Ok(())
+    }
+
+    fn pause(&self, paused: bool) -> Result<(), ApiError> {
+        match self.phase() {
+            Phase::Running => {}
+            Phase::Booting => return Err(ApiError::Conflict("the domain is starting".into())),
+            Phase::Shutdown(_) => return Err(ApiError::Conflict("the domain is shut down".into())),
+            Phase::Dying => return Err(ApiError::Conflict("the domain is dying".into())),
+        }
+        let (host, _) = self
+            .current
+            .get()
+            .ok_or_else(|| ApiError::Conflict("the domain is not running".into()))?;
+        host.control.set_paused(paused);
+        if paused {
+            for v in 0..host.vcpus.len() as u32 {
+                host.kick(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&self) {
+        self.destroy.store(true, Ordering::SeqCst);
+        self.set_phase(Phase::Dying);
+        if let Some((host, _)) = self.current.get() {
+            host.stop_all();
+            host.control.wake();
+        }
+    }
+
+    /// Wait until destroyed (a preserved domain).
+    fn wait_destroy(&self) {
+        let mut g = lock(&self.wake.0);
+        while !self.destroy.load(Ordering::SeqCst) {
+            g = match self.wake.1.wait_timeout(g, Duration::from_millis(500)) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// Write the guest's memory to `<run>/dumps/<name>-<time>.core` (raw
+    /// pseudo-physical memory, page 0 first).
+    fn coredump(&self, run: &RunDir, dom: &xen_shim::domain::Domain) {
+        let dir = run.dumps();
+        let path = dir.join(format!("{}-{}.core", self.claim.name, now_s()));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            std::fs::create_dir_all(&dir)?;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            let mut buf = vec![0u8; 1 << 20];
+            let total = dom.layout.nr_pages << 12;
+            let mut off = 0;
+            while off < total {
+                let n = (total - off).min(buf.len() as u64) as usize;
+                if dom.mem.read(off, &mut buf[..n]).is_err() {
+                    buf[..n].fill(0);
+                }
+                f.write_all(&buf[..n])?;
+                off += n as u64;
+            }
+            f.flush()
+        };
+        match write() {
+            Ok(()) => eprintln!("xenkvm: guest memory dumped to {}", path.display()),
+            Err(e) => eprintln!("xenkvm: core dump to {} failed: {e}", path.display()),
+        }
+    }
+}
+
+impl Monitor {
+    fn new(run: RunDir, foreground: bool, staging: Option<(PathBuf, Option<PathBuf>)>) -> Monitor {
+        Monitor {
+            run,
+            foreground,
+            staging,
+            requests: Mutex::new(None),
+            dom: Mutex::new(None),
+        }
+    }
+
+    fn running(&self, dom: &str) -> Result<Arc<Running>, ApiError> {
+        let g = lock(&self.dom);
+        match &*g {
+            Some(r) if matches_domain(dom, r.claim.id, &r.claim.name) => Ok(r.clone()),
+            _ => Err(ApiError::unknown_domain(dom)),
+        }
+    }
+
+    /// Claim the name, build the VM (main thread only).
+    fn start(&self, req: CreateRequest) -> Result<(Arc<Running>, Vm, Boot), ApiError> {
+        if let Some(r) = &*lock(&self.dom) {
+            return Err(ApiError::Conflict(format!(
+                "this monitor already runs domain '{}'",
+                r.claim.name
+            )));
+        }
+        let cfg = req.config;
+        let dir = PathBuf::from(req.config_dir.unwrap_or_else(|| ".".into()));
+        let args =
+            crate::create::run_args(&cfg, &dir).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let prepared = crate::prepare(&args).map_err(|e| ApiError::BadRequest(format!("{e:#}")))?;
+        let boot = Boot { args, prepared };
+        let claim = self
+            .run
+            .claim(&cfg.name, std::process::id())
+            .map_err(|e| match e {
+                RegistryError::Exists(_) => ApiError::Conflict(e.to_string()),
+                RegistryError::BadName(..) => ApiError::BadRequest(e.to_string()),
+                _ => ApiError::Internal(e.to_string()),
+            })?;
+        let fail = |claim: &Claim, e: ApiError| {
+            claim.release();
+            e
+        };
+        let json = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+        let _ = std::fs::write(claim.dir.join("config.json"), json);
+        let current = Current::default();
+        let hub = ConsoleHub::new(current.clone(), self.foreground);
+        if let Err(e) = hub.serve(&claim.console_socket()) {
+            return Err(fail(
+                &claim,
+                ApiError::Internal(format!("console socket: {e}")),
+            ));
+        }
+        let vm = match boot.create_vm(&claim.xenstore_socket()) {
+            Ok(vm) => vm,
+            Err(e) => return Err(fail(&claim, e)),
+        };
+        let mut log = None;
+        if let Some((sock, staged_log)) = &self.staging {
+            if let Err(e) = std::fs::rename(sock, claim.api_socket()) {
+                return Err(fail(&claim, ApiError::Internal(format!("api socket: {e}"))));
+            }
+            if let Some(l) = staged_log {
+                if std::fs::rename(l, claim.log()).is_ok() {
+                    log = Some(claim.log());
+                }
+            }
+        }
+        let running = Arc::new(Running {
+            uuid: cfg.uuid.clone().unwrap_or_else(random_uuid),
+            cfg,
+            started: now_s(),
+            current,
+            hub,
+            boots: AtomicU32::new(0),
+            phase: Mutex::new(Phase::Booting),
+            destroy: AtomicBool::new(false),
+            wake: (Mutex::new(()), Condvar::new()),
+            log,
+            claim,
+        });
+        *lock(&self.dom) = Some(running.clone());
+        Ok((running, vm, boot))
+    }
+
+    /// Boot the guest until the domain is destroyed; returns the exit code.
+    fn run_loop(&self, r: &Arc<Running>, first: Vm, boot: &Boot) -> ExitCode {
+        let mut next = Some(first);
+        let name = r.claim.name.clone();
+        let code = loop {
+            let vm = match next.take() {
+                Some(vm) => vm,
+                None => match boot.create_vm(&r.claim.xenstore_socket()) {
+                    Ok(vm) => vm,
+                    Err(e) => {
+                        eprintln!("xenkvm: cannot start domain {name} again: {e}");
+                        break ExitCode::from(1);
+                    }
+                },
+            };
+            let host = vm.host.clone();
+            let dom = vm.dom.clone();
+            let _ = host.control.sink.set(r.hub.sink());
+            r.current.set(&host, &dom);
+            r.boots.fetch_add(1, Ordering::SeqCst);
+            if r.destroy.load(Ordering::SeqCst) {
+                break ExitCode::SUCCESS;
+            }
+            r.set_phase(Phase::Running);
+            log::info!("domain {name} (id {}) running", r.claim.id);
+            let outcome = vm.run();
+            if host.escaped.load(Ordering::SeqCst) {
+                eprintln!("\r\nxenkvm: stopped by the console escape (Ctrl-])");
+                break ExitCode::from(130);
+            }
+            if r.destroy.load(Ordering::SeqCst) {
+                eprintln!("xenkvm: domain {name} destroyed");
+                break ExitCode::SUCCESS;
+            }
+            r.set_phase(Phase::Booting);
+            let cfg = &r.cfg;
+            let (reason, action) = match &outcome {
+                Outcome::Poweroff => (ShutdownReason::Poweroff, cfg.on_poweroff),
+                Outcome::Reboot => (ShutdownReason::Reboot, cfg.on_reboot),
+                Outcome::Crash(msg) => {
+                    eprintln!("\r\nxenkvm: guest crashed: {msg}");
+                    eprintln!("xenkvm: last console lines:\n{}", host.last_lines(15));
+                    (ShutdownReason::Crash, cfg.on_crash)
+                }
+                Outcome::Other(n) => {
+                    let reason = ShutdownReason::from_code(*n);
+                    let action = match reason {
+                        ShutdownReason::Watchdog => cfg.on_watchdog,
+                        ShutdownReason::SoftReset => cfg.on_soft_reset,
+                        ShutdownReason::Suspend => {
+                            eprintln!("xenkvm: suspend is not supported; destroying");
+                            Action::Destroy
+                        }
+                        _ => cfg.on_crash,
+                    };
+                    (reason, action)
+                }
+            };
+            eprintln!("xenkvm: domain {name} shut down ({reason:?}); action: {action}");
+            let exit = if reason == ShutdownReason::Crash {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+            match action {
+                Action::Destroy => break exit,
+                Action::Restart | Action::RenameRestart | Action::SoftReset => {}
+                Action::Preserve => {
+                    r.set_phase(Phase::Shutdown(reason));
+                    r.wait_destroy();
+                    break exit;
+                }
+                Action::CoredumpDestroy => {
+                    r.coredump(&self.run, &dom);
+                    break exit;
+                }
+                Action::CoredumpRestart => r.coredump(&self.run, &dom),
+            }
+            eprintln!("xenkvm: starting domain {name} again");
+        };
+        r.set_phase(Phase::Dying);
+        r.claim.release();
+        code
+    }
+}
+
+impl Backend for Monitor {
+    fn list(&self) -> Vec<DomainInfo> {
+        lock(&self.dom).iter().map(|r| r.info()).collect()
+    }
+
+    fn create(&self, req: CreateRequest) -> Result<DomainInfo, ApiError> {
+        if let Some(r) = &*lock(&self.dom) {
+            return Err(ApiError::Conflict(format!(
+                "this monitor already runs domain '{}'",
+                r.claim.name
+            )));
+        }
+        let tx = lock(&self.requests).clone().ok_or_else(|| {
+            ApiError::Conflict("this monitor does not take create requests".into())
+        })?;
+        let (rtx, rrx) = sync_channel(1);
+        tx.send((req, rtx))
+            .map_err(|_| ApiError::Conflict("this monitor is shutting down".into()))?;
+        rrx.recv_timeout(Duration::from_secs(120))
+            .map_err(|_| ApiError::Internal("the monitor did not answer".into()))?
+    }
+
+    fn info(&self, dom: &str) -> Result<DomainInfo, ApiError> {
+        self.running(dom).map(|r| r.info())
+    }
+
+    fn op(&self, dom: &str, op: DomainOp) -> Result<DomainInfo, ApiError> {
+        let r = self.running(dom)?;
+        match op {
+            DomainOp::Pause => r.pause(true)?,
+            DomainOp::Resume => r.pause(false)?,
+            DomainOp::Shutdown => r.control_shutdown("poweroff")?,
+            DomainOp::Reboot => r.control_shutdown("reboot")?,
+            DomainOp::Destroy => r.destroy(),
+        }
+        Ok(r.info())
+    }
+
+    fn console(&self, dom: &str) -> Result<ConsoleInfo, ApiError> {
+        let r = self.running(dom)?;
+        Ok(ConsoleInfo {
+            socket: r.claim.console_socket().display().to_string(),
+            clients: r.hub.clients(),
+        })
+    }
+}
+
+/// `xenkvm monitor --api-socket PATH`: wait for a create request on the
+/// socket, then run that domain.
+pub fn serve_empty(run: RunDir, api_socket: PathBuf, log: Option<PathBuf>) -> ExitCode {
+    let mon = Arc::new(Monitor::new(
+        run,
+        false,
+        Some((api_socket.clone(), log.clone())),
+    ));
+    let (tx, rx): (_, Receiver<(CreateRequest, Reply)>) = sync_channel(1);
+    *lock(&mon.requests) = Some(tx);
+    let server = match server::serve(&api_socket, mon.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xenkvm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let cleanup = || {
+        let _ = std::fs::remove_file(&api_socket);
+        if let Some(l) = &log {
+            let _ = std::fs::remove_file(l);
+        }
+    };
+    loop {
+        let (req, reply) = match rx.recv_timeout(IDLE_TIMEOUT) {
+            Ok(x) => x,
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                eprintln!("xenkvm: no create request; exiting");
+                server.stop();
+                cleanup();
+                return ExitCode::from(1);
+            }
+        };
+        match mon.start(req) {
+            Ok((r, vm, boot)) => {
+                *lock(&mon.requests) = None;
+                let _ = reply.send(Ok(r.info()));
+                eprintln!(
+                    "xenkvm: domain {} (id {}) created; xenstore: export XENSTORED_PATH={}",
+                    r.claim.name,
+                    r.claim.id,
+                    r.claim.xenstore_socket().display()
+                );
+                let code = mon.run_loop(&r, vm, &boot);
+                server.stop();
+                return code;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// `xenkvm create -F`: run the domain in this process, console on the
+/// terminal (and on `console.sock`), API on `api.sock`.
+pub fn run_foreground(run: RunDir, req: CreateRequest) -> Result<ExitCode, ApiError> {
+    let mon = Arc::new(Monitor::new(run, true, None));
+    let (r, vm, boot) = mon.start(req)?;
+    let server = match server::serve(&r.claim.api_socket(), mon.clone()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("{e}");
+            None
+        }
+    };
+    eprintln!(
+        "xenkvm: domain {} (id {}) xenstore: export XENSTORED_PATH={}",
+        r.claim.name,
+        r.claim.id,
+        r.claim.xenstore_socket().display()
+    );
+    crate::console::raw_mode();
+    crate::console::spawn_input(r.current.clone());
+    let code = mon.run_loop(&r, vm, &boot);
+    crate::console::restore();
+    if let Some(s) = server {
+        s.stop();
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_version_4() {
+        let u = random_uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!("89ab".contains(&u[19..20]), "{u}");
+        assert_ne!(u, random_uuid());
+    }
+}
