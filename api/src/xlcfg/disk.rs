@@ -127,6 +127,22 @@ fn set_once<T: PartialEq + Copy>(
     }
 }
 
+/// Where `,vdev=` (or another disk key) starts inside a `target=` value.
+fn keys_after_target(t: &str) -> Option<usize> {
+    const KEYS: [&str; 7] = [
+        "vdev=",
+        "access=",
+        "format=",
+        "devtype=",
+        "backendtype=",
+        "backend=",
+        "script=",
+    ];
+    t.match_indices(',')
+        .map(|(i, _)| i)
+        .find(|&i| KEYS.iter().any(|k| t[i + 1..].starts_with(k)))
+}
+
 impl State {
     fn set_format(&mut self, s: &str) -> Result<(), String> {
         let f = match s {
@@ -315,6 +331,18 @@ impl DiskSpec {
                 break;
             }
             if let Some(t) = rest.strip_prefix("target=") {
+                // xl takes the whole rest as the path; people also write
+                // `target=/img,vdev=xvda,...` (the path is then cut at the
+                // first `,key=` of a disk key, and a note says so).
+                if let Some(i) = keys_after_target(t) {
+                    save(&mut st.target, "target", &t[..i])?;
+                    st.notes.push(format!(
+                        "target= is not last in {spec:?}; read `{}` as keys",
+                        &t[i + 1..]
+                    ));
+                    rest = &t[i + 1..];
+                    continue;
+                }
                 let t = t.strip_suffix(',').unwrap_or(t);
                 save(&mut st.target, "target", t)?;
                 break;
@@ -541,5 +569,19 @@ mod tests {
             let e = DiskSpec::parse(s).unwrap_err();
             assert!(e.contains(want), "{s:?}: {e}");
         }
+    }
+
+    #[test]
+    fn target_first_then_keys() {
+        let (d, notes) =
+            DiskSpec::parse("target=/img.qcow2,vdev=xvda,access=rw,format=qcow2").unwrap();
+        assert_eq!(d.target.as_deref(), Some("/img.qcow2"));
+        assert_eq!(d.vdev, "xvda");
+        assert_eq!(d.format, DiskFormat::Qcow2);
+        assert_eq!(d.access, Access::Rw);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        // Commas in a path not followed by a disk key stay in the path.
+        let (d, _) = DiskSpec::parse("vdev=xvdb,target=/a,b/c.img").unwrap();
+        assert_eq!(d.target.as_deref(), Some("/a,b/c.img"));
     }
 }

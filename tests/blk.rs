@@ -1,0 +1,257 @@
+//! PV block devices end to end: the test disks built by resources/mkdisk.sh
+//! (busybox root file system on ext4, blkfront in the initramfs), booted
+//! directly or through the built-in pygrub; what the guest wrote and synced
+//! must be in the image afterwards, also after the monitor was SIGKILLed.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{assets, xenkvm, Live};
+
+/// A scratch directory removed at the end of the test.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("xenkvm-blk-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The cache's test disk `name`, copied so that the test may write to it.
+fn disk_copy(cache: &Path, name: &str, s: &Scratch) -> PathBuf {
+    let src = cache.join(name);
+    assert!(
+        src.exists(),
+        "{} is missing: run resources/get-assets.sh",
+        src.display()
+    );
+    let dst = s.path(name);
+    std::fs::copy(&src, &dst).unwrap();
+    dst
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run a host tool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.code().is_some_and(|c| c < 4),
+        "{cmd:?} failed: {text}"
+    );
+    text
+}
+
+/// Read `files` from the ext4 file system of a raw image (first MBR
+/// partition, or the whole image), after replaying its journal as a
+/// mount would.
+fn files_in_image(raw: &Path, files: &[String], s: &Scratch) -> Vec<Option<Vec<u8>>> {
+    let mut img = std::fs::File::open(raw).unwrap();
+    let mut mbr = [0u8; 512];
+    img.read_exact(&mut mbr).unwrap();
+    let start = if mbr[510..512] == [0x55, 0xaa] && mbr[450] != 0 {
+        u64::from(u32::from_le_bytes(mbr[454..458].try_into().unwrap())) * 512
+    } else {
+        0
+    };
+    let part = s.path("part.ext4");
+    img.seek(SeekFrom::Start(start)).unwrap();
+    let mut out = std::fs::File::create(&part).unwrap();
+    std::io::copy(&mut img, &mut out).unwrap();
+    out.flush().unwrap();
+    drop(out);
+    run(Command::new("e2fsck").arg("-fy").arg(&part));
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let dump = s.path(&format!("dump-{i}"));
+            run(Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("dump {f} {}", dump.display()))
+                .arg(&part));
+            let data = std::fs::read(&dump).ok();
+            let _ = std::fs::remove_file(&dump);
+            data
+        })
+        .collect()
+}
+
+/// `yes WORD | head -c LEN`
+fn yes(word: &str, len: usize) -> Vec<u8> {
+    let line = format!("{word}\n");
+    line.as_bytes().iter().copied().cycle().take(len).collect()
+}
+
+fn check_write64(out: &str, raw: &Path, s: &Scratch) {
+    assert!(
+        out.contains("XENKVM-WRITE-DONE "),
+        "guest did not finish writing:\n{out}"
+    );
+    let got = files_in_image(raw, &["/data.bin".into()], s);
+    let want = yes("XENKVMDATA0123456789", 64 << 20);
+    let got = got[0].as_ref().expect("/data.bin is not in the image");
+    assert_eq!(got.len(), want.len(), "size of /data.bin in the image");
+    assert!(
+        *got == want,
+        "/data.bin in the image differs from what the guest wrote"
+    );
+}
+
+#[test]
+fn pygrub_boot_and_64_mib_written_to_a_raw_image() {
+    let Some(cache) = assets() else { return };
+    let s = Scratch::new("raw");
+    let disk = disk_copy(&cache, "disk-root.raw", &s);
+    let r = xenkvm(
+        &[
+            "run",
+            "--bootloader",
+            "pygrub",
+            "--memory",
+            "256",
+            "--disk",
+            &format!("file:{},xvda,w", disk.display()),
+            "--cmdline",
+            "xktest=write64",
+            "--on-reboot",
+            "exit",
+        ],
+        Duration::from_secs(300),
+    );
+    let out = &r.output;
+    assert!(!r.timed_out, "timed out:\n{out}");
+    assert!(out.contains("pygrub: booting"), "{out}");
+    assert!(
+        out.contains("XENKVM-ROOT /dev/xvda1 ext4"),
+        "root fs not on xvda1:\n{out}"
+    );
+    assert_eq!(r.status, Some(0), "{out}");
+    check_write64(out, &disk, &s);
+}
+
+#[test]
+fn direct_boot_and_64_mib_written_to_a_qcow2_image() {
+    let Some(cache) = assets() else { return };
+    let s = Scratch::new("qcow2");
+    let disk = disk_copy(&cache, "disk-root.qcow2", &s);
+    let r = xenkvm(
+        &[
+            "run",
+            "--kernel",
+            &cache.join("vmlinuz").display().to_string(),
+            "--initrd",
+            &cache.join("initramfs-blk.cpio.gz").display().to_string(),
+            "--cmdline",
+            "console=hvc0 root=/dev/xvda1 xktest=write64",
+            "--memory",
+            "256",
+            "--disk",
+            &format!("target={},vdev=xvda,access=rw,format=qcow2", disk.display()),
+            "--on-reboot",
+            "exit",
+        ],
+        Duration::from_secs(300),
+    );
+    let out = &r.output;
+    assert!(!r.timed_out, "timed out:\n{out}");
+    assert!(
+        out.contains("XENKVM-ROOT /dev/xvda1 ext4"),
+        "root fs not on xvda1:\n{out}"
+    );
+    assert_eq!(r.status, Some(0), "{out}");
+    let raw = s.path("converted.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&disk)
+        .arg(&raw));
+    check_write64(out, &raw, &s);
+}
+
+#[test]
+fn pygrub_boots_a_menu_lst_image() {
+    let Some(cache) = assets() else { return };
+    let s = Scratch::new("menulst");
+    let disk = disk_copy(&cache, "disk-menulst.raw", &s);
+    let r = xenkvm(
+        &[
+            "run",
+            "--bootloader",
+            "pygrub",
+            "--memory",
+            "256",
+            "--disk",
+            &format!("{},raw,xvda,rw", disk.display()),
+            "--cmdline",
+            "xktest=hello",
+            "--on-reboot",
+            "exit",
+        ],
+        Duration::from_secs(300),
+    );
+    let out = &r.output;
+    assert!(!r.timed_out, "timed out:\n{out}");
+    assert!(out.contains("pygrub: booting"), "{out}");
+    assert!(out.contains("XENKVM-HELLO"), "{out}");
+    assert_eq!(r.status, Some(0), "{out}");
+}
+
+#[test]
+fn sigkill_keeps_every_block_acknowledged_after_a_flush() {
+    let Some(cache) = assets() else { return };
+    let s = Scratch::new("kill");
+    let disk = disk_copy(&cache, "disk-root.raw", &s);
+    let mut g = Live::start(&[
+        "run",
+        "--bootloader",
+        "pygrub",
+        "--memory",
+        "256",
+        "--disk",
+        &format!("file:{},xvda,w", disk.display()),
+        "--cmdline",
+        "xktest=syncloop",
+        "--on-reboot",
+        "exit",
+    ]);
+    let ok = g.wait_for("XENKVM-SYNCED 6", Duration::from_secs(240));
+    // SIGKILL while the guest keeps writing and syncing.
+    let _ = g.child.kill();
+    let _ = g.child.wait();
+    let out = g.text();
+    assert!(ok, "the guest did not sync 6 files:\n{out}");
+    let synced: u32 = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("XENKVM-SYNCED "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap();
+    let names: Vec<String> = (1..=synced).map(|i| format!("/loop/{i}")).collect();
+    let files = files_in_image(&disk, &names, &s);
+    for (i, f) in (1..=synced).zip(files) {
+        let f = f.unwrap_or_else(|| panic!("/loop/{i} was synced but is not in the image"));
+        assert!(
+            f == yes(&format!("XENKVM-LOOP-{i}"), 1 << 20),
+            "/loop/{i} was synced but its content in the image is wrong"
+        );
+    }
+    eprintln!("all {synced} synced files intact after SIGKILL");
+}
