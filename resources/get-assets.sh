@@ -150,23 +150,31 @@ BB="$CACHE/busybox"
 
 # ------------------------------------------------- extra files per image
 # A tree at $CACHE/extra-<name>/ is copied over the staging root of initramfs-<name>
-# (the image is rebuilt when a file there is newer). Only "bench" has one: /bin/xkbench,
-# tests/guests/bench/xkbench.c built with the host's gcc as a static binary.
-xkbench_src="$here/../tests/guests/bench/xkbench.c"
-xkbench_bin="$CACHE/extra-bench/bin/xkbench"
-if [ -f "$xkbench_src" ]; then
+# (the image is rebuilt when a file there is newer). "bench" has /bin/xkbench and
+# /bin/xkdisk (tests/guests/bench/*.c built with the host's gcc as static binaries) and
+# the kernel's xen-blkfront module for the block benchmark.
+for tool in xkbench xkdisk; do
+    src="$here/../tests/guests/bench/$tool.c"
+    bin="$CACHE/extra-bench/bin/$tool"
+    [ -f "$src" ] || continue
     if ! command -v gcc >/dev/null 2>&1; then
-        log "note: gcc not found; initramfs-bench is built without /bin/xkbench (scripts/bench needs it)"
-    elif [ "$REFRESH" = 1 ] || [ ! "$xkbench_bin" -nt "$xkbench_src" ]; then
-        log "building xkbench (gcc -O2 -static)"
+        log "note: gcc not found; initramfs-bench is built without /bin/$tool (scripts/bench needs it)"
+    elif [ "$REFRESH" = 1 ] || [ ! "$bin" -nt "$src" ]; then
+        log "building $tool (gcc -O2 -static)"
         mkdir -p "$CACHE/extra-bench/bin"
-        if gcc -O2 -static -Wall -o "$xkbench_bin.new" "$xkbench_src" >&2; then
-            mv -f "$xkbench_bin.new" "$xkbench_bin"
+        if gcc -O2 -static -Wall -o "$bin.new" "$src" >&2; then
+            mv -f "$bin.new" "$bin"
         else
-            rm -f "$xkbench_bin.new"
-            log "note: building xkbench failed (static glibc missing?); initramfs-bench goes without it"
+            rm -f "$bin.new"
+            log "note: building $tool failed (static glibc missing?); initramfs-bench goes without it"
         fi
     fi
+done
+blkfront="$CACHE/modules/$kver/kernel/drivers/block/xen-blkfront.ko"
+if [ -f "$blkfront" ]; then
+    mkdir -p "$CACHE/extra-bench/lib/modules"
+    cmp -s "$blkfront" "$CACHE/extra-bench/lib/modules/xen-blkfront.ko" ||
+        cp -f "$blkfront" "$CACHE/extra-bench/lib/modules/xen-blkfront.ko"
 fi
 
 # ------------------------------------------------------------- initramfs
