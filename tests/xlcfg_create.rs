@@ -66,14 +66,14 @@ fn dry_run_reports_a_bad_value_with_file_line_and_key() {
 }
 
 #[test]
-fn pygrub_is_refused_clearly() {
+fn pygrub_without_a_disk_is_refused_clearly() {
     let dir = temp_dir("pygrub");
     let cfg = dir.join("grub.cfg");
     std::fs::write(&cfg, "name = \"g\"\nbootloader = \"pygrub\"\n").unwrap();
-    let out = xenkvm(&["create", cfg.to_str().unwrap()]);
+    let out = xenkvm(&["create", "-F", cfg.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("PV bootloaders"), "{stderr}");
+    assert!(stderr.contains("pygrub needs a --disk"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -154,6 +154,9 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     bootloader_args: Vec<String>,
+    /// The guest's domain id (in its xenstore, and in tap names `vif<domid>.<n>`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
+    domid: u16,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -248,6 +251,7 @@ impl Prepared {
             cmdline: &self.boot.cmdline,
             memory_mib: args.memory,
             vcpus: args.vcpus,
+            domid: args.domid,
             disks: &self.disks,
             vifs: &self.vifs,
         }
@@ -269,7 +273,7 @@ fn boot_loop(
         log::info!("guest layout: {:x?}", vm.layout);
         eprintln!(
             "xenkvm: domain {} ({}) xenstore: export XENSTORED_PATH={}",
-            1,
+            args.domid,
             args.name,
             sock.display()
         );

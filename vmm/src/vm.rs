@@ -73,6 +73,8 @@ pub struct VmConfig<'a> {
     pub disks: &'a [crate::pvdev::OpenDisk],
     /// PV nics.
     pub vifs: &'a [api::xlcfg::VifSpec],
+    /// The domain id (1..0x7ff0).
+    pub domid: u16,
 }
 
 /// How the domain ended.
@@ -198,7 +200,7 @@ impl Vm {
             wallclock_ns: wall,
         };
         let dlayout = DomainLayout {
-            domid: dlayout_domid(),
+            domid: cfg.domid,
             nr_pages,
             max_vcpus: cfg.vcpus,
             shared_info_gpa: mon.shared_info,
@@ -224,7 +226,7 @@ impl Vm {
         let _ = host.domain.set(Arc::downgrade(&dom));
         dom.init_shared_info();
         let mut xs = XsBackend::new(&XsDomain {
-            domid: u32::from(dlayout_domid()),
+            domid: u32::from(cfg.domid),
             name: cfg.name,
             mem_kib: ram >> 10,
             vcpus: cfg.vcpus,
@@ -246,7 +248,7 @@ impl Vm {
         let _ = host.xs.set(xs);
         let devices = crate::pvdev::start(
             &ctx,
-            u32::from(dlayout_domid()),
+            u32::from(cfg.domid),
             cfg.name,
             cfg.vcpus,
             cfg.disks,
@@ -416,11 +418,6 @@ impl Vm {
         }
         outcome.unwrap_or(Outcome::Other(255))
     }
-}
-
-/// The domain id of the guest (one guest per monitor process).
-fn dlayout_domid() -> u16 {
-    1
 }
 
 /// Kicks vCPUs whose timer deadline passed while they run guest code.

@@ -167,7 +167,7 @@ fn indirect_read() {
     r.image.0.lock().unwrap()[..4096 * 3].fill(0x5a);
     // Indirect page = frame 45 (gref 15) listing 3 segments (grefs 10..12).
     for i in 0..3u64 {
-        let e = 45 << 12 | i * 8;
+        let e = (45 << 12) | (i * 8);
         r.dom.mem.write_u32(e, 10 + i as u32).unwrap();
         r.dom.mem.write_u8(e + 4, 0).unwrap();
         r.dom.mem.write_u8(e + 5, 7).unwrap();

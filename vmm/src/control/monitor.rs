@@ -327,7 +327,7 @@ impl Monitor {
         let args =
             crate::create::run_args(&cfg, &dir).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let prepared = crate::prepare(&args).map_err(|e| ApiError::BadRequest(format!("{e:#}")))?;
-        let boot = Boot { args, prepared };
+        let mut boot = Boot { args, prepared };
         let claim = self
             .run
             .claim(&cfg.name, std::process::id())
@@ -336,6 +336,8 @@ impl Monitor {
                 RegistryError::BadName(..) => ApiError::BadRequest(e.to_string()),
                 _ => ApiError::Internal(e.to_string()),
             })?;
+        // Inside its xenstore the guest has its id from `list`.
+        boot.args.domid = u16::try_from(claim.id).unwrap_or(1).clamp(1, 0x7fef);
         let fail = |claim: &Claim, e: ApiError| {
             claim.release();
             e
