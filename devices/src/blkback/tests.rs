@@ -253,3 +253,129 @@ fn garbage_ring_indices_stop_the_ring() {
     assert!(r.ring.broken().is_some());
     assert_eq!(r.dom.mem.read_u32(RING + 8).unwrap(), 0, "no responses");
 }
+
+/// The frontend's side of the handshake, played through xenstore.
+mod handshake {
+    use super::*;
+    use crate::blkback::{spawn, VbdConfig};
+    use std::time::{Duration, Instant};
+    use xen_shim::evtchn::PortState;
+    use xen_shim::xenstore::{populate_dom0, populate_domain, Store};
+
+    const FE: &str = "/local/domain/1/device/vbd/51712";
+    const BE: &str = "/local/domain/0/backend/vbd/1/51712";
+
+    fn read(ctx: &BackendCtx, path: &str) -> Option<String> {
+        ctx.store.lock().unwrap().read_string(path).ok()
+    }
+
+    fn write(ctx: &BackendCtx, path: &str, v: &str) {
+        ctx.store.lock().unwrap().write(path, v).unwrap();
+    }
+
+    fn wait_state(ctx: &BackendCtx, want: &str) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if read(ctx, &format!("{BE}/state")).as_deref() == Some(want) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "backend state {:?}, wanted {want}",
+            read(ctx, &format!("{BE}/state"))
+        );
+    }
+
+    #[test]
+    fn connect_close_and_connect_a_second_frontend() {
+        let (dom, _) = test_domain(128);
+        grant(&dom, 10, 0, 40, true);
+        let mut s = Store::new();
+        populate_dom0(&mut s).unwrap();
+        populate_domain(&mut s, 1, "g", 512 << 10, 1).unwrap();
+        let ctx = BackendCtx {
+            dom: dom.clone(),
+            store: Arc::new(Mutex::new(s)),
+            backends: Default::default(),
+        };
+        let image = Arc::new(MemDisk(Mutex::new(vec![0u8; 1 << 20])));
+        let vbd = spawn(
+            &ctx,
+            1,
+            VbdConfig {
+                vdev: "xvda".into(),
+                image: image.clone(),
+                read_only: false,
+                cdrom: false,
+                params: "mem".into(),
+                max_queues: 1,
+                domain_name: "g".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(vbd.devid, 51712);
+        wait_state(&ctx, "2");
+        assert_eq!(
+            read(&ctx, &format!("{FE}/virtual-device")).as_deref(),
+            Some("51712")
+        );
+        assert_eq!(
+            read(&ctx, &format!("{BE}/feature-flush-cache")).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            read(&ctx, &format!("{BE}/feature-max-indirect-segments")).as_deref(),
+            Some("256")
+        );
+        for round in 0..2u32 {
+            // A fresh frontend: new ring page, new grant, new event channel.
+            let (gref, frame) = (1 + round, 30 + u64::from(round));
+            grant(&dom, gref, 0, frame as u32, false);
+            dom.mem.write(frame << 12, &[0u8; 4096]).unwrap();
+            let port = dom.evtchn.lock().unwrap().alloc_unbound(0).unwrap();
+            write(&ctx, &format!("{FE}/ring-ref"), &gref.to_string());
+            write(&ctx, &format!("{FE}/event-channel"), &port.to_string());
+            write(&ctx, &format!("{FE}/protocol"), "x86_64-abi");
+            write(&ctx, &format!("{FE}/state"), "3");
+            wait_state(&ctx, "4");
+            assert_eq!(
+                read(&ctx, &format!("{BE}/sectors")).as_deref(),
+                Some("2048")
+            );
+            // One write through the ring, then the notification.
+            dom.mem.write(40 << 12, &[round as u8 + 1; 4096]).unwrap();
+            let r = req(OP_WRITE, 99, 8 * u64::from(round), &[(10, 0, 7)]);
+            dom.mem.write((frame << 12) + 64, &r).unwrap();
+            dom.mem.write_u32(frame << 12, 1).unwrap();
+            let PortState::Interdomain { backend } = dom.evtchn.lock().unwrap().state(port) else {
+                panic!("port {port} not bound to the backend");
+            };
+            ctx.backends.notify(backend);
+            let t = Instant::now();
+            while dom.mem.read_u32((frame << 12) + 8).unwrap() != 1 {
+                assert!(t.elapsed() < Duration::from_secs(10), "no response");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(dom.mem.read_u16((frame << 12) + 64 + 10).unwrap(), 0);
+            let off = 4096 * round as usize;
+            assert!(image.0.lock().unwrap()[off..off + 4096]
+                .iter()
+                .all(|&b| b == round as u8 + 1));
+            // The frontend closes; the backend follows, releases everything
+            // and offers the device again to the next frontend.
+            write(&ctx, &format!("{FE}/state"), "5");
+            wait_state(&ctx, "5");
+            write(&ctx, &format!("{FE}/state"), "6");
+            wait_state(&ctx, "6");
+            assert_eq!(
+                dom.evtchn.lock().unwrap().state(port),
+                PortState::Unbound { remote: 0 }
+            );
+            assert!(dom.grants.lock().unwrap().is_empty(), "ring still mapped");
+            write(&ctx, &format!("{FE}/state"), "1");
+            wait_state(&ctx, "2");
+        }
+        drop(vbd);
+    }
+}
