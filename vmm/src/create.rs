@@ -101,6 +101,40 @@ fn resolve(path: &str, dir: &Path) -> PathBuf {
     p
 }
 
+/// A disk as a `--disk` spec, its image looked up next to the config file
+/// when a relative path was given (xl would have made it `/dev/PATH`).
+fn disk_arg(d: &api::xlcfg::DiskSpec, dir: &Path) -> String {
+    let mut target = d.target.clone().unwrap_or_default();
+    if let Some(rel) = target.strip_prefix("/dev/") {
+        let in_dir = dir.join(rel);
+        if !Path::new(&target).exists() && in_dir.exists() {
+            let abs = std::path::absolute(&in_dir).unwrap_or(in_dir);
+            target = abs.display().to_string();
+        }
+    }
+    use api::xlcfg::{Access, DiskFormat};
+    let format = match d.format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::Qcow => "qcow",
+        DiskFormat::Qcow2 => "qcow2",
+        DiskFormat::Vhd => "vhd",
+        DiskFormat::Qed => "qed",
+        DiskFormat::Empty => "empty",
+    };
+    let access = if d.access == Access::Ro { "ro" } else { "rw" };
+    let mut s = format!("format={format},vdev={},access={access}", d.vdev);
+    if d.devtype == api::xlcfg::DevType::Cdrom {
+        s.push_str(",devtype=cdrom");
+    }
+    if let Some(sc) = &d.script {
+        s.push_str(&format!(",script={sc}"));
+    }
+    if let Some(b) = &d.backend {
+        s.push_str(&format!(",backend={b}"));
+    }
+    format!("{s},target={target}")
+}
+
 /// The `xenkvm run` arguments equivalent to `cfg`, or why it cannot run yet.
 /// (The monitor applies `on_reboot` and the other actions itself; `on_reboot`
 /// here is what a plain `run` would do.)
@@ -125,7 +159,7 @@ pub fn run_args(cfg: &DomainConfig, dir: &Path) -> Result<RunArgs, CreateError> 
         xenstore_socket: None,
         stats: false,
         on_reboot,
-        disks: cfg.disks.iter().map(|d| d.spec.clone()).collect(),
+        disks: cfg.disks.iter().map(|d| disk_arg(d, dir)).collect(),
         nets: cfg.vifs.iter().map(|v| v.spec.clone()).collect(),
         bootloader: cfg.bootloader.clone(),
         bootloader_args: cfg.bootloader_args.clone(),
@@ -146,9 +180,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xenkvm-create-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("vmlinuz"), b"").unwrap();
+        std::fs::write(dir.join("root.qcow2"), b"").unwrap();
         let c = cfg("name = 'g'\nmemory = 512\nvcpus = 2\nkernel = 'vmlinuz'\n\
-                     ramdisk = '/abs/initrd'\nextra = 'console=hvc0'\non_reboot = 'destroy'\n");
+                     ramdisk = '/abs/initrd'\nextra = 'console=hvc0'\non_reboot = 'destroy'\n\
+                     disk = ['root.qcow2,qcow2,xvda,w', 'phy:sdz9,xvdb,r']\n");
         let a = run_args(&c, &dir).unwrap();
+        // A relative image next to the config; xl's /dev/ for the rest.
+        let root = dir.join("root.qcow2").display().to_string();
+        assert_eq!(
+            a.disks,
+            vec![
+                format!("format=qcow2,vdev=xvda,access=rw,target={root}"),
+                "format=raw,vdev=xvdb,access=ro,target=/dev/sdz9".to_string()
+            ]
+        );
         assert_eq!(a.kernel, Some(dir.join("vmlinuz")));
         assert_eq!(a.initrd, Some(PathBuf::from("/abs/initrd")));
         assert_eq!(a.memory, 512);
@@ -173,6 +218,9 @@ mod tests {
         let a = run_args(&c, Path::new(".")).unwrap();
         assert_eq!(a.kernel, None);
         assert_eq!(a.bootloader.as_deref(), Some("pygrub"));
-        assert_eq!(a.disks, vec!["file:/img,xvda,w".to_string()]);
+        assert_eq!(
+            a.disks,
+            vec!["format=raw,vdev=xvda,access=rw,target=/img".to_string()]
+        );
     }
 }

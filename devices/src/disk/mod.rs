@@ -50,8 +50,8 @@ pub enum Format {
 /// Errors from opening or accessing a disk image; each names the image.
 #[derive(thiserror::Error, Debug)]
 pub enum DiskError {
-    #[error("disk image {path}: cannot open: {source}")]
-    Open { path: PathBuf, source: io::Error },
+    #[error("disk image {path}: cannot open: {err}")]
+    Open { path: PathBuf, err: io::Error },
     #[error("disk image {path}: not a valid {format} image: {source}")]
     BadImage {
         path: PathBuf,
@@ -102,9 +102,9 @@ pub fn open(path: &Path, format: Format, read_only: bool) -> Result<Box<dyn Disk
 
 /// Format of the file at `path` judged by its first bytes: qcow2 or raw.
 fn sniff(path: &Path) -> Result<Format, DiskError> {
-    let open_err = |source| DiskError::Open {
+    let open_err = |err| DiskError::Open {
         path: path.to_path_buf(),
-        source,
+        err,
     };
     let mut f = File::open(path).map_err(open_err)?;
     let mut magic = [0u8; 4];

@@ -30,9 +30,9 @@ impl Qcow2Image {
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| DiskError::Open {
+            .map_err(|err| DiskError::Open {
                 path: path.to_path_buf(),
-                source,
+                err,
             })?;
         let qcow2 = Qcow2::<File>::builder_path(path)
             .write(!read_only)

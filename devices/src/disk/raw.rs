@@ -19,9 +19,9 @@ pub struct RawImage {
 impl RawImage {
     /// Opens `path` O_RDONLY or O_RDWR.
     pub fn open(path: &Path, read_only: bool) -> Result<RawImage, DiskError> {
-        let open_err = |source| DiskError::Open {
+        let open_err = |err| DiskError::Open {
             path: path.to_path_buf(),
-            source,
+            err,
         };
         let mut file = OpenOptions::new()
             .read(true)
