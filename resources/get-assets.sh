@@ -177,6 +177,16 @@ if [ -f "$blkfront" ]; then
         cp -f "$blkfront" "$CACHE/extra-bench/lib/modules/xen-blkfront.ko"
 fi
 
+# initramfs-net (tests/net.rs) loads the guest kernel's xen-netfront module.
+netfront="$CACHE/modules/$kver/kernel/drivers/net/xen-netfront.ko"
+if [ -f "$netfront" ]; then
+    mkdir -p "$CACHE/extra-net/lib/modules"
+    cmp -s "$netfront" "$CACHE/extra-net/lib/modules/xen-netfront.ko" ||
+        cp -f "$netfront" "$CACHE/extra-net/lib/modules/xen-netfront.ko"
+else
+    log "note: $netfront not found; initramfs-net has no network driver"
+fi
+
 # ------------------------------------------------------------- initramfs
 build_initramfs() {
     local init="$1" name out root extra

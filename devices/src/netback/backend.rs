@@ -89,7 +89,7 @@ struct Connection {
     ctx: BackendCtx,
     stop: Arc<AtomicBool>,
     kicks: Vec<Arc<Kick>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<String>>,
     ports: Vec<(u32, u32)>,
     link: Arc<dyn Link>,
 }
@@ -101,7 +101,9 @@ impl Drop for Connection {
             k.kick();
         }
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if let Ok(s) = t.join() {
+                log::info!("{s}");
+            }
         }
         for &(port, id) in &self.ports {
             self.ctx.unbind_port(port, id);
@@ -202,6 +204,7 @@ fn connect(
         conn.stop.clone(),
         rx_kick.clone(),
     );
+    let tname = name.clone();
     let t = std::thread::Builder::new()
         .name(format!("{name}-tx"))
         .spawn(move || {
@@ -221,7 +224,7 @@ fn connect(
                     fwd.kick();
                 }
             }
-            log::debug!("tx path stopped: {:?}", tx.stats);
+            format!("{tname}: guest sent {:?}", tx.stats)
         })
         .map_err(ConnectError::Thread)?;
     conn.threads.push(t);
@@ -230,7 +233,10 @@ fn connect(
     let (c, l, s) = (ctx.clone(), link.clone(), conn.stop.clone());
     let t = std::thread::Builder::new()
         .name(format!("{name}-rx"))
-        .spawn(move || rx_loop(rx, &c, &*l, &s, &rx_kick, rx_port))
+        .spawn(move || {
+            let st = rx_loop(rx, &c, &*l, &s, &rx_kick, rx_port);
+            format!("{name}: guest received {st:?}")
+        })
         .map_err(ConnectError::Thread)?;
     conn.threads.push(t);
     Ok(conn)
@@ -246,7 +252,7 @@ fn rx_loop(
     stop: &AtomicBool,
     kick: &Kick,
     port: u32,
-) {
+) -> super::rx::RxStats {
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_PACKET + 64];
     let mut pending: Option<usize> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -287,5 +293,5 @@ fn rx_loop(
             kick.wait(IDLE);
         }
     }
-    log::debug!("rx path stopped: {:?}", rx.stats);
+    rx.stats
 }
