@@ -76,6 +76,16 @@ impl Clock {
         mem.write_u32(gpa, odd.wrapping_add(1))
     }
 
+    /// A complete vcpu_time_info (version 2, stable TSC) as bytes.
+    pub fn encode_time_info(&self, b: &mut [u8; 32]) {
+        b.fill(0);
+        b[..4].copy_from_slice(&2u32.to_le_bytes());
+        b[8..16].copy_from_slice(&self.tsc0.to_le_bytes());
+        b[24..28].copy_from_slice(&self.scale.mul.to_le_bytes());
+        b[28] = self.scale.shift as u8;
+        b[29] = 1; // PVCLOCK_TSC_STABLE_BIT
+    }
+
     /// Write the wallclock fields of shared_info.
     pub fn write_wallclock(&self, mem: &dyn GuestMem, shared_info: u64) -> Result<(), MemError> {
         let v = mem.read_u32(shared_info + shinfo::WC_VERSION)?;

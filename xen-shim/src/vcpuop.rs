@@ -94,12 +94,32 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
             ok(Ok(0))
         }
         10 => ok(register_vcpu_info(v, target, arg)),
+        13 => ok(register_time_memory_area(v, target, arg)),
         _ => {
             v.dom
                 .log_once(format!("unimplemented vcpu_op {cmd} -> -ENOSYS"));
             ok(Err(-ENOSYS))
         }
     }
+}
+
+/// VCPUOP_register_vcpu_time_memory_area: a second copy of the vCPU's
+/// vcpu_time_info at a guest virtual address, which Linux maps into user
+/// space for the vDSO's clock_gettime. xenkvm's time info never changes (system
+/// time is a fixed linear function of the synchronized TSC, flagged
+/// TSC_STABLE), so one write at registration keeps it current.
+fn register_time_memory_area(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64> {
+    if target >= v.dom.layout.max_vcpus {
+        return Err(-ENOENT);
+    }
+    let va = v.read_u64(arg)?;
+    if va == 0 {
+        return Ok(0);
+    }
+    let mut info = [0u8; 32];
+    v.dom.clock.encode_time_info(&mut info);
+    v.copy_to(va, &info)?;
+    Ok(0)
 }
 
 fn register_vcpu_info(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64> {
