@@ -153,20 +153,23 @@ BB="$CACHE/busybox"
 # (the image is rebuilt when a file there is newer). "bench" has /bin/xkbench and
 # /bin/xkdisk (tests/guests/bench/*.c built with the host's gcc as static binaries) and
 # the kernel's xen-blkfront module for the block benchmark.
-for tool in xkbench xkdisk; do
+# initramfs-net gets /bin/xknet (bulk TCP sends and receives with big system calls).
+for tool in xkbench xkdisk xknet; do
     src="$here/../tests/guests/bench/$tool.c"
-    bin="$CACHE/extra-bench/bin/$tool"
+    image=bench
+    [ "$tool" != xknet ] || image=net
+    bin="$CACHE/extra-$image/bin/$tool"
     [ -f "$src" ] || continue
     if ! command -v gcc >/dev/null 2>&1; then
-        log "note: gcc not found; initramfs-bench is built without /bin/$tool (scripts/bench needs it)"
+        log "note: gcc not found; initramfs-$image is built without /bin/$tool"
     elif [ "$REFRESH" = 1 ] || [ ! "$bin" -nt "$src" ]; then
         log "building $tool (gcc -O2 -static)"
-        mkdir -p "$CACHE/extra-bench/bin"
+        mkdir -p "$CACHE/extra-$image/bin"
         if gcc -O2 -static -Wall -o "$bin.new" "$src" >&2; then
             mv -f "$bin.new" "$bin"
         else
             rm -f "$bin.new"
-            log "note: building $tool failed (static glibc missing?); initramfs-bench goes without it"
+            log "note: building $tool failed (static glibc missing?); initramfs-$image goes without it"
         fi
     fi
 done
