@@ -116,11 +116,9 @@ fn check_write64(out: &str, raw: &Path, s: &Scratch) {
     );
 }
 
-#[test]
-fn pygrub_boot_and_64_mib_written_to_a_raw_image() {
-    let Some(cache) = assets() else { return };
-    let s = Scratch::new("raw");
-    let disk = disk_copy(&cache, "disk-root.raw", &s);
+/// `xenkvm run --bootloader pygrub` on `disk` (a spec) with `xktest=TEST`; checks
+/// that pygrub booted it and that it did not time out.
+fn pygrub_run(disk: &str, test: &str) -> common::RunResult {
     let r = xenkvm(
         &[
             "run",
@@ -129,17 +127,26 @@ fn pygrub_boot_and_64_mib_written_to_a_raw_image() {
             "--memory",
             "256",
             "--disk",
-            &format!("file:{},xvda,w", disk.display()),
+            disk,
             "--cmdline",
-            "xktest=write64",
+            &format!("xktest={test}"),
             "--on-reboot",
             "exit",
         ],
         Duration::from_secs(300),
     );
+    assert!(!r.timed_out, "timed out:\n{}", r.output);
+    assert!(r.output.contains("pygrub: booting"), "{}", r.output);
+    r
+}
+
+#[test]
+fn pygrub_boot_and_64_mib_written_to_a_raw_image() {
+    let Some(cache) = assets() else { return };
+    let s = Scratch::new("raw");
+    let disk = disk_copy(&cache, "disk-root.raw", &s);
+    let r = pygrub_run(&format!("file:{},xvda,w", disk.display()), "write64");
     let out = &r.output;
-    assert!(!r.timed_out, "timed out:\n{out}");
-    assert!(out.contains("pygrub: booting"), "{out}");
     assert!(
         out.contains("XENKVM-ROOT /dev/xvda1 ext4"),
         "root fs not on xvda1:\n{out}"
@@ -191,25 +198,8 @@ fn pygrub_boots_a_menu_lst_image() {
     let Some(cache) = assets() else { return };
     let s = Scratch::new("menulst");
     let disk = disk_copy(&cache, "disk-menulst.raw", &s);
-    let r = xenkvm(
-        &[
-            "run",
-            "--bootloader",
-            "pygrub",
-            "--memory",
-            "256",
-            "--disk",
-            &format!("{},raw,xvda,rw", disk.display()),
-            "--cmdline",
-            "xktest=hello",
-            "--on-reboot",
-            "exit",
-        ],
-        Duration::from_secs(300),
-    );
+    let r = pygrub_run(&format!("{},raw,xvda,rw", disk.display()), "hello");
     let out = &r.output;
-    assert!(!r.timed_out, "timed out:\n{out}");
-    assert!(out.contains("pygrub: booting"), "{out}");
     assert!(out.contains("XENKVM-HELLO"), "{out}");
     assert_eq!(r.status, Some(0), "{out}");
 }
