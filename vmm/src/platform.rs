@@ -24,6 +24,8 @@ pub struct VcpuSignal {
     pub deadline: AtomicU64,
     /// Another vCPU asked this one to flush its TLB.
     pub flush: AtomicBool,
+    /// The vCPU is inside KVM_RUN (it may be running guest code).
+    pub in_guest: AtomicBool,
 }
 
 pub const KICK_SIGNAL: i32 = 34; // SIGRTMIN

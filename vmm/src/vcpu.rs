@@ -517,7 +517,9 @@ impl Vcpu {
                 self.host.control.wait_unpaused(&self.host.stop);
                 continue;
             }
+            self.signal.in_guest.store(true, Ordering::SeqCst);
             let exit = self.fd.run();
+            self.signal.in_guest.store(false, Ordering::SeqCst);
             self.exits += 1;
             let port = match exit {
                 Ok(VcpuExit::IoOut(port, _)) => port,
@@ -596,12 +598,43 @@ impl Vcpu {
         }
         let mask = std::mem::take(&mut self.pv.remote_flush);
         if mask != 0 {
-            for (i, s) in self.host.vcpus.iter().enumerate() {
-                if i as u32 != self.pv.id && i < 64 && mask & (1 << i) != 0 {
-                    s.flush.store(true, Ordering::SeqCst);
-                    self.host.kick(i as u32);
-                }
+            self.flush_remote(mask);
+        }
+    }
+
+    /// Flush the TLBs of the vCPUs in `mask` before returning, as Xen's
+    /// MMUEXT_TLB_FLUSH_MULTI and friends do: a target is done once it has
+    /// taken the request (it reloads CR3 on its way back into the guest) or
+    /// is outside KVM_RUN (it takes the request before it runs guest code
+    /// again; a kick that lands before KVM_RUN makes that KVM_RUN return
+    /// at once).
+    fn flush_remote(&self, mask: u64) {
+        let targets: Vec<&Arc<VcpuSignal>> = self
+            .host
+            .vcpus
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i as u32 != self.pv.id && i < 64 && mask & (1 << i) != 0)
+            .map(|(_, s)| s)
+            .collect();
+        for (i, s) in self.host.vcpus.iter().enumerate() {
+            if targets.iter().any(|t| Arc::ptr_eq(t, s)) {
+                s.flush.store(true, Ordering::SeqCst);
+                self.host.kick(i as u32);
             }
+        }
+        let start = std::time::Instant::now();
+        while targets
+            .iter()
+            .any(|s| s.flush.load(Ordering::SeqCst) && s.in_guest.load(Ordering::SeqCst))
+        {
+            if self.host.stop.load(Ordering::SeqCst) || start.elapsed() > Duration::from_secs(1) {
+                self.pv
+                    .dom
+                    .log_once("remote TLB flush: a vCPU did not answer within 1 s".into());
+                return;
+            }
+            std::thread::yield_now();
         }
     }
 
