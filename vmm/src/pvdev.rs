@@ -55,7 +55,19 @@ pub struct OpenDisk {
 
 /// Parse and open the disks given as xl disk specs.
 pub fn open_disks(specs: &[String]) -> Result<Vec<OpenDisk>, PvDevError> {
-    specs.iter().map(|s| open_disk(s)).collect()
+    let mut out: Vec<OpenDisk> = Vec::new();
+    for s in specs {
+        let d = open_disk(s)?;
+        let id = blkback::vdev::devid(&d.spec.vdev);
+        if out.iter().any(|o| blkback::vdev::devid(&o.spec.vdev) == id) {
+            return Err(PvDevError::DiskSpec {
+                spec: s.clone(),
+                why: format!("{} is already used by another disk", d.spec.vdev),
+            });
+        }
+        out.push(d);
+    }
+    Ok(out)
 }
 
 fn open_disk(text: &str) -> Result<OpenDisk, PvDevError> {
