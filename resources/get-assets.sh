@@ -191,6 +191,8 @@ else
 fi
 
 # ------------------------------------------------------------- initramfs
+# shellcheck source=busybox-tree.sh
+. "$here/busybox-tree.sh"
 build_initramfs() {
     local init="$1" name out root extra
     name="$(basename "$init" .init)"
@@ -198,34 +200,16 @@ build_initramfs() {
     root="$tmp/initramfs-$name"
     extra="$CACHE/extra-$name"
     if [ "$REFRESH" != 1 ] && [ "$out" -nt "$init" ] && [ "$out" -nt "$BB" ] &&
-        [ "$out" -nt "${BASH_SOURCE[0]}" ] &&
+        [ "$out" -nt "${BASH_SOURCE[0]}" ] && [ "$out" -nt "$here/busybox-tree.sh" ] &&
         { [ ! -d "$extra" ] || [ -z "$("$BB" find "$extra" -newer "$out")" ]; }; then
         log "initramfs-$name is up to date"
         printf '%s\n' "$out"
         return
     fi
     rm -rf "$root"
-    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,mnt,root,run,var}
-    chmod 1777 "$root/tmp"
-    cp "$BB" "$root/bin/busybox"
-    chmod 0755 "$root/bin/busybox"
-    # Same links as `busybox --install -s`, but relative to the staging tree.
-    local applet
-    while IFS= read -r applet; do
-        case "$applet" in
-        "" | bin/busybox) continue ;;
-        esac
-        mkdir -p "$root/$(dirname "$applet")"
-        [ -e "$root/$applet" ] || [ -L "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
-    done < <("$BB" --list-full)
-    [ -L "$root/bin/sh" ] || ln -s /bin/busybox "$root/bin/sh"
+    stage_busybox "$BB" "$root"
     cp "$init" "$root/init"
     chmod 0755 "$root/init"
-    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
-    printf 'root:x:0:\n' >"$root/etc/group"
-    # The kernel's built-in initramfs already provides /dev/console; add it here too when
-    # we can (root), so the image also works with kernels built without that default list.
-    mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
     [ ! -d "$extra" ] || cp -R "$extra/." "$root/"
     # Pack with busybox itself: cpio newc, then gzip.
     (cd "$root" && "$BB" find . | LC_ALL=C "$BB" sort | "$BB" cpio -o -H newc 2>/dev/null) |

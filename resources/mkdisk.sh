@@ -49,7 +49,9 @@ tmp="$(mktemp -d "${TMPDIR:-/tmp}/xenkvm-mkdisk.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
 # Everything an image is made of; a change to any of these rebuilds it.
-inputs=("$BB" "$KERNEL" "$CACHE/kernel-version" "${BASH_SOURCE[0]}")
+# shellcheck source=busybox-tree.sh
+. "$here/busybox-tree.sh"
+inputs=("$BB" "$KERNEL" "$CACHE/kernel-version" "${BASH_SOURCE[0]}" "$here/busybox-tree.sh")
 for m in "${MODS[@]}"; do inputs+=("$MODDIR/$m"); done
 while IFS= read -r f; do inputs+=("$f"); done < <(find "$DISKDIR" -type f | LC_ALL=C sort)
 
@@ -68,25 +70,10 @@ ROOT_UUID=8a1f0c3e-5b7d-4e2a-9c61-3d0b7e5a2f14
 MENULST_UUID=2c9e4b71-0d3a-4f68-8b25-6e1a9d7c3f50
 
 # ------------------------------------------------------------ busybox tree
-# stage_busybox DIR: /bin/busybox, a link per applet, the usual directories.
-stage_busybox() {
-    local root="$1" applet
-    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,mnt,root,run,var,lib}
-    chmod 1777 "$root/tmp"
-    cp "$BB" "$root/bin/busybox"
-    chmod 0755 "$root/bin/busybox"
-    while IFS= read -r applet; do
-        case "$applet" in
-        "" | bin/busybox) continue ;;
-        esac
-        mkdir -p "$root/$(dirname "$applet")"
-        [ -e "$root/$applet" ] || [ -L "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
-    done < <("$BB" --list-full)
-    [ -L "$root/bin/sh" ] || ln -s /bin/busybox "$root/bin/sh"
-    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
-    printf 'root:x:0:\n' >"$root/etc/group"
-    mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
-    local m
+# stage_tree DIR: the busybox tree (resources/busybox-tree.sh) plus the modules.
+stage_tree() {
+    local root="$1" m
+    stage_busybox "$BB" "$root"
     for m in "${MODS[@]}"; do
         mkdir -p "$root/lib/modules/$kver/kernel/$(dirname "$m")"
         cp "$MODDIR/$m" "$root/lib/modules/$kver/kernel/$m"
@@ -100,7 +87,7 @@ if up_to_date "$INITRD"; then
 else
     log "building initramfs-blk"
     root="$tmp/initramfs-blk"
-    stage_busybox "$root"
+    stage_tree "$root"
     cp "$DISKDIR/initramfs-blk.init" "$root/init"
     chmod 0755 "$root/init"
     mkdir -p "$root/newroot"
@@ -113,7 +100,7 @@ fi
 # stage_root DIR: the root file system shared by both disks (without a boot config).
 stage_root() {
     local root="$1"
-    stage_busybox "$root"
+    stage_tree "$root"
     rm -f "$root/sbin/init"
     cp "$DISKDIR/init" "$root/sbin/init"
     chmod 0755 "$root/sbin/init"

@@ -116,25 +116,29 @@ fn check_write64(out: &str, raw: &Path, s: &Scratch) {
     );
 }
 
+/// The arguments of `xenkvm run --bootloader pygrub` on `disk` (a spec) with `xktest=TEST`.
+fn pygrub_args(disk: &str, test: &str) -> Vec<String> {
+    [
+        "run",
+        "--bootloader",
+        "pygrub",
+        "--memory",
+        "256",
+        "--disk",
+        disk,
+        "--cmdline",
+        &format!("xktest={test}"),
+        "--on-reboot",
+        "exit",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// `xenkvm run --bootloader pygrub` on `disk` (a spec) with `xktest=TEST`; checks
 /// that pygrub booted it and that it did not time out.
 fn pygrub_run(disk: &str, test: &str) -> common::RunResult {
-    let r = xenkvm(
-        &[
-            "run",
-            "--bootloader",
-            "pygrub",
-            "--memory",
-            "256",
-            "--disk",
-            disk,
-            "--cmdline",
-            &format!("xktest={test}"),
-            "--on-reboot",
-            "exit",
-        ],
-        Duration::from_secs(300),
-    );
+    let r = xenkvm(&pygrub_args(disk, test), Duration::from_secs(300));
     assert!(!r.timed_out, "timed out:\n{}", r.output);
     assert!(r.output.contains("pygrub: booting"), "{}", r.output);
     r
@@ -209,19 +213,10 @@ fn sigkill_keeps_every_block_acknowledged_after_a_flush() {
     let Some(cache) = assets() else { return };
     let s = Scratch::new("kill");
     let disk = disk_copy(&cache, "disk-root.raw", &s);
-    let mut g = Live::start(&[
-        "run",
-        "--bootloader",
-        "pygrub",
-        "--memory",
-        "256",
-        "--disk",
+    let mut g = Live::start(&pygrub_args(
         &format!("file:{},xvda,w", disk.display()),
-        "--cmdline",
-        "xktest=syncloop",
-        "--on-reboot",
-        "exit",
-    ]);
+        "syncloop",
+    ));
     let ok = g.wait_for("XENKVM-SYNCED 6", Duration::from_secs(240));
     // SIGKILL while the guest keeps writing and syncing.
     let _ = g.child.kill();
