@@ -32,6 +32,10 @@ pub const R0_STACK: u64 = 16;
 pub const R0_STACK_PAGES: u64 = 4;
 pub const R0_JIT: u64 = 20;
 pub const R0_JIT_PAGES: u64 = 4;
+/// A separate stack for NMI, #DF and #MC (TSS IST1) on hardware hosts, where
+/// the SYSCALL stub runs in ring 0 on the guest's own stack until it exits.
+pub const R0_IST: u64 = 24;
+pub const R0_IST_PAGES: u64 = 1;
 pub const MAX_VCPUS: u32 = ((512 - R0_PER_VCPU) / R0_VCPU_PAGES) as u32;
 
 /// Exit ports used by the entry stubs.
@@ -46,6 +50,8 @@ pub const PORT_UPCALL: u16 = 0xf3;
 pub const STUB_SYSCALL_OFF: u64 = 0;
 pub const STUB_SPURIOUS_OFF: u64 = 8;
 pub const STUB_UPCALL_OFF: u64 = 12;
+/// `syscall; ud2`, run from ring 3 by the host probe (crate::host_profile).
+pub const STUB_PROBE_OFF: u64 = 0x800;
 pub fn stub_vector_off(v: u8) -> u64 {
     16 + u64::from(v) * 4
 }

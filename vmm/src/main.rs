@@ -10,6 +10,7 @@ mod builder;
 mod console;
 mod control;
 mod create;
+mod host_profile;
 mod layout;
 mod loader;
 mod memory;

@@ -6,6 +6,9 @@
 //! is either a direct register load (KVM_SET_REGS/SREGS) or, when page-table
 //! writes or TLB flushes must happen on the vCPU, a short straight-line stub
 //! generated per return (`mov imm, %rax; mov %rax, moffs`...; `iretq`).
+//!
+//! What differs between host kinds is chosen by [`Ring0Opts`], which
+//! `crate::host_profile` derives from its probe.
 
 use xen_shim::abi::{pte, HYPERVISOR_CS, TSS_SELECTOR};
 use xen_shim::mem::{GuestMem, MemError};
@@ -17,9 +20,45 @@ pub const TSS_LIMIT: u64 = 0x68 + 33 - 1;
 
 const PT_SUP: u64 = pte::P | pte::RW | pte::A | pte::D;
 
+/// How the ring-0 area is built for the host below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ring0Opts {
+    /// SYSCALL enters LSTAR without leaving ring 3 (PVM-style hosts): the
+    /// stub page is user-visible and the TSS I/O bitmap admits the stub's
+    /// port. Otherwise (VT-x/AMD-V) the stub page is supervisor-only and
+    /// every port faults in ring 3, as on Xen.
+    pub syscall_stub_in_ring3: bool,
+    /// NMI, #DF and #MC switch to their own stack (TSS IST1). Needed where
+    /// the SYSCALL stub runs in ring 0 on the guest's stack.
+    pub ist: bool,
+}
+
+/// The vectors that get the IST stack when [`Ring0Opts::ist`] is set.
+const IST_VECTORS: [u8; 3] = [2, 8, 18];
+
+/// STAR, LSTAR, CSTAR and FMASK for every vCPU: SYSCALL enters the stub with
+/// Xen's hypervisor selectors, IF/TF/DF/AC/NT/IOPL cleared.
+pub fn syscall_msrs() -> [(u32, u64); 4] {
+    let stub = MonitorLayout::r0_va(R0_STUBS) + STUB_SYSCALL_OFF;
+    [
+        (
+            0xc000_0081,
+            (0xe023u64 << 48) | (u64::from(HYPERVISOR_CS) << 32),
+        ),
+        (0xc000_0082, stub),
+        (0xc000_0083, stub),
+        (0xc000_0084, 0x4_7700),
+    ]
+}
+
 /// Fill the monitor area: page tables for slots 256/257/262, the M2P, the
 /// IDT, the entry stubs and every vCPU's GDT reserved page and TSS.
-pub fn build(mem: &dyn GuestMem, l: &MonitorLayout, vcpus: u32) -> Result<[u64; 16], MemError> {
+pub fn build(
+    mem: &dyn GuestMem,
+    l: &MonitorLayout,
+    vcpus: u32,
+    opts: Ring0Opts,
+) -> Result<[u64; 16], MemError> {
     let zero = vec![0u8; (l.end - l.base) as usize];
     mem.write(l.base, &zero)?;
     // Direct map of guest RAM: 2 MiB pages, supervisor read/write.
@@ -57,9 +96,12 @@ pub fn build(mem: &dyn GuestMem, l: &MonitorLayout, vcpus: u32) -> Result<[u64; 
     for idx in 0..512u64 {
         let mut f = PT_SUP | pte::NX;
         if idx == R0_STUBS {
-            // Executable; user-visible because on PVM-style hosts SYSCALL
+            // Executable and read-only; user-visible only where SYSCALL
             // enters its target without leaving ring 3.
-            f = pte::P | pte::A | pte::US;
+            f = pte::P | pte::A;
+            if opts.syscall_stub_in_ring3 {
+                f |= pte::US;
+            }
         }
         mem.write_u64(l.r0_l1 + idx * 8, l.r0_gpa(idx) | f)?;
     }
@@ -70,9 +112,9 @@ pub fn build(mem: &dyn GuestMem, l: &MonitorLayout, vcpus: u32) -> Result<[u64; 
         }
     }
     write_stubs(mem, l)?;
-    write_idt(mem, l)?;
+    write_idt(mem, l, opts)?;
     for v in 0..vcpus {
-        write_vcpu_tables(mem, l, v)?;
+        write_vcpu_tables(mem, l, v, opts)?;
     }
     let mut slots = [0u64; 16];
     slots[SLOT_M2P - 256] = l.m2p_l3 | pte::P | pte::RW | pte::US | pte::A;
@@ -97,18 +139,26 @@ fn write_stubs(mem: &dyn GuestMem, l: &MonitorLayout) -> Result<(), MemError> {
         put(stub_vector_off(v), u16::from(v));
     }
     put(stub_vector_off(0x80), 0x80);
+    // The host probe's ring-3 code: syscall; ud2. Reachable by a guest only
+    // where the page is user-visible, and then it is just a system call.
+    let p = STUB_PROBE_OFF as usize;
+    page[p..p + 4].copy_from_slice(&[0x0f, 0x05, 0x0f, 0x0b]);
     mem.write(l.r0_gpa(R0_STUBS), &page)
 }
 
-fn gate(target: u64, dpl: u64) -> (u64, u64) {
+/// A 64-bit interrupt gate to `target` in the hypervisor code segment:
+/// low qword = offset[15:0] | selector << 16 | IST << 32 | (P, DPL, type 0xe)
+/// << 40 | offset[31:16] << 48; high qword = offset[63:32].
+fn gate(target: u64, dpl: u64, ist: u64) -> (u64, u64) {
     let lo = (target & 0xffff)
         | (u64::from(HYPERVISOR_CS) << 16)
+        | (ist << 32)
         | ((0x8e | (dpl << 5)) << 40)
         | (((target >> 16) & 0xffff) << 48);
     (lo, target >> 32)
 }
 
-fn write_idt(mem: &dyn GuestMem, l: &MonitorLayout) -> Result<(), MemError> {
+fn write_idt(mem: &dyn GuestMem, l: &MonitorLayout, opts: Ring0Opts) -> Result<(), MemError> {
     let stubs = MonitorLayout::r0_va(R0_STUBS);
     let idt = l.r0_gpa(R0_IDT);
     for v in 0..=255u8 {
@@ -121,7 +171,8 @@ fn write_idt(mem: &dyn GuestMem, l: &MonitorLayout) -> Result<(), MemError> {
             UPCALL_VECTOR => (stubs + STUB_UPCALL_OFF, 0),
             _ => (stubs + STUB_SPURIOUS_OFF, 0),
         };
-        let (lo, hi) = gate(target, dpl);
+        let ist = u64::from(opts.ist && IST_VECTORS.contains(&v));
+        let (lo, hi) = gate(target, dpl, ist);
         mem.write_u64(idt + u64::from(v) * 16, lo)?;
         mem.write_u64(idt + u64::from(v) * 16 + 8, hi)?;
     }
@@ -133,6 +184,11 @@ pub fn stack_top(v: u32) -> u64 {
     MonitorLayout::r0_va(MonitorLayout::vcpu_page(v, R0_STACK + R0_STACK_PAGES))
 }
 
+/// Top of vCPU `v`'s IST1 stack (virtual).
+pub fn ist_top(v: u32) -> u64 {
+    MonitorLayout::r0_va(MonitorLayout::vcpu_page(v, R0_IST + R0_IST_PAGES))
+}
+
 pub fn gdt_va(v: u32) -> u64 {
     MonitorLayout::r0_va(MonitorLayout::vcpu_page(v, 0))
 }
@@ -141,7 +197,12 @@ pub fn tss_va(v: u32) -> u64 {
     MonitorLayout::r0_va(MonitorLayout::vcpu_page(v, R0_TSS))
 }
 
-fn write_vcpu_tables(mem: &dyn GuestMem, l: &MonitorLayout, v: u32) -> Result<(), MemError> {
+fn write_vcpu_tables(
+    mem: &dyn GuestMem,
+    l: &MonitorLayout,
+    v: u32,
+    opts: Ring0Opts,
+) -> Result<(), MemError> {
     // Reserved GDT page (entries 7168..): Xen's descriptors and our TSS.
     let page = l.r0_gpa(MonitorLayout::vcpu_page(v, 14));
     for sel in [0xe008u16, 0xe010, 0xe020, 0xe028, 0xe030] {
@@ -154,14 +215,19 @@ fn write_vcpu_tables(mem: &dyn GuestMem, l: &MonitorLayout, v: u32) -> Result<()
     let lo = TSS_LIMIT | ((tss & 0xff_ffff) << 16) | (0x8bu64 << 40) | (((tss >> 24) & 0xff) << 56);
     mem.write_u64(page + u64::from(TSS_SELECTOR - 0xe000), lo)?;
     mem.write_u64(page + u64::from(TSS_SELECTOR - 0xe000) + 8, tss >> 32)?;
-    // TSS: RSP0, and an I/O bitmap that lets ring 3 reach only the
-    // SYSCALL stub's port: on PVM-style hosts SYSCALL enters the stub
-    // without leaving ring 3. Every other port faults as on Xen.
+    // TSS: RSP0 (offset 4), IST1 (0x24), the I/O bitmap offset (0x66) and
+    // the bitmap: every port faults in ring 3 as on Xen, except the SYSCALL
+    // stub's where SYSCALL enters the stub without leaving ring 3.
     let tss_gpa = l.r0_gpa(MonitorLayout::vcpu_page(v, R0_TSS));
     mem.write_u64(tss_gpa + 4, stack_top(v))?;
+    if opts.ist {
+        mem.write_u64(tss_gpa + 0x24, ist_top(v))?;
+    }
     mem.write_u16(tss_gpa + 0x66, 0x68)?;
     let mut bitmap = [0xffu8; 33];
-    bitmap[usize::from(PORT_SYSCALL / 8)] &= !(1 << (PORT_SYSCALL % 8));
+    if opts.syscall_stub_in_ring3 {
+        bitmap[usize::from(PORT_SYSCALL / 8)] &= !(1 << (PORT_SYSCALL % 8));
+    }
     mem.write(tss_gpa + 0x68, &bitmap)?;
     Ok(())
 }
@@ -192,6 +258,8 @@ pub struct JitStub {
     pub code: Vec<u8>,
     /// Writes that did not fit; the stub ends with a continuation exit.
     pub rest: usize,
+    /// Offset of that continuation `out` in `code`.
+    pub continue_at: Option<usize>,
 }
 
 const JIT_BYTES: usize = (R0_JIT_PAGES * PAGE) as usize;
@@ -214,10 +282,12 @@ pub fn jit(writes: &[(u64, u64)], cr3: Option<u64>, invlpg: &[u64], rax: u64) ->
         done += 1;
     }
     if done < writes.len() {
+        let at = c.len();
         c.extend_from_slice(&[0xe6, PORT_JIT_CONTINUE as u8, 0x0f, 0x0b]);
         return JitStub {
             code: c,
             rest: writes.len() - done,
+            continue_at: Some(at),
         };
     }
     if let Some(cr3) = cr3 {
@@ -230,7 +300,11 @@ pub fn jit(writes: &[(u64, u64)], cr3: Option<u64>, invlpg: &[u64], rax: u64) ->
     }
     movabs(&mut c, rax);
     c.extend_from_slice(&[0x48, 0xcf]); // iretq
-    JitStub { code: c, rest: 0 }
+    JitStub {
+        code: c,
+        rest: 0,
+        continue_at: None,
+    }
 }
 
 pub fn jit_va(v: u32) -> u64 {

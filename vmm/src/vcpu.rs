@@ -18,6 +18,7 @@ use xen_shim::domain::Platform;
 use xen_shim::regs::Regs;
 use xen_shim::vcpu::{has_error_code, Action, Entry, Flush, PvVcpu};
 
+use crate::host_profile::HostProfile;
 use crate::layout::*;
 use crate::platform::{Host, VcpuSignal};
 use crate::ring0;
@@ -61,11 +62,14 @@ pub struct Vcpu {
     pub host: Arc<Host>,
     pub mon: Arc<MonitorLayout>,
     pub signal: Arc<VcpuSignal>,
+    pub profile: &'static HostProfile,
     /// CR3 currently loaded on the hardware vCPU.
     active_cr3: u64,
     /// Page-table writes still to replay (JIT continuation).
     pending_writes: Vec<(u64, u64)>,
     pending_tail: Option<(Option<u64>, Vec<u64>, u64)>,
+    /// Address of the continuation `out` of the JIT chunk now on the vCPU.
+    jit_continue: Option<u64>,
     /// Special registers read at the last exit, reused on resume.
     sregs: Option<kvm_sregs>,
     /// An upcall interrupt is queued in KVM.
@@ -75,7 +79,8 @@ pub struct Vcpu {
     pub exits: u64,
 }
 
-fn seg_from_desc(sel: u16, d: u64) -> kvm_segment {
+/// A KVM segment register loaded from descriptor `d` (accessed bit set).
+pub fn seg_from_desc(sel: u16, d: u64) -> kvm_segment {
     let limit = ((d & 0xffff) | ((d >> 32) & 0xf_0000)) as u32;
     let g = ((d >> 55) & 1) as u8;
     kvm_segment {
@@ -95,8 +100,39 @@ fn seg_from_desc(sel: u16, d: u64) -> kvm_segment {
     }
 }
 
+/// Set the architectural state common to every entry of vCPU `id`
+/// (GDT/IDT/TR/CRs): CR0 = PG|AM|WP|NE|ET|MP|PE, CR4 = OSXMMEXCPT|OSFXSR|PAE,
+/// EFER = NXE|LMA|LME|SCE.
+pub fn base_sregs(s: &mut kvm_sregs, id: u32) {
+    s.cr0 = 0x8005_0033;
+    s.cr4 = 0x620;
+    s.efer = 0xd01;
+    s.gdt.base = ring0::gdt_va(id);
+    s.gdt.limit = (GDT_PAGES * PAGE - 1) as u16;
+    s.idt.base = MonitorLayout::r0_va(R0_IDT);
+    s.idt.limit = 256 * 16 - 1;
+    s.tr = kvm_segment {
+        base: ring0::tss_va(id),
+        limit: ring0::TSS_LIMIT as u32,
+        selector: xen_shim::abi::TSS_SELECTOR,
+        type_: 11,
+        present: 1,
+        ..Default::default()
+    };
+    s.ldt = kvm_segment {
+        unusable: 1,
+        ..Default::default()
+    };
+}
+
 impl Vcpu {
-    pub fn new(fd: VcpuFd, pv: PvVcpu, host: Arc<Host>, mon: Arc<MonitorLayout>) -> Vcpu {
+    pub fn new(
+        fd: VcpuFd,
+        pv: PvVcpu,
+        host: Arc<Host>,
+        mon: Arc<MonitorLayout>,
+        profile: &'static HostProfile,
+    ) -> Vcpu {
         let signal = host.vcpus[pv.id as usize].clone();
         Vcpu {
             fd,
@@ -104,6 +140,8 @@ impl Vcpu {
             host,
             mon,
             signal,
+            profile,
+            jit_continue: None,
             active_cr3: 0,
             pending_writes: Vec::new(),
             pending_tail: None,
@@ -116,30 +154,6 @@ impl Vcpu {
 
     fn seg(&self, sel: u16) -> Option<kvm_segment> {
         xen_shim::descriptors::lookup(&self.pv, sel).map(|d| seg_from_desc(sel, d))
-    }
-
-    /// Set the architectural state common to every entry (GDT/IDT/TR/CRs).
-    pub fn base_sregs(&self, s: &mut kvm_sregs) {
-        let id = self.pv.id;
-        s.cr0 = 0x8005_0033;
-        s.cr4 = 0x620;
-        s.efer = 0xd01;
-        s.gdt.base = ring0::gdt_va(id);
-        s.gdt.limit = (GDT_PAGES * PAGE - 1) as u16;
-        s.idt.base = MonitorLayout::r0_va(R0_IDT);
-        s.idt.limit = 256 * 16 - 1;
-        s.tr = kvm_segment {
-            base: ring0::tss_va(id),
-            limit: ring0::TSS_LIMIT as u32,
-            selector: xen_shim::abi::TSS_SELECTOR,
-            type_: 11,
-            present: 1,
-            ..Default::default()
-        };
-        s.ldt = kvm_segment {
-            unusable: 1,
-            ..Default::default()
-        };
     }
 
     fn gregs(regs: &kvm_regs) -> Regs {
@@ -212,7 +226,7 @@ impl Vcpu {
                 .get_sregs()
                 .map_err(|e| format!("KVM_GET_SREGS: {e}"))?,
         };
-        self.base_sregs(&mut s);
+        base_sregs(&mut s, self.pv.id);
         s.fs.base = self.pv.fs_base;
         s.gs.base = self.pv.gs_base();
         if writes.is_empty() && flush == Flush::None {
@@ -290,6 +304,9 @@ impl Vcpu {
         if stub.rest == 0 {
             self.pending_tail = None;
         }
+        self.jit_continue = stub
+            .continue_at
+            .map(|o| ring0::jit_va(self.pv.id) + o as u64);
         let mut k = self
             .fd
             .get_regs()
@@ -313,7 +330,13 @@ impl Vcpu {
         self.sync_segments(&s);
         let stubs = MonitorLayout::r0_va(R0_STUBS);
         let mut g = Self::gregs(&k);
-        if port == PORT_SYSCALL && k.rip == stubs + STUB_SYSCALL_OFF + 2 {
+        // Where the `out` that exited is (the host profile knows whether
+        // KVM reports it or the instruction after it).
+        let at = self.profile.out_insn(k.rip);
+        if port == PORT_SYSCALL
+            && at == stubs + STUB_SYSCALL_OFF
+            && s.cs.dpl == self.profile.syscall_cpl
+        {
             g.rsp = k.rsp;
             let (cs, ss) = if self.pv.kernel_mode {
                 (0xe033, 0xe02b)
@@ -329,7 +352,7 @@ impl Vcpu {
         } else {
             0xff
         };
-        if vector != 0xff && k.rip == stubs + stub_vector_off(vector) + 2 {
+        if vector != 0xff && at == stubs + stub_vector_off(vector) {
             let err = self.read_frame(&k, &s, &mut g, has_error_code(vector) && vector < 32)?;
             let cs = g.cs;
             if cs & 3 == 0 {
@@ -350,7 +373,7 @@ impl Vcpu {
                 g,
             )));
         }
-        if port == PORT_UPCALL && k.rip == stubs + STUB_UPCALL_OFF + 2 {
+        if port == PORT_UPCALL && at == stubs + STUB_UPCALL_OFF {
             self.upcall_irq = false;
             let mut g = Self::gregs(&k);
             self.read_frame(&k, &s, &mut g, false)?;
@@ -369,7 +392,7 @@ impl Vcpu {
             }
             return Ok(Some((Entry::Interrupt, g)));
         }
-        if port == PORT_JIT_CONTINUE && k.rip == ring0::jit_va(self.pv.id) + 2 {
+        if port == PORT_JIT_CONTINUE && Some(at) == self.jit_continue {
             self.write_jit_chunk()?;
             return Ok(None);
         }
@@ -397,15 +420,25 @@ impl Vcpu {
                 s.cs.selector
             ));
         }
-        let top_va = ring0::stack_top(self.pv.id);
-        let top_gpa = self.mon.r0_gpa(MonitorLayout::vcpu_page(
-            self.pv.id,
-            R0_STACK + R0_STACK_PAGES,
-        ));
-        let off = top_va.wrapping_sub(k.rsp);
-        if !(40..=R0_STACK_PAGES * PAGE).contains(&off) {
+        // The frame is on the ring-0 stack, or on the IST stack for NMI,
+        // #DF and #MC (hardware hosts).
+        let id = self.pv.id;
+        let stacks = [
+            (
+                ring0::stack_top(id),
+                R0_STACK + R0_STACK_PAGES,
+                R0_STACK_PAGES,
+            ),
+            (ring0::ist_top(id), R0_IST + R0_IST_PAGES, R0_IST_PAGES),
+        ];
+        let Some((top_gpa, off)) = stacks.iter().find_map(|&(top_va, top_page, pages)| {
+            let off = top_va.wrapping_sub(k.rsp);
+            (40..=pages * PAGE)
+                .contains(&off)
+                .then(|| (self.mon.r0_gpa(MonitorLayout::vcpu_page(id, top_page)), off))
+        }) else {
             return Err(format!("ring-0 stack pointer {:#x} out of range", k.rsp));
-        }
+        };
         let fa = top_gpa - off;
         let mem = &*self.pv.dom.mem;
         let r = |i: u64| mem.read_u64(fa + i * 8).unwrap_or(0);

@@ -120,6 +120,7 @@ impl Vm {
             None => Vec::new(),
         };
         let kvm = Kvm::new().map_err(VmError::NoKvm)?;
+        let profile = crate::host_profile::get(&kvm).map_err(VmError::Kvm)?;
         let vm = kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?;
         let ram = cfg.memory_mib << 20;
         let mon = Arc::new(MonitorLayout::new(ram));
@@ -135,7 +136,7 @@ impl Vm {
             })
             .map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        let slots = ring0::build(&*mem, &mon, cfg.vcpus)?;
+        let slots = ring0::build(&*mem, &mon, cfg.vcpus, profile.ring0())?;
         let nr_pages = ram / PAGE;
         let mut mmu = Mmu::new(nr_pages);
         mmu.set_reserved_l4(slots);
@@ -274,47 +275,30 @@ impl Vm {
                 s.edx = r[3];
             }
             fd.set_cpuid2(&cpuid).map_err(kerr("KVM_SET_CPUID2"))?;
-            let stubs = MonitorLayout::r0_va(R0_STUBS);
-            let msrs = Msrs::from_entries(&[
-                kvm_msr_entry {
-                    index: 0xc000_0081,
-                    data: (0xe023u64 << 48) | (0xe008u64 << 32),
+            let mut msrs: Vec<kvm_msr_entry> = ring0::syscall_msrs()
+                .iter()
+                .map(|&(index, data)| kvm_msr_entry {
+                    index,
+                    data,
                     ..Default::default()
-                },
-                kvm_msr_entry {
-                    index: 0xc000_0082,
-                    data: stubs + STUB_SYSCALL_OFF,
+                })
+                .collect();
+            for (index, data) in [(0x277, xen_shim::emulate::XEN_PAT), (0x10, tsc0)] {
+                msrs.push(kvm_msr_entry {
+                    index,
+                    data,
                     ..Default::default()
-                },
-                kvm_msr_entry {
-                    index: 0xc000_0083,
-                    data: stubs + STUB_SYSCALL_OFF,
-                    ..Default::default()
-                },
-                kvm_msr_entry {
-                    index: 0xc000_0084,
-                    data: 0x4_7700,
-                    ..Default::default()
-                },
-                kvm_msr_entry {
-                    index: 0x277,
-                    data: xen_shim::emulate::XEN_PAT,
-                    ..Default::default()
-                },
-                kvm_msr_entry {
-                    index: 0x10,
-                    data: tsc0,
-                    ..Default::default()
-                },
-            ])
-            .map_err(|e| VmError::Kvm(format!("msrs: {e:?}")))?;
+                });
+            }
+            let msrs =
+                Msrs::from_entries(&msrs).map_err(|e| VmError::Kvm(format!("msrs: {e:?}")))?;
             fd.set_msrs(&msrs).map_err(kerr("KVM_SET_MSRS"))?;
             let mut pv = PvVcpu::new(i as u32, dom.clone());
             if i == 0 {
                 pv.root_kernel = layout.pt_pfn;
                 pv.kernel_sp = layout.rsp;
             }
-            vcpus.push(Vcpu::new(fd, pv, host.clone(), mon.clone()));
+            vcpus.push(Vcpu::new(fd, pv, host.clone(), mon.clone(), profile));
         }
         let boot_regs = Regs {
             rip: layout.entry,
