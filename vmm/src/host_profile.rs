@@ -55,8 +55,6 @@ pub struct HostProfile {
     pub out_rip_skew: u64,
     /// The privilege level the SYSCALL stub runs at.
     pub syscall_cpl: u8,
-    /// Median round trip of one `out` exit to the monitor, in µs.
-    pub exit_us: f64,
     /// What the probe saw, for `xenkvm info` and `-v`.
     pub evidence: Vec<String>,
 }
@@ -232,7 +230,6 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
         kind,
         out_rip_skew: skew,
         syscall_cpl: cpl,
-        exit_us,
         evidence,
     })
 }
@@ -300,7 +297,6 @@ mod tests {
             kind: HostKind::Hardware,
             out_rip_skew: 0,
             syscall_cpl: 0,
-            exit_us: 1.0,
             evidence: vec![],
         };
         assert!(!p.ring0().syscall_stub_in_ring3);

@@ -307,6 +307,14 @@ pub fn info(run: &RunDir) -> anyhow::Result<ExitCode> {
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let domains = run.entries();
+    let profile = match kvm_ioctls::Kvm::new() {
+        Ok(kvm) => crate::host_profile::get(&kvm).map(|p| (p.name(), p.evidence.join("; "))),
+        Err(e) => Err(format!("cannot open /dev/kvm: {e}")),
+    };
+    let (profile, why) = match profile {
+        Ok((name, why)) => (name.to_string(), why),
+        Err(e) => ("none".to_string(), e),
+    };
     let lines: Vec<(&str, String)> = vec![
         ("host", field(&uts.nodename)),
         ("release", field(&uts.release)),
@@ -330,6 +338,8 @@ pub fn info(run: &RunDir) -> anyhow::Result<ExitCode> {
         ("virt_caps", "pv".into()),
         ("hypervisor", "kvm (/dev/kvm)".into()),
         ("kvm_available", Path::new("/dev/kvm").exists().to_string()),
+        ("host_profile", profile),
+        ("host_profile_why", why),
         ("xenkvm_version", env!("CARGO_PKG_VERSION").into()),
         ("run_dir", run.root.display().to_string()),
         ("nr_domains", domains.len().to_string()),
