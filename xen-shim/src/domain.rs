@@ -58,6 +58,9 @@ pub struct Domain {
     pub vcpu_info: Vec<AtomicU64>,
     /// vCPUs brought online (bit per vCPU).
     pub online: AtomicU64,
+    /// vCPUs with a context (bit per vCPU): the boot vCPU and those given
+    /// one by VCPUOP_initialise (Xen's `is_initialised`).
+    pub initialised: AtomicU64,
     unknown_logged: Mutex<HashSet<String>>,
     pub hypercall_counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Grant entries mapped by the monitor's backends.
@@ -91,6 +94,7 @@ impl Domain {
             vm_assist: AtomicU64::new(0),
             vcpu_info,
             online: AtomicU64::new(1),
+            initialised: AtomicU64::new(1),
             unknown_logged: Mutex::new(HashSet::new()),
             hypercall_counts: Mutex::new(BTreeMap::new()),
             grants: Mutex::new(Default::default()),

@@ -42,12 +42,17 @@ pub const TEST_GRANT_FRAMES: u32 = 4;
 /// A one-vCPU domain with `nr_pages` frames of RAM; shared_info and the
 /// grant table follow RAM. Upcalls are unmasked on vCPU 0.
 pub fn test_domain(nr_pages: u64) -> (Arc<Domain>, Arc<TestPlatform>) {
+    test_domain_vcpus(nr_pages, 1)
+}
+
+/// As [`test_domain`], with `max_vcpus` vCPUs (only vCPU 0 online).
+pub fn test_domain_vcpus(nr_pages: u64, max_vcpus: u32) -> (Arc<Domain>, Arc<TestPlatform>) {
     let total = nr_pages + 1 + u64::from(TEST_GRANT_FRAMES);
     let mem: Arc<dyn GuestMem> = Arc::new(VecMem::new((total * 4096) as usize));
     let layout = DomainLayout {
         domid: 1,
         nr_pages,
-        max_vcpus: 1,
+        max_vcpus,
         shared_info_gpa: nr_pages * 4096,
         m2p_gpa: 0,
         m2p_entries: 0,

@@ -19,6 +19,11 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
             match crate::vcpuctx::read_context(v, arg) {
                 Ok(ctx) => {
                     v.pending_boot.push((target, ctx));
+                    if target < 64 {
+                        v.dom
+                            .initialised
+                            .fetch_or(1 << target, std::sync::atomic::Ordering::SeqCst);
+                    }
                     ok(Ok(0))
                 }
                 Err(e) => ok(Err(e)),
@@ -27,6 +32,12 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
         1 => {
             if vcpuid >= max {
                 return ok(Err(-ENOENT));
+            }
+            // Xen: -EINVAL for a vCPU never given a context, and no log.
+            let initialised = target < 64
+                && v.dom.initialised.load(std::sync::atomic::Ordering::SeqCst) & (1 << target) != 0;
+            if !initialised {
+                return ok(Err(-EINVAL));
             }
             if !v.dom.is_online(target) {
                 v.vcpus_to_up.push(target);
@@ -220,5 +231,32 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
                 .log_once(format!("unimplemented sched_op {cmd} -> -ENOSYS"));
             (-ENOSYS, Action::Resume)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test_domain_vcpus;
+
+    /// Issue 12 item 6: VCPUOP_up of a vCPU never initialised is -EINVAL
+    /// (as in Xen) and requests nothing of the monitor (which logged a
+    /// warning for each such request).
+    #[test]
+    fn vcpuop_up_uninitialised_is_einval() {
+        let (dom, _) = test_domain_vcpus(64, 2);
+        let mut v = PvVcpu::new(0, dom);
+        let max = u64::from(v.dom.layout.max_vcpus);
+        assert!(max >= 2, "test domain needs a secondary vCPU");
+        let (rc, _) = vcpu_op(&mut v, 1, 1, 0);
+        assert_eq!(rc, -EINVAL);
+        assert!(v.vcpus_to_up.is_empty());
+        // Once initialised (as VCPUOP_initialise marks it), up is accepted.
+        v.dom
+            .initialised
+            .fetch_or(1 << 1, std::sync::atomic::Ordering::SeqCst);
+        let (rc, _) = vcpu_op(&mut v, 1, 1, 0);
+        assert_eq!(rc, 0);
+        assert_eq!(v.vcpus_to_up, vec![1]);
     }
 }
