@@ -568,6 +568,12 @@ impl Vcpu {
                     }
                     continue;
                 }
+                Ok(VcpuExit::IrqWindowOpen) => {
+                    if let Err(e) = self.async_event() {
+                        return VcpuEnd::Crash(e);
+                    }
+                    continue;
+                }
                 Ok(other) => return VcpuEnd::Crash(format!("unexpected KVM exit: {other:?}")),
                 Err(e) => return VcpuEnd::Crash(format!("KVM_RUN failed: {e}")),
             };
@@ -686,12 +692,26 @@ impl Vcpu {
         self.timers();
         let flush = self.signal.flush.load(Ordering::SeqCst);
         if !(self.events_deliverable() || flush) || self.upcall_irq {
+            self.fd.get_kvm_run().request_interrupt_window = 0;
             return Ok(());
         }
         // Interrupt the guest at an instruction boundary with the upcall
         // vector rather than rewriting its registers here: KVM may be in the
         // middle of delivering an exception. The upcall is then built from
         // the clean frame the CPU leaves (PORT_UPCALL).
+        //
+        // Without an in-kernel irqchip KVM injects whatever KVM_INTERRUPT
+        // queues at the next entry, whatever the guest's IF: on a hardware
+        // host a vCPU stopped inside our ring-0 code (SYSCALL entry, IF=0,
+        // possibly still on the guest's stack) would take the interrupt
+        // there. Inject only when KVM says the vCPU can take one, else ask
+        // for an exit when it can (KVM_EXIT_IRQ_WINDOW_OPEN).
+        let run = self.fd.get_kvm_run();
+        if run.ready_for_interrupt_injection == 0 {
+            run.request_interrupt_window = 1;
+            return Ok(());
+        }
+        run.request_interrupt_window = 0;
         let irq: u32 = UPCALL_VECTOR.into();
         // SAFETY: KVM_INTERRUPT on our own vCPU fd with a valid pointer.
         let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), KVM_INTERRUPT, &irq) };

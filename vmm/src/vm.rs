@@ -1,5 +1,6 @@
 //! A PV domain on KVM: memory, the monitor area, vCPUs and their threads.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kvm_bindings::{
     kvm_msr_entry, kvm_userspace_memory_region, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use xen_shim::cpuid::{CpuidEntry, CpuidPolicy};
 use xen_shim::domain::{Domain, DomainLayout, Platform};
 use xen_shim::mmu::Mmu;
@@ -283,16 +284,15 @@ impl Vm {
                     ..Default::default()
                 })
                 .collect();
-            for (index, data) in [(0x277, xen_shim::emulate::XEN_PAT), (0x10, tsc0)] {
-                msrs.push(kvm_msr_entry {
-                    index,
-                    data,
-                    ..Default::default()
-                });
-            }
+            msrs.push(kvm_msr_entry {
+                index: 0x277,
+                data: xen_shim::emulate::XEN_PAT,
+                ..Default::default()
+            });
             let msrs =
                 Msrs::from_entries(&msrs).map_err(|e| VmError::Kvm(format!("msrs: {e:?}")))?;
             fd.set_msrs(&msrs).map_err(kerr("KVM_SET_MSRS"))?;
+            align_guest_tsc(&fd)?;
             let mut pv = PvVcpu::new(i as u32, dom.clone());
             if i == 0 {
                 pv.root_kernel = layout.pt_pfn;
@@ -402,6 +402,49 @@ impl Vm {
         }
         outcome.unwrap_or(Outcome::Other(255))
     }
+}
+
+/// Make the vCPU's TSC read what the monitor's `rdtsc` reads: the domain's
+/// clock (`Clock::tsc0`, the pvclock records, timer deadlines) assumes it.
+/// KVM's TSC offset attribute sets that exactly; where it is missing, a
+/// write of the host's TSC to IA32_TSC comes within an ioctl of it. A write
+/// of an older value would leave the guest's clock behind the monitor's by
+/// the set-up time (89 ms on an emulated AMD-V host): every timer the guest
+/// set would then fire early and it would re-arm it in a loop.
+fn align_guest_tsc(fd: &VcpuFd) -> Result<(), VmError> {
+    let zero: u64 = 0;
+    let attr = kvm_bindings::kvm_device_attr {
+        group: kvm_bindings::KVM_VCPU_TSC_CTRL,
+        attr: kvm_bindings::KVM_VCPU_TSC_OFFSET.into(),
+        addr: &zero as *const u64 as u64,
+        flags: 0,
+    };
+    // _IOW(KVMIO, 0xe3 / 0xe1, struct kvm_device_attr): kvm-ioctls offers
+    // the vCPU attribute calls on aarch64 only.
+    const KVM_HAS_DEVICE_ATTR: libc::c_ulong = 0x4018_aee3;
+    const KVM_SET_DEVICE_ATTR: libc::c_ulong = 0x4018_aee1;
+    // SAFETY: our own vCPU fd and a valid kvm_device_attr whose addr points
+    // to a live u64 for the duration of the calls.
+    let ok = unsafe {
+        libc::ioctl(fd.as_raw_fd(), KVM_HAS_DEVICE_ATTR, &attr) == 0
+            && libc::ioctl(fd.as_raw_fd(), KVM_SET_DEVICE_ATTR, &attr) == 0
+    };
+    if ok {
+        log::debug!("guest TSC: KVM_VCPU_TSC_OFFSET = 0");
+        return Ok(());
+    }
+    // SAFETY: rdtsc has no preconditions.
+    let now = unsafe { core::arch::x86_64::_rdtsc() };
+    let msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index: 0x10,
+        data: now,
+        ..Default::default()
+    }])
+    .map_err(|e| VmError::Kvm(format!("msrs: {e:?}")))?;
+    fd.set_msrs(&msrs)
+        .map_err(kerr("KVM_SET_MSRS (IA32_TSC)"))?;
+    log::debug!("guest TSC: no KVM_VCPU_TSC_OFFSET; IA32_TSC written");
+    Ok(())
 }
 
 /// Kicks vCPUs whose timer deadline passed while they run guest code.

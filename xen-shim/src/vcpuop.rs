@@ -94,6 +94,7 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
             let t = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
             let flags = u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
             let now = v.dom.clock.now_ns(v.dom.platform.tsc());
+            log::trace!("vCPU {}: singleshot timer at {t} ns (now {now} ns)", v.id);
             if flags & 1 != 0 && t < now {
                 return ok(Err(-ETIME));
             }
