@@ -131,7 +131,9 @@ struct RunArgs {
     /// Unix socket for the domain's xenstore (default: in the run directory).
     #[arg(long)]
     xenstore_socket: Option<PathBuf>,
-    /// At the end, print exit and hypercall counts as `xenkvm-stats` lines.
+    /// At the end, print exit and hypercall counts as `xenkvm-stats` lines; and let
+    /// the guest read its exit counters (xenkvm's CPUID leaf 0x4000f000 through
+    /// forced emulation, for scripts/bench).
     #[arg(long)]
     stats: bool,
     /// What a guest reboot does: start the guest again (xl's default) or exit.
@@ -271,6 +273,7 @@ fn boot_loop(
         let _ = std::fs::remove_file(sock);
         let mut vm = vm::Vm::create(cfg)?;
         vm.print_stats = args.stats;
+        vm.dom.exit_stats.set_guest_visible(args.stats);
         log::info!("guest layout: {:x?}", vm.layout);
         eprintln!(
             "xenkvm: domain {} ({}) xenstore: export XENSTORED_PATH={}",

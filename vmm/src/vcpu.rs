@@ -554,6 +554,7 @@ impl Vcpu {
             let exit = self.fd.run();
             self.signal.in_guest.store(false, Ordering::SeqCst);
             self.exits += 1;
+            self.pv.note_exit();
             let port = match exit {
                 Ok(VcpuExit::IoOut(port, _)) => port,
                 Ok(VcpuExit::IoIn(_port, data)) => {

@@ -65,6 +65,8 @@ pub struct Domain {
     pub hypercall_counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Grant entries mapped by the monitor's backends.
     pub grants: Mutex<crate::grantmap::ActiveGrants>,
+    /// Monitor exits per vCPU (and whether the guest may read them).
+    pub exit_stats: crate::stats::ExitStats,
 }
 
 impl Domain {
@@ -98,6 +100,7 @@ impl Domain {
             unknown_logged: Mutex::new(HashSet::new()),
             hypercall_counts: Mutex::new(BTreeMap::new()),
             grants: Mutex::new(Default::default()),
+            exit_stats: crate::stats::ExitStats::new(layout.max_vcpus),
             layout,
         }
     }

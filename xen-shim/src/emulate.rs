@@ -39,14 +39,21 @@ fn fetch(v: &PvVcpu, rip: u64) -> Option<Instruction> {
     (!i.is_invalid()).then_some(i)
 }
 
-/// `ud2; .ascii "xen"; cpuid`: evaluate CPUID with the guest policy.
+/// `ud2; .ascii "xen"; cpuid`: evaluate CPUID with the guest policy (and
+/// xenkvm's statistics leaf, [`crate::stats::STATS_LEAF`]), in guest kernel
+/// or user mode.
 pub fn forced_cpuid(v: &mut PvVcpu, regs: &mut Regs) -> Option<Action> {
     let mut b = [0u8; 7];
     guestva::copy_from(v.mem(), v.current_root(), regs.rip, &mut b).ok()?;
     if b != FORCED_CPUID {
         return None;
     }
-    let r = v.dom.cpuid.lookup(regs.rax as u32, regs.rcx as u32, v.id);
+    let (leaf, sub) = (regs.rax as u32, regs.rcx as u32);
+    let r = if leaf == crate::stats::STATS_LEAF {
+        crate::stats::leaf(v, sub)
+    } else {
+        v.dom.cpuid.lookup(leaf, sub, v.id)
+    };
     regs.rax = r[0].into();
     regs.rbx = r[1].into();
     regs.rcx = r[2].into();

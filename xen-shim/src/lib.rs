@@ -18,6 +18,7 @@ pub mod mem;
 pub mod mmu;
 pub mod pvmm;
 pub mod regs;
+pub mod stats;
 pub mod testing;
 pub mod time;
 pub mod traps;

@@ -142,6 +142,8 @@ pub struct PvVcpu {
     pub remote_flush: u64,
     /// Statistics.
     pub exits_by_reason: std::collections::BTreeMap<&'static str, u64>,
+    /// Guest entries by kind (the stats CPUID leaf's subleaf 1).
+    pub entries: crate::stats::EntryCounts,
 }
 
 /// Error codes are pushed for these vectors.
@@ -188,6 +190,7 @@ impl PvVcpu {
             vcpus_to_up: Vec::new(),
             remote_flush: 0,
             exits_by_reason: Default::default(),
+            entries: Default::default(),
         }
     }
 
@@ -237,6 +240,11 @@ impl PvVcpu {
             != 0
     }
 
+    /// The monitor took an exit of this vCPU (any return of KVM_RUN).
+    pub fn note_exit(&self) {
+        self.dom.exit_stats.note_exit(self.id);
+    }
+
     fn count(&mut self, what: &'static str) {
         *self.exits_by_reason.entry(what).or_insert(0) += 1;
     }
@@ -268,18 +276,22 @@ impl PvVcpu {
         let action = match entry {
             Entry::Syscall => {
                 if self.kernel_mode {
+                    self.entries.hypercalls += 1;
                     self.count("hypercall");
                     crate::hypercall::hypercall(self, regs)
                 } else {
+                    self.entries.syscalls += 1;
                     self.count("guest syscall");
                     self.bounce_syscall(regs)
                 }
             }
             Entry::Interrupt => {
+                self.entries.interrupts += 1;
                 self.count("upcall interrupt");
                 Action::Resume
             }
             Entry::Exception { vector, error, cr2 } => {
+                self.entries.exceptions += 1;
                 self.count(exception_name(vector));
                 crate::traps::exception(self, regs, vector, error, cr2)
             }
