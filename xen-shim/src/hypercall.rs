@@ -89,10 +89,12 @@ pub fn dispatch(v: &mut PvVcpu, nr: u64, a: [u64; 6], in_multicall: bool) -> (i6
         hc::EVENT_CHANNEL_OP => r(crate::evtchn_op::event_channel_op(v, a[0], a[1])),
         hc::PHYSDEV_OP => r(physdev_op(v, a[0], a[1])),
         _ => {
-            v.dom.log_once(format!(
-                "unimplemented hypercall {} ({nr}) -> -ENOSYS",
-                hypercall_name(nr)
-            ));
+            v.dom.log_once("unimplemented hypercall", nr, || {
+                format!(
+                    "unimplemented hypercall {} ({nr}) -> -ENOSYS",
+                    hypercall_name(nr)
+                )
+            });
             r(Err(-ENOSYS))
         }
     }
@@ -206,8 +208,9 @@ fn memory_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
             Ok(0)
         }
         _ => {
-            v.dom
-                .log_once(format!("unimplemented memory_op {cmd} -> -ENOSYS"));
+            v.dom.log_once("unimplemented memory_op", cmd, || {
+                format!("unimplemented memory_op {cmd} -> -ENOSYS")
+            });
             Err(-ENOSYS)
         }
     }
@@ -330,8 +333,9 @@ fn physdev_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
             Ok(0)
         }
         _ => {
-            v.dom
-                .log_once(format!("unimplemented physdev_op {cmd} -> -ENOSYS"));
+            v.dom.log_once("unimplemented physdev_op", cmd, || {
+                format!("unimplemented physdev_op {cmd} -> -ENOSYS")
+            });
             Err(-ENOSYS)
         }
     }
@@ -431,6 +435,31 @@ mod tests {
             assert_eq!(dom.mem.read_u32(0x7f000 + i * 4).unwrap(), 1024, "done {i}");
         }
         assert_eq!(dom.mem.read_u64(50 << 12).unwrap(), 1023);
+    }
+
+    /// Issue 12 item 5: log_once remembered every distinct message, so
+    /// guest-chosen numbers (here unknown hypercall numbers) grew the set
+    /// without bound. Its memory is now bounded whatever the guest does.
+    #[test]
+    fn unknown_hypercalls_do_not_grow_the_log_once_set() {
+        let (dom, _) = test_domain(64);
+        let mut v = PvVcpu::new(0, dom.clone());
+        for nr in 0..20_000u64 {
+            let (rc, _) = dispatch(&mut v, 1000 + nr, [0; 6], false);
+            assert_eq!(rc, -ENOSYS);
+            let (rc, _) = dispatch(
+                &mut v,
+                hc::MEMORY_OP,
+                [(nr << 4) | 0xf, 0, 0, 0, 0, 0],
+                false,
+            );
+            assert_eq!(rc, -ENOSYS);
+        }
+        assert!(
+            dom.log_once_remembered() <= crate::guestlog::MAX_REMEMBERED,
+            "{} messages remembered",
+            dom.log_once_remembered()
+        );
     }
 
     /// A plain mmu_update is preempted the same way; `pdone` accumulates

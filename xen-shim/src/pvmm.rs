@@ -185,7 +185,9 @@ pub fn mmuext_op(
                 }
             }
             _ => {
-                dom.log_once(format!("unimplemented mmuext_op cmd {cmd} -> -ENOSYS"));
+                dom.log_once("unimplemented mmuext_op", cmd.into(), || {
+                    format!("unimplemented mmuext_op cmd {cmd} -> -ENOSYS")
+                });
                 Err(-ENOSYS)
             }
         };

@@ -108,8 +108,9 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
         10 => ok(register_vcpu_info(v, target, arg)),
         13 => ok(register_time_memory_area(v, target, arg)),
         _ => {
-            v.dom
-                .log_once(format!("unimplemented vcpu_op {cmd} -> -ENOSYS"));
+            v.dom.log_once("unimplemented vcpu_op", cmd, || {
+                format!("unimplemented vcpu_op {cmd} -> -ENOSYS")
+            });
             ok(Err(-ENOSYS))
         }
     }
@@ -250,8 +251,9 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
         4 => (-EPERM, Action::Resume),
         5 => (0, Action::Resume),
         _ => {
-            v.dom
-                .log_once(format!("unimplemented sched_op {cmd} -> -ENOSYS"));
+            v.dom.log_once("unimplemented sched_op", cmd, || {
+                format!("unimplemented sched_op {cmd} -> -ENOSYS")
+            });
             (-ENOSYS, Action::Resume)
         }
     }
