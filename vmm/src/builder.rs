@@ -294,8 +294,16 @@ pub fn build(
     cons[0xc10] = 1;
     mem.write(l.console_pfn * PAGE, &cons)?;
     mem.write(l.stack_pfn * PAGE, &[0u8; 4096])?;
-    // Pin the L4 as Xen's builder does; the validation rewrites entries.
+    // The monitor writes the xenstore and console rings for the domain's
+    // whole life (as blkback/netback do their rings): both pages hold a
+    // writable type reference, never dropped, so the guest cannot make
+    // either of them a page table.
     let mut log: PtLog = Vec::new();
+    for pfn in [l.store_pfn, l.console_pfn] {
+        mmu.get_type(mem, &mut log, pfn, xen_shim::mmu::PageType::Writable)
+            .map_err(BuildError::Validate)?;
+    }
+    // Pin the L4 as Xen's builder does; the validation rewrites entries.
     mmu.pin(mem, &mut log, l4, 4)
         .map_err(BuildError::Validate)?;
     Ok(l)
@@ -396,6 +404,53 @@ mod tests {
         // The console ring starts "disconnected" and the p2m is the identity.
         assert_eq!(mem.read_u8(l.console_pfn * PAGE + 0xc10).unwrap(), 1);
         assert_eq!(mem.read_u64(l.p2m_pfn * PAGE + 0x1234 * 8).unwrap(), 0x1234);
+    }
+
+    /// Issue 12 item 2: the monitor writes the xenstore and console rings
+    /// for the domain's whole life, so both pages hold a writable type
+    /// reference from the start: a guest that unmaps one and pins it as a
+    /// page table is refused.
+    #[test]
+    fn store_and_console_pages_can_never_become_page_tables() {
+        use crate::loader::testutil::{build_elf, linux_notes, NotesIn};
+        use xen_shim::mmu::PageType;
+        let k = crate::loader::load_pv_kernel(&build_elf(&linux_notes(None), NotesIn::Segment))
+            .unwrap();
+        let nr_pages = 0x2000;
+        let mem = VecMem::new((nr_pages * PAGE) as usize);
+        let mut mmu = Mmu::new(nr_pages);
+        let input = BuildInput {
+            initrd: &[],
+            cmdline: "",
+            nr_pages,
+            shared_info_gpa: nr_pages * PAGE,
+            console_port: 2,
+            store_port: 1,
+        };
+        let l = build(&mem, &mut mmu, &k, &input).unwrap();
+        let mut log = Vec::new();
+        for pfn in [l.store_pfn, l.console_pfn] {
+            // The guest drops its own mapping of the page...
+            let w = xen_shim::guestva::walk(&mem, l.pt_pfn, l.virt_base + pfn * PAGE, false, false)
+                .unwrap();
+            mmu.mod_entry(
+                &mem,
+                &mut log,
+                w.l1e_addr >> 12,
+                (w.l1e_addr & 0xfff) / 8,
+                0,
+                false,
+            )
+            .unwrap();
+            // ...but the page stays writable and cannot be pinned.
+            assert_eq!(mmu.type_of(pfn), PageType::Writable, "pfn {pfn:#x}");
+            for level in 1..=4 {
+                assert!(
+                    mmu.pin(&mem, &mut log, pfn, level).is_err(),
+                    "pfn {pfn:#x} L{level}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -398,10 +398,10 @@ impl Vcpu {
         }
         // A guest `out` outside our stubs (possible in ring 3 on PVM-style
         // hosts): the write is dropped, as Xen does for a domU.
-        self.pv.dom.log_once(format!(
-            "guest port write {port:#x} at {:#x} ignored",
-            k.rip
-        ));
+        // Keyed by port only: the address is guest-chosen.
+        self.pv.dom.log_once("guest port write", port.into(), || {
+            format!("guest port write {port:#x} at {:#x} ignored", k.rip)
+        });
         Ok(None)
     }
 
@@ -669,9 +669,9 @@ impl Vcpu {
             .any(|s| s.flush.load(Ordering::SeqCst) && s.in_guest.load(Ordering::SeqCst))
         {
             if self.host.stop.load(Ordering::SeqCst) || start.elapsed() > Duration::from_secs(1) {
-                self.pv
-                    .dom
-                    .log_once("remote TLB flush: a vCPU did not answer within 1 s".into());
+                self.pv.dom.log_once("remote TLB flush timeout", 0, || {
+                    "remote TLB flush: a vCPU did not answer within 1 s".into()
+                });
                 return;
             }
             std::thread::yield_now();
@@ -720,7 +720,10 @@ impl Vcpu {
         if r == 0 || err.raw_os_error() == Some(libc::EEXIST) {
             self.upcall_irq = true;
         } else {
-            self.pv.dom.log_once(format!("KVM_INTERRUPT failed: {err}"));
+            let e = err.raw_os_error().unwrap_or(0);
+            self.pv.dom.log_once("KVM_INTERRUPT failed", e as u64, || {
+                format!("KVM_INTERRUPT failed: {err}")
+            });
         }
         Ok(())
     }

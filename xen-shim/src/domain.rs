@@ -1,6 +1,6 @@
 //! Per-domain Xen state shared by all vCPUs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -61,7 +61,8 @@ pub struct Domain {
     /// vCPUs with a context (bit per vCPU): the boot vCPU and those given
     /// one by VCPUOP_initialise (Xen's `is_initialised`).
     pub initialised: AtomicU64,
-    unknown_logged: Mutex<HashSet<String>>,
+    /// Guest-triggered log lines: once per static key, rate-limited.
+    pub guest_log: crate::guestlog::GuestLog,
     pub hypercall_counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Grant entries mapped by the monitor's backends.
     pub grants: Mutex<crate::grantmap::ActiveGrants>,
@@ -97,7 +98,7 @@ impl Domain {
             vcpu_info,
             online: AtomicU64::new(1),
             initialised: AtomicU64::new(1),
-            unknown_logged: Mutex::new(HashSet::new()),
+            guest_log: crate::guestlog::GuestLog::new(),
             hypercall_counts: Mutex::new(BTreeMap::new()),
             grants: Mutex::new(Default::default()),
             exit_stats: crate::stats::ExitStats::new(layout.max_vcpus),
@@ -105,15 +106,19 @@ impl Domain {
         }
     }
 
-    /// Log something unimplemented once per distinct message (shown with -v).
-    pub fn log_once(&self, what: String) {
-        let mut set = self
-            .unknown_logged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if set.insert(what.clone()) {
-            log::info!("{what}");
-        }
+    /// Log something the guest triggered (an unimplemented call, an
+    /// unknown MSR...) once per key: a static `id` and a number (`detail`),
+    /// never the formatted text, which may carry guest-chosen values. The
+    /// set of keys is bounded and the lines are rate-limited per domain
+    /// (see [`crate::guestlog`]); `msg` is formatted only when logged.
+    pub fn log_once(&self, id: &'static str, detail: u64, msg: impl FnOnce() -> String) {
+        self.guest_log.once(id, detail, msg);
+    }
+
+    /// How many log_once keys are remembered (bounded by
+    /// [`crate::guestlog::MAX_REMEMBERED`]).
+    pub fn log_once_remembered(&self) -> usize {
+        self.guest_log.remembered()
     }
 
     pub fn count_hypercall(&self, name: &'static str) {

@@ -209,8 +209,9 @@ fn read_msr(v: &PvVcpu, msr: u32) -> Option<u64> {
         0x17 | 0x8b | 0x345 | 0x179 | 0x17a | 0xc000_0103 | 0xce => 0,
         _ => {
             if has_gp_handler(v) {
-                v.dom
-                    .log_once(format!("guest rdmsr {msr:#x}: #GP injected"));
+                v.dom.log_once("guest rdmsr #GP", msr.into(), || {
+                    format!("guest rdmsr {msr:#x}: #GP injected")
+                });
                 return None;
             }
             0
@@ -229,8 +230,9 @@ fn write_msr(v: &mut PvVcpu, msr: u32, val: u64) -> bool {
         0x277 | 0xc000_0103 | 0x1a0 | 0x8b | 0x79 => {}
         _ => {
             if has_gp_handler(v) {
-                v.dom
-                    .log_once(format!("guest wrmsr {msr:#x}: #GP injected"));
+                v.dom.log_once("guest wrmsr #GP", msr.into(), || {
+                    format!("guest wrmsr {msr:#x}: #GP injected")
+                });
                 return false;
             }
         }
@@ -353,11 +355,14 @@ pub fn ptwr(v: &mut PvVcpu, regs: &mut Regs, cr2: u64) -> Option<Action> {
             }
         }
         _ => {
-            v.dom.log_once(format!(
-                "ptwr: unemulated instruction {:?} at {:#x}",
-                insn.mnemonic(),
-                regs.rip
-            ));
+            v.dom
+                .log_once("ptwr unemulated", insn.mnemonic() as u64, || {
+                    format!(
+                        "ptwr: unemulated instruction {:?} at {:#x}",
+                        insn.mnemonic(),
+                        regs.rip
+                    )
+                });
             return None;
         }
     };

@@ -125,7 +125,9 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
         }
         // bind_interdomain, init_control, expand_array, set_priority: FIFO ABI not offered.
         _ => {
-            dom.log_once(format!("unimplemented event_channel_op {cmd} -> -ENOSYS"));
+            dom.log_once("unimplemented event_channel_op", cmd, || {
+                format!("unimplemented event_channel_op {cmd} -> -ENOSYS")
+            });
             Err(-ENOSYS)
         }
     }

@@ -74,7 +74,9 @@ pub fn grant_table_op(v: &mut PvVcpu, cmd: u64, arg: u64, count: u64) -> Result<
             Ok(0)
         }
         _ => {
-            dom.log_once(format!("unimplemented grant_table_op {cmd} -> -ENOSYS"));
+            dom.log_once("unimplemented grant_table_op", cmd, || {
+                format!("unimplemented grant_table_op {cmd} -> -ENOSYS")
+            });
             Err(-ENOSYS)
         }
     }

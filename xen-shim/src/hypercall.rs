@@ -16,7 +16,22 @@ pub fn hypercall(v: &mut PvVcpu, regs: &mut Regs) -> Action {
         return crate::traps::do_iret(v, regs);
     }
     let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
+    v.continuation = None;
     let (ret, action) = dispatch(v, nr, args, false);
+    if let Some(a) = v.continuation.take() {
+        // A continuation: return to the SYSCALL instruction itself (two
+        // bytes before the return address), with the hypercall number and
+        // the updated arguments, so the guest makes the call again (Xen
+        // does `regs->rip -= 2`). Pending events are delivered first.
+        log::trace!("hypercall {} preempted", hypercall_name(nr));
+        regs.rax = nr;
+        [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] = a;
+        regs.rip = ret_rip.wrapping_sub(2);
+        regs.rflags = (ret_flags & crate::regs::flags::ARCH_MASK)
+            | crate::regs::flags::IF
+            | crate::regs::flags::FIXED;
+        return action;
+    }
     log::trace!(
         "hypercall {}({:#x}, {:#x}, {:#x}) = {ret} {action:?}",
         hypercall_name(nr),
@@ -74,10 +89,12 @@ pub fn dispatch(v: &mut PvVcpu, nr: u64, a: [u64; 6], in_multicall: bool) -> (i6
         hc::EVENT_CHANNEL_OP => r(crate::evtchn_op::event_channel_op(v, a[0], a[1])),
         hc::PHYSDEV_OP => r(physdev_op(v, a[0], a[1])),
         _ => {
-            v.dom.log_once(format!(
-                "unimplemented hypercall {} ({nr}) -> -ENOSYS",
-                hypercall_name(nr)
-            ));
+            v.dom.log_once("unimplemented hypercall", nr, || {
+                format!(
+                    "unimplemented hypercall {} ({nr}) -> -ENOSYS",
+                    hypercall_name(nr)
+                )
+            });
             r(Err(-ENOSYS))
         }
     }
@@ -191,8 +208,9 @@ fn memory_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
             Ok(0)
         }
         _ => {
-            v.dom
-                .log_once(format!("unimplemented memory_op {cmd} -> -ENOSYS"));
+            v.dom.log_once("unimplemented memory_op", cmd, || {
+                format!("unimplemented memory_op {cmd} -> -ENOSYS")
+            });
             Err(-ENOSYS)
         }
     }
@@ -204,6 +222,12 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
     }
     for i in 0..count {
         let va = list + i * 64;
+        // Preempt between entries once the page-table log is large (Xen
+        // preempts on `i && hypercall_preempt_check()`): continue from here.
+        if i > 0 && v.pt_log.len() >= crate::mmu::PT_LOG_PREEMPT {
+            v.continuation = Some([va, count - i, 0, 0, 0, 0]);
+            return (0, Action::Resume);
+        }
         let mut b = [0u8; 64];
         if v.copy_from(va, &mut b).is_err() {
             return (-EFAULT, Action::Resume);
@@ -216,8 +240,20 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
         } else {
             dispatch(v, op, [w(2), w(3), w(4), w(5), w(6), w(7)], true)
         };
+        let sub = v.continuation.take();
         if v.copy_to(va + 8, &ret.to_le_bytes()).is_err() {
             return (-EFAULT, Action::Resume);
+        }
+        if let Some(args) = sub {
+            // The entry preempted itself: store its continuation arguments
+            // in the entry and run the multicall again from it (Xen's
+            // xlat_multicall_entry + copy of the sub-call continuation).
+            let b: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
+            if v.copy_to(va + 16, &b).is_err() {
+                return (-EFAULT, Action::Resume);
+            }
+            v.continuation = Some([va, count - i, 0, 0, 0, 0]);
+            return (0, Action::Resume);
         }
         if action != Action::Resume {
             return (0, action);
@@ -297,8 +333,9 @@ fn physdev_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
             Ok(0)
         }
         _ => {
-            v.dom
-                .log_once(format!("unimplemented physdev_op {cmd} -> -ENOSYS"));
+            v.dom.log_once("unimplemented physdev_op", cmd, || {
+                format!("unimplemented physdev_op {cmd} -> -ENOSYS")
+            });
             Err(-ENOSYS)
         }
     }
@@ -315,4 +352,138 @@ pub fn new_baseptr(v: &mut PvVcpu, mfn: u64) -> Result<i64, i64> {
     v.root_kernel = mfn;
     v.flush = Flush::All;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{map_low_memory, test_domain};
+
+    /// Bound on the page-table writes a vCPU buffers between two resumes:
+    /// the preemption threshold plus what one request may add (here one).
+    const LOG_BOUND: usize = crate::mmu::PT_LOG_PREEMPT + 1;
+
+    /// Run the hypercall in `regs` as the monitor does: after each entry
+    /// the page-table log is replayed (cleared here); a continuation
+    /// returns to the SYSCALL itself (`0x1000`), which the guest then
+    /// executes again. Returns the largest log seen and the entries made.
+    fn run_to_completion(v: &mut PvVcpu, regs: &mut Regs) -> (usize, usize) {
+        let mut max_log = 0;
+        for entries in 1..100_000 {
+            regs.rcx = 0x1002;
+            regs.r11 = 0x202;
+            let action = hypercall(v, regs);
+            assert_eq!(action, Action::Resume);
+            max_log = max_log.max(v.pt_log.len());
+            v.pt_log.clear();
+            if regs.rip != 0x1000 {
+                assert_eq!(regs.rip, 0x1002);
+                return (max_log, entries);
+            }
+        }
+        panic!("the hypercall never completed");
+    }
+
+    /// `n` MMU_NORMAL_PT_UPDATE requests at guest VA `va`, all writing
+    /// entry 0 of the untyped RAM frame 50 (each logs one write).
+    fn write_requests(dom: &crate::domain::Domain, va: u64, n: u64) {
+        let mut b = Vec::with_capacity(n as usize * 16);
+        for i in 0..n {
+            b.extend_from_slice(&(50u64 << 12).to_le_bytes());
+            b.extend_from_slice(&i.to_le_bytes());
+        }
+        dom.mem.write(va, &b).unwrap();
+    }
+
+    /// Issue 12 item 4: a multicall of many mmu_updates used to buffer every
+    /// page-table write until the hypercall returned (up to 64 GiB). The
+    /// work is now preempted and continued, as Xen does, whenever the log
+    /// reaches a bound, and the guest still sees every request done.
+    #[test]
+    fn multicall_of_mmu_updates_keeps_the_pt_log_bounded() {
+        let (dom, _) = test_domain(512);
+        let mut v = PvVcpu::new(0, dom.clone());
+        v.root_kernel = map_low_memory(&dom);
+        // 1024 requests at 0x80000; a multicall of 256 mmu_updates of them,
+        // each reporting its done count in its own slot at 0x7f000.
+        write_requests(&dom, 0x80000, 1024);
+        let calls = 256u64;
+        let mc = 0x60000u64;
+        for i in 0..calls {
+            let mut e = [0u64; 8];
+            e[0] = hc::MMU_UPDATE;
+            e[1] = 0x5555;
+            e[2] = 0x80000;
+            e[3] = 1024;
+            e[4] = 0x7f000 + i * 4;
+            e[5] = crate::abi::DOMID_SELF;
+            let b: Vec<u8> = e.iter().flat_map(|w| w.to_le_bytes()).collect();
+            dom.mem.write(mc + i * 64, &b).unwrap();
+        }
+        let mut regs = Regs {
+            rax: hc::MULTICALL,
+            rdi: mc,
+            rsi: calls,
+            ..Default::default()
+        };
+        let (max_log, entries) = run_to_completion(&mut v, &mut regs);
+        assert!(max_log <= LOG_BOUND, "pt_log grew to {max_log}");
+        assert!(entries > 1);
+        assert_eq!(regs.rax, 0);
+        for i in 0..calls {
+            assert_eq!(dom.mem.read_u64(mc + i * 64 + 8).unwrap(), 0, "result {i}");
+            assert_eq!(dom.mem.read_u32(0x7f000 + i * 4).unwrap(), 1024, "done {i}");
+        }
+        assert_eq!(dom.mem.read_u64(50 << 12).unwrap(), 1023);
+    }
+
+    /// Issue 12 item 5: log_once remembered every distinct message, so
+    /// guest-chosen numbers (here unknown hypercall numbers) grew the set
+    /// without bound. Its memory is now bounded whatever the guest does.
+    #[test]
+    fn unknown_hypercalls_do_not_grow_the_log_once_set() {
+        let (dom, _) = test_domain(64);
+        let mut v = PvVcpu::new(0, dom.clone());
+        for nr in 0..20_000u64 {
+            let (rc, _) = dispatch(&mut v, 1000 + nr, [0; 6], false);
+            assert_eq!(rc, -ENOSYS);
+            let (rc, _) = dispatch(
+                &mut v,
+                hc::MEMORY_OP,
+                [(nr << 4) | 0xf, 0, 0, 0, 0, 0],
+                false,
+            );
+            assert_eq!(rc, -ENOSYS);
+        }
+        assert!(
+            dom.log_once_remembered() <= crate::guestlog::MAX_REMEMBERED,
+            "{} messages remembered",
+            dom.log_once_remembered()
+        );
+    }
+
+    /// A plain mmu_update is preempted the same way; `pdone` accumulates
+    /// over the continuations (MMU_UPDATE_PREEMPTED).
+    #[test]
+    fn long_mmu_update_is_preempted_and_continued() {
+        let (dom, _) = test_domain(512);
+        let mut v = PvVcpu::new(0, dom.clone());
+        v.root_kernel = map_low_memory(&dom);
+        let n = 20_000u64;
+        write_requests(&dom, 0x80000, n);
+        let mut regs = Regs {
+            rax: hc::MMU_UPDATE,
+            rdi: 0x80000,
+            rsi: n,
+            rdx: 0x7f000,
+            r10: crate::abi::DOMID_SELF,
+            ..Default::default()
+        };
+        let (max_log, entries) = run_to_completion(&mut v, &mut regs);
+        assert!(max_log <= LOG_BOUND, "pt_log grew to {max_log}");
+        assert!(entries > 1);
+        assert_eq!(regs.rax, 0);
+        assert_eq!(dom.mem.read_u32(0x7f000).unwrap(), n as u32);
+        assert_eq!(dom.mem.read_u64(50 << 12).unwrap(), n - 1);
+    }
 }

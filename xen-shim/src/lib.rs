@@ -12,6 +12,7 @@ pub mod evtchn;
 pub mod evtchn_op;
 pub mod gnttab;
 pub mod grantmap;
+pub mod guestlog;
 pub mod guestva;
 pub mod hypercall;
 pub mod mem;

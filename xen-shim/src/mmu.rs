@@ -17,6 +17,18 @@ use crate::mem::GuestMem;
 /// Page-table writes that the vCPU must replay (guest-physical address, value).
 pub type PtLog = Vec<(u64, u64)>;
 
+/// Batched page-table hypercalls (mmu_update, mmuext_op, multicall) stop
+/// and continue through a hypercall continuation, as Xen's do when
+/// preempted, once a vCPU's [`PtLog`] holds this many writes: the monitor
+/// replays them on the way back to the guest, so the log stays bounded
+/// whatever the size of the batch. 512 writes fit in one ring-0 replay chunk.
+///
+/// One request can still add more than that: the writes made while
+/// validating the page-table tree it types (at most 512 per frame validated).
+/// Xen makes that validation itself preemptible (PGT_partial); xenkvm does
+/// not yet.
+pub const PT_LOG_PREEMPT: usize = 512;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PageType {
     #[default]

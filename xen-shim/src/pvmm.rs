@@ -185,7 +185,9 @@ pub fn mmuext_op(
                 }
             }
             _ => {
-                dom.log_once(format!("unimplemented mmuext_op cmd {cmd} -> -ENOSYS"));
+                dom.log_once("unimplemented mmuext_op", cmd.into(), || {
+                    format!("unimplemented mmuext_op cmd {cmd} -> -ENOSYS")
+                });
                 Err(-ENOSYS)
             }
         };
@@ -193,8 +195,22 @@ pub fn mmuext_op(
     })
 }
 
+/// Set in the count of a continued mmu_update / mmuext_op (Xen's
+/// MMU_UPDATE_PREEMPTED): `pdone` then already holds the work done.
+const MMU_UPDATE_PREEMPTED: u64 = 1 << 31;
+
+/// Requests handled per hypercall entry before it is continued, whatever
+/// they cost: bounds the time a vCPU spends in one entry.
+const BATCH_SLICE: u64 = 4096;
+
 /// Run `op` on each `N`-byte request of a guest array, stopping at the first
 /// error, and report how many completed through `pdone`, as Xen does.
+///
+/// Long batches are preempted, as Xen's are: when the page-table log
+/// reaches [`crate::mmu::PT_LOG_PREEMPT`] writes or a slice of requests is
+/// done, the rest becomes a continuation (`v.continuation`) with the list
+/// advanced and `MMU_UPDATE_PREEMPTED` in the count. At least one request
+/// is handled per entry, so a continued batch always progresses.
 fn batch<const N: usize>(
     v: &mut PvVcpu,
     list: u64,
@@ -204,21 +220,41 @@ fn batch<const N: usize>(
     mut op: impl FnMut(&mut PvVcpu, &[u8; N]) -> Result<(), i64>,
 ) -> Result<i64, i64> {
     check_foreign(foreign & 0xffff)?;
-    let mut done = 0u64;
+    // The count is an unsigned int in the ABI.
+    let mut count = count & 0xffff_ffff;
+    let mut done = 0u32;
+    if count & MMU_UPDATE_PREEMPTED != 0 {
+        count &= !MMU_UPDATE_PREEMPTED;
+        if pdone != 0 {
+            done = v.read_u32(pdone).unwrap_or(0);
+        }
+    }
     let mut result = Ok(0);
-    for i in 0..count.min(1 << 20) {
+    let mut i = 0u64;
+    while i < count {
+        if i > 0 && (v.pt_log.len() >= crate::mmu::PT_LOG_PREEMPT || i >= BATCH_SLICE) {
+            v.continuation = Some([
+                list.wrapping_add(i * N as u64),
+                (count - i) | MMU_UPDATE_PREEMPTED,
+                pdone,
+                foreign,
+                0,
+                0,
+            ]);
+            break;
+        }
         let mut b = [0u8; N];
         let r = v
-            .copy_from(list + i * N as u64, &mut b)
+            .copy_from(list.wrapping_add(i * N as u64), &mut b)
             .and_then(|()| op(v, &b));
         if let Err(e) = r {
             result = Err(e);
             break;
         }
-        done += 1;
+        i += 1;
     }
     if pdone != 0 {
-        let _ = v.copy_to(pdone, &(done as u32).to_le_bytes());
+        let _ = v.copy_to(pdone, &done.wrapping_add(i as u32).to_le_bytes());
     }
     result
 }

@@ -104,3 +104,19 @@ pub fn grant_flags(dom: &Domain, gref: u32) -> u16 {
         .read_u16(dom.layout.grant_gpa + u64::from(gref) * 8)
         .unwrap_or(0)
 }
+
+/// Unvalidated guest page tables for hypercall tests: frames 1-4 hold an
+/// L4, L3, L2 and L1 that map virtual address `x` to guest-physical `x`,
+/// writable, for the first `min(nr_pages, 512)` frames. Returns the root
+/// MFN (1), to be used as a vCPU's `root_kernel`.
+pub fn map_low_memory(dom: &Domain) -> u64 {
+    let m = &*dom.mem;
+    let rw = crate::abi::pte::P | crate::abi::pte::RW | crate::abi::pte::US;
+    let _ = m.write_u64(0x1000, 0x2000 | rw);
+    let _ = m.write_u64(0x2000, 0x3000 | rw);
+    let _ = m.write_u64(0x3000, 0x4000 | rw);
+    for pfn in 0..dom.layout.nr_pages.min(512) {
+        let _ = m.write_u64(0x4000 + pfn * 8, (pfn << 12) | rw);
+    }
+    1
+}

@@ -133,6 +133,11 @@ pub struct PvVcpu {
     pub periodic_next: Option<u64>,
     /// Work for the monitor before resuming.
     pub pt_log: PtLog,
+    /// Set by a hypercall that preempted itself (Xen's
+    /// hypercall_create_continuation): the arguments with which it is to be
+    /// executed again. [`crate::hypercall`] turns it into a re-execution of
+    /// the guest's SYSCALL, or of the multicall entry.
+    pub continuation: Option<[u64; 6]>,
     pub flush: Flush,
     /// Secondary-vCPU contexts (VCPUOP_initialise) and start requests (VCPUOP_up)
     /// for the monitor to act on.
@@ -185,6 +190,7 @@ impl PvVcpu {
             periodic_ns: None,
             periodic_next: None,
             pt_log: Vec::new(),
+            continuation: None,
             flush: Flush::None,
             pending_boot: Vec::new(),
             vcpus_to_up: Vec::new(),

@@ -1,6 +1,7 @@
 //! VCPUOP_* and SCHEDOP_* hypercalls.
 
 use crate::abi::{errno::*, shinfo};
+use crate::mmu::PageType;
 use crate::vcpu::{Action, PvVcpu};
 
 fn ok(r: Result<i64, i64>) -> (i64, Action) {
@@ -108,8 +109,9 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
         10 => ok(register_vcpu_info(v, target, arg)),
         13 => ok(register_time_memory_area(v, target, arg)),
         _ => {
-            v.dom
-                .log_once(format!("unimplemented vcpu_op {cmd} -> -ENOSYS"));
+            v.dom.log_once("unimplemented vcpu_op", cmd, || {
+                format!("unimplemented vcpu_op {cmd} -> -ENOSYS")
+            });
             ok(Err(-ENOSYS))
         }
     }
@@ -120,6 +122,13 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
 /// space for the vDSO's clock_gettime. xenkvm's time info never changes (system
 /// time is a fixed linear function of the synchronized TSC, flagged
 /// TSC_STABLE), so one write at registration keeps it current.
+///
+/// No type reference is taken (unlike vcpu_info): as in Xen, where the
+/// time area is updated by a guest-virtual copy, the one write goes through
+/// [`PvVcpu::copy_to`], which walks the guest's tables and requires a
+/// writable mapping at every level. Page tables are never mapped writable
+/// (the page-type rules), so the write cannot land in one; and since the
+/// area is never written again, nothing later can either.
 fn register_time_memory_area(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64> {
     if target >= v.dom.layout.max_vcpus {
         return Err(-ENOENT);
@@ -154,23 +163,38 @@ fn register_vcpu_info(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64>
     if old != legacy {
         return Err(-EBUSY);
     }
-    let mut info = [0u8; 64];
-    dom.mem.read(old, &mut info).map_err(|_| -EFAULT)?;
-    dom.mem.write(new, &info).map_err(|_| -EFAULT)?;
-    // Xen marks everything pending so the guest rescans.
-    dom.mem
-        .write_u64(new + shinfo::PENDING_SEL, u64::MAX)
-        .map_err(|_| -EFAULT)?;
-    dom.mem
-        .write_u8(new + shinfo::UPCALL_PENDING, 1)
-        .map_err(|_| -EFAULT)?;
-    slot.compare_exchange(
-        old,
-        new,
-        std::sync::atomic::Ordering::AcqRel,
-        std::sync::atomic::Ordering::Acquire,
-    )
-    .map_err(|_| -EBUSY)?;
+    // As Xen's map_guest_area: the page holds a writable type reference for
+    // as long as it is the vcpu_info (for good: it is never unregistered),
+    // so a page table cannot become the area and the area cannot become a
+    // page table while the monitor writes event bits into it.
+    {
+        let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        mmu.get_type(&*dom.mem, &mut v.pt_log, mfn, PageType::Writable)?;
+    }
+    let moved = (|| {
+        let mut info = [0u8; 64];
+        dom.mem.read(old, &mut info).map_err(|_| -EFAULT)?;
+        dom.mem.write(new, &info).map_err(|_| -EFAULT)?;
+        // Xen marks everything pending so the guest rescans.
+        dom.mem
+            .write_u64(new + shinfo::PENDING_SEL, u64::MAX)
+            .map_err(|_| -EFAULT)?;
+        dom.mem
+            .write_u8(new + shinfo::UPCALL_PENDING, 1)
+            .map_err(|_| -EFAULT)?;
+        slot.compare_exchange(
+            old,
+            new,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        )
+        .map_err(|_| -EBUSY)
+    })();
+    if let Err(e) = moved {
+        let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        mmu.put_type(&*dom.mem, mfn);
+        return Err(e);
+    }
     if target == v.id {
         v.vcpu_info_registered = true;
     }
@@ -228,8 +252,9 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
         4 => (-EPERM, Action::Resume),
         5 => (0, Action::Resume),
         _ => {
-            v.dom
-                .log_once(format!("unimplemented sched_op {cmd} -> -ENOSYS"));
+            v.dom.log_once("unimplemented sched_op", cmd, || {
+                format!("unimplemented sched_op {cmd} -> -ENOSYS")
+            });
             (-ENOSYS, Action::Resume)
         }
     }
@@ -238,7 +263,75 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::test_domain_vcpus;
+    use crate::testing::{map_low_memory, test_domain, test_domain_vcpus};
+
+    /// Write a vcpu_register_vcpu_info {mfn, offset} at guest VA 0xa000 and
+    /// issue VCPUOP_register_vcpu_info for vCPU 0.
+    fn register(v: &mut PvVcpu, mfn: u64, offset: u32) -> i64 {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&mfn.to_le_bytes());
+        b[8..12].copy_from_slice(&offset.to_le_bytes());
+        v.dom.mem.write(0xa000, &b).unwrap();
+        vcpu_op(v, 10, 0, 0xa000).0
+    }
+
+    /// Issue 12 item 1: a page table cannot become the vcpu_info area (the
+    /// monitor's writes would put guest-chosen entries into it), and the
+    /// registered area holds a writable type reference, so it cannot be
+    /// pinned as a page table afterwards.
+    #[test]
+    fn vcpu_info_holds_a_writable_type_reference() {
+        let (dom, _) = test_domain(64);
+        let mut v = PvVcpu::new(0, dom.clone());
+        v.root_kernel = map_low_memory(&dom);
+        let mut log = Vec::new();
+        // Frame 20: an (empty, valid) L1 page table.
+        dom.mmu
+            .lock()
+            .unwrap()
+            .pin(&*dom.mem, &mut log, 20, 1)
+            .unwrap();
+        assert_eq!(register(&mut v, 20, 0), -EINVAL);
+        let mut page = [0u8; 4096];
+        dom.mem.read(20 << 12, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0), "the L1 was written");
+        assert_eq!(dom.vcpu_info_gpa(0), dom.layout.shared_info_gpa);
+        // A plain page is accepted and then typed writable for good.
+        assert_eq!(register(&mut v, 21, 64), 0);
+        assert_eq!(dom.vcpu_info_gpa(0), (21 << 12) + 64);
+        let mut mmu = dom.mmu.lock().unwrap();
+        assert_eq!(mmu.type_of(21), PageType::Writable);
+        assert_eq!(mmu.pin(&*dom.mem, &mut log, 21, 1), Err(-EINVAL));
+        assert_eq!(
+            mmu.get_type(&*dom.mem, &mut log, 21, PageType::L1),
+            Err(-EINVAL)
+        );
+    }
+
+    /// The time area is written by guest-virtual copy: a page table (mapped
+    /// read-only, as the type rules require) cannot be the target.
+    #[test]
+    fn time_area_is_never_written_through_a_read_only_mapping() {
+        let (dom, _) = test_domain(64);
+        let mut v = PvVcpu::new(0, dom.clone());
+        v.root_kernel = map_low_memory(&dom);
+        let mut log = Vec::new();
+        dom.mmu
+            .lock()
+            .unwrap()
+            .pin(&*dom.mem, &mut log, 22, 1)
+            .unwrap();
+        // The test tables map frame 22 at VA 0x16000: make that read-only.
+        dom.mem.write_u64(0x4000 + 22 * 8, (22 << 12) | 5).unwrap();
+        dom.mem.write_u64(0xa000, 0x16000).unwrap();
+        assert_eq!(vcpu_op(&mut v, 13, 0, 0xa000).0, -EFAULT);
+        let mut page = [0u8; 4096];
+        dom.mem.read(22 << 12, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0), "the L1 was written");
+        // A writable mapping is accepted.
+        dom.mem.write_u64(0xa000, 0x17000).unwrap();
+        assert_eq!(vcpu_op(&mut v, 13, 0, 0xa000).0, 0);
+    }
 
     /// Issue 12 item 6: VCPUOP_up of a vCPU never initialised is -EINVAL
     /// (as in Xen) and requests nothing of the monitor (which logged a

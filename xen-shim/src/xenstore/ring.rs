@@ -85,6 +85,8 @@ pub struct GuestRing {
     out_pos: usize,
     broken: Option<RingError>,
     features_written: bool,
+    /// The guest breaks and reconnects its ring at will: rate-limit the lines.
+    log: crate::guestlog::GuestLog,
 }
 
 impl std::fmt::Debug for GuestRing {
@@ -111,6 +113,7 @@ impl GuestRing {
             out_pos: 0,
             broken: None,
             features_written: false,
+            log: crate::guestlog::GuestLog::new(),
         }
     }
 
@@ -155,10 +158,10 @@ impl GuestRing {
     }
 
     fn fail(&mut self, mem: &dyn GuestMem, store: &mut Store, e: RingError) {
-        log::warn!(
-            "xenstore: domain {} ring broken: {e}; no longer served",
-            self.domid
-        );
+        let domid = self.domid;
+        self.log.limited(log::Level::Warn, || {
+            format!("xenstore: domain {domid} ring broken: {e}; no longer served")
+        });
         let code = match e {
             RingError::BadIndex => ERROR_RINGIDX,
             RingError::Protocol(_) => ERROR_PROTO,
@@ -174,7 +177,10 @@ impl GuestRing {
     }
 
     fn reconnect(&mut self, mem: &dyn GuestMem, store: &mut Store) -> Result<(), RingError> {
-        log::info!("xenstore: domain {} reconnects its ring", self.domid);
+        let domid = self.domid;
+        self.log.limited(log::Level::Info, || {
+            format!("xenstore: domain {domid} reconnects its ring")
+        });
         self.decoder.clear();
         self.out.clear();
         self.out_pos = 0;
