@@ -5,6 +5,10 @@
 //! never with CI=true.
 
 mod common;
+#[path = "support/conformance.rs"]
+mod conf;
+#[path = "support/disk.rs"]
+mod disk;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,8 +41,15 @@ fn xenkvm_bin() -> PathBuf {
 
 /// Run `job` in L1 with `files` under /job; its exit status and output.
 fn run_l1(job: &str, files: &[PathBuf]) -> (i32, String) {
+    run_l1_with_disks(job, files, &[])
+}
+
+/// [`run_l1`] with raw images attached read-write as /dev/vdb, /dev/vdc, ...
+fn run_l1_with_disks(job: &str, files: &[PathBuf], disks: &[PathBuf]) -> (i32, String) {
     let script = common::workspace().join("resources/nested/run-l1.sh");
+    let disks: Vec<String> = disks.iter().map(|d| d.display().to_string()).collect();
     let out = Command::new("bash")
+        .env("XENKVM_NESTED_DISKS", disks.join(" "))
         .arg(script)
         .arg("-c")
         .arg(job)
@@ -67,8 +78,8 @@ fn pv_guest_boots_on_a_standard_kvm_host() {
     for vcpus in [1, 2] {
         job.push_str(&format!(
             "chroot /root /job/xenkvm -v run --kernel /job/vmlinuz \
-             --initrd /job/initramfs-smoke.cpio.gz --memory 512 --vcpus {vcpus} \
-             --cmdline 'console=hvc0 xenkvm.mem_mib=64' </dev/null 2>&1\n\
+             --initrd /job/initramfs-smoke.cpio.gz --memory 192 --vcpus {vcpus} \
+             --cmdline 'console=hvc0 quiet xenkvm.mem_mib=64' </dev/null 2>&1\n\
              echo NESTED-RC-{vcpus}=$?\n"
         ));
     }
@@ -100,5 +111,145 @@ fn pv_guest_boots_on_a_standard_kvm_host() {
             );
         }
     }
+    assert_eq!(rc, 0, "L1 job failed:\n{out}");
+}
+
+/// Every conformance guest passes on the standard host (one L1 boot).
+#[test]
+fn conformance_guests_pass_on_a_standard_kvm_host() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let Some(_) = nested(&cache) else {
+        return;
+    };
+    let mut files = vec![xenkvm_bin()];
+    let mut job = String::from("cd /job\n");
+    for name in conf::GUESTS {
+        files.push(conf::build_guest(name));
+        job.push_str(&format!(
+            "echo NESTED-GUEST-BEGIN {name}\n\
+             timeout 120 chroot /root /job/xenkvm run --kernel /job/{name} --memory 64 \
+             </dev/null 2>&1\n\
+             echo NESTED-GUEST-END {name} rc=$?\n"
+        ));
+    }
+    let (rc, out) = run_l1(&job, &files);
+    assert!(
+        out.contains("NESTED-GUEST-END"),
+        "L1 did not run the guests (rc {rc}):\n{out}"
+    );
+    let mut problems = Vec::new();
+    for name in conf::GUESTS {
+        let Some(part) = out
+            .split(&format!("NESTED-GUEST-BEGIN {name}\n"))
+            .nth(1)
+            .and_then(|p| p.split(&format!("NESTED-GUEST-END {name} ")).next())
+        else {
+            problems.push(format!("{name}: did not run"));
+            continue;
+        };
+        // The console lines come through L1's serial port: drop the CRs.
+        let part = part.replace('\r', "");
+        match conf::check_output(&part) {
+            Ok(t) => eprintln!(
+                "nested conformance {name}: {} passed, {} xfail",
+                t.passed, t.xfail
+            ),
+            Err(p) => problems.push(format!("{name}: {}", p.join("; "))),
+        }
+        if !out.contains(&format!("NESTED-GUEST-END {name} rc=0")) {
+            problems.push(format!("{name}: xenkvm exit status not 0"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\n--- L1 output ---\n{out}",
+        problems.join("\n")
+    );
+}
+
+/// On the standard host: pygrub boots the test disk (a raw image that L1
+/// sees as /dev/vdb), the guest writes 1 MiB that the host then reads back
+/// from the image; and netfront/netback ping a bridge inside a network
+/// namespace in L1 and send 1 MiB whose md5 both ends agree on.
+#[test]
+fn pygrub_disk_and_network_on_a_standard_kvm_host() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let Some(_) = nested(&cache) else {
+        return;
+    };
+    let s = disk::Scratch::new("nested");
+    let image = disk::disk_copy(&cache, "disk-root.raw", &s);
+    let job = "cd /job
+x() { chroot /root \"$@\"; }
+echo NESTED-STEP pygrub
+timeout 900 chroot /root /job/xenkvm run --bootloader pygrub --memory 192 \
+    --disk file:/dev/vdb,xvda,w --cmdline 'xktest=write1 quiet' --on-reboot exit </dev/null 2>&1
+echo NESTED-PYGRUB-RC=$?
+sync
+echo NESTED-STEP net
+x ip netns add xk
+x ip -n xk link set lo up
+x ip -n xk link add xkbr0 type bridge
+x ip -n xk addr add 10.99.0.1/24 dev xkbr0
+x ip -n xk link set xkbr0 up
+(sleep 1200 | x ip netns exec xk /job/busybox nc -l -p 5001 >/root/tmp/sink) &
+timeout 900 chroot /root ip netns exec xk /job/xenkvm run --kernel /job/vmlinuz \
+    --initrd /job/initramfs-net.cpio.gz --memory 192 \
+    --cmdline 'console=hvc0 quiet xknet=10.99.0.2/24,10.99.0.1,5001 xknet.mib=1' \
+    --net vifname=xkt0,bridge=xkbr0 </dev/null 2>&1
+echo NESTED-NET-RC=$?
+sleep 2
+echo \"NESTED-SINK $(/job/busybox md5sum </root/tmp/sink) $(wc -c </root/tmp/sink)\"
+";
+    let files = [
+        xenkvm_bin(),
+        cache.join("vmlinuz"),
+        cache.join("initramfs-net.cpio.gz"),
+        cache.join("busybox"),
+    ];
+    let (rc, out) = run_l1_with_disks(job, &files, std::slice::from_ref(&image));
+    let out = out.replace('\r', "");
+    // pygrub and the write read back on the host
+    assert!(
+        out.contains("pygrub: booting"),
+        "pygrub did not boot:\n{out}"
+    );
+    assert!(
+        out.contains("XENKVM-WRITE1-DONE "),
+        "the guest did not write:\n{out}"
+    );
+    assert!(
+        out.contains("NESTED-PYGRUB-RC=0"),
+        "pygrub run failed:\n{out}"
+    );
+    let got = disk::files_in_image(&image, &["/data1.bin".into()], &s);
+    let want = disk::yes("XENKVMDATA0123456789", 1 << 20);
+    assert!(
+        got[0].as_deref() == Some(&want[..]),
+        "/data1.bin in the image is not what the guest wrote ({:?} bytes)",
+        got[0].as_ref().map(Vec::len)
+    );
+    // the network
+    assert!(out.contains("XKNET-PING-OK"), "ping failed:\n{out}");
+    assert!(
+        out.contains("NESTED-NET-RC=0"),
+        "network guest failed:\n{out}"
+    );
+    let field = |m: &str| {
+        out.lines()
+            .find_map(|l| l.split_once(m).map(|(_, r)| r.to_string()))
+            .unwrap_or_default()
+    };
+    let guest = field("XKNET-MD5 ");
+    let sink = field("NESTED-SINK ");
+    let guest_sum = guest.split_whitespace().next().unwrap_or("-");
+    assert!(
+        sink.split_whitespace().next() == Some(guest_sum) && sink.ends_with(" 1048576"),
+        "guest sent md5 {guest:?}, L1 received {sink:?}:\n{out}"
+    );
     assert_eq!(rc, 0, "L1 job failed:\n{out}");
 }

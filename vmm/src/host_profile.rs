@@ -55,11 +55,24 @@ pub struct HostProfile {
     pub out_rip_skew: u64,
     /// The privilege level the SYSCALL stub runs at.
     pub syscall_cpl: u8,
+    /// The median KVM_RUN round trip to an `out` exit, in nanoseconds.
+    pub exit_ns: u64,
     /// What the probe saw, for `xenkvm info` and `-v`.
     pub evidence: Vec<String>,
 }
 
 impl HostProfile {
+    /// How late a vCPU's timer may fire while the vCPU runs guest code
+    /// before the timer thread kicks it out. A kick costs two exits (the
+    /// kick and the upcall); within the slop the event instead rides the
+    /// next exit the guest makes anyway, and is delivered there at no extra
+    /// cost. Ten exits' worth, from Xen's default timer slop (50 us) up to
+    /// 1 ms (a 250 Hz tick is 4 ms): on a host where exits cost 1 ms
+    /// (nested, emulated) ticks alone would otherwise need most of the CPU.
+    pub fn timer_slop_ns(&self) -> u64 {
+        self.exit_ns.saturating_mul(10).clamp(50_000, 1_000_000)
+    }
+
     pub fn name(&self) -> &'static str {
         match self.kind {
             HostKind::Hardware => "hardware",
@@ -230,6 +243,7 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
         kind,
         out_rip_skew: skew,
         syscall_cpl: cpl,
+        exit_ns: (exit_us * 1000.0) as u64,
         evidence,
     })
 }
@@ -297,8 +311,26 @@ mod tests {
             kind: HostKind::Hardware,
             out_rip_skew: 0,
             syscall_cpl: 0,
+            exit_ns: 3_000,
             evidence: vec![],
         };
+        assert_eq!(p.timer_slop_ns(), 50_000);
+        assert_eq!(
+            HostProfile {
+                exit_ns: 92_000,
+                ..p.clone()
+            }
+            .timer_slop_ns(),
+            920_000
+        );
+        assert_eq!(
+            HostProfile {
+                exit_ns: 900_000,
+                ..p.clone()
+            }
+            .timer_slop_ns(),
+            1_000_000
+        );
         assert!(!p.ring0().syscall_stub_in_ring3);
         assert!(p.ring0().ist);
         assert_eq!(p.out_insn(0x1000), 0x1000);

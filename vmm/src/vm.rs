@@ -327,7 +327,10 @@ impl Vm {
         install_kick_handler();
         let host = self.host.clone();
         let timer_host = Arc::downgrade(&host);
-        let timer = std::thread::spawn(move || timer_thread(timer_host));
+        let slop = crate::host_profile::get(&self._kvm)
+            .map(|p| p.timer_slop_ns())
+            .unwrap_or(50_000);
+        let timer = std::thread::spawn(move || timer_thread(timer_host, slop));
         let (tx, rx) = std::sync::mpsc::channel::<VcpuReport>();
         let mut vcpus = self.vcpus.into_iter();
         let Some(vcpu0) = vcpus.next() else {
@@ -448,7 +451,9 @@ fn align_guest_tsc(fd: &VcpuFd) -> Result<(), VmError> {
 }
 
 /// Kicks vCPUs whose timer deadline passed while they run guest code.
-fn timer_thread(host: Weak<Host>) {
+/// A deadline is only acted on `slop` ns after it passed (see
+/// `HostProfile::timer_slop_ns`): an exit before then delivers it.
+fn timer_thread(host: Weak<Host>, slop: u64) {
     loop {
         let Some(h) = host.upgrade() else { return };
         if h.stop.load(Ordering::SeqCst) {
@@ -460,7 +465,7 @@ fn timer_thread(host: Weak<Host>) {
         let now = dom.clock.now_ns(dom.platform.tsc());
         let mut next = u64::MAX;
         for (i, s) in h.vcpus.iter().enumerate() {
-            let d = s.deadline.load(Ordering::SeqCst);
+            let d = s.deadline.load(Ordering::SeqCst).saturating_add(slop);
             if d <= now {
                 s.deadline.store(u64::MAX, Ordering::SeqCst);
                 h.kick(i as u32);
