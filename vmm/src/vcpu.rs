@@ -696,6 +696,9 @@ impl Vcpu {
             self.fd.get_kvm_run().request_interrupt_window = 0;
             return Ok(());
         }
+        if !flush && self.deliver_at_boundary()? {
+            return Ok(());
+        }
         // Interrupt the guest at an instruction boundary with the upcall
         // vector rather than rewriting its registers here: KVM may be in the
         // middle of delivering an exception. The upcall is then built from
@@ -728,6 +731,48 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The kick found the vCPU stopped in guest code (not in our ring-0
+    /// area, nothing half-delivered): build the upcall on its registers
+    /// here, as at a hypercall exit, and save the upcall interrupt's exit.
+    /// False when the interrupt path must be used.
+    fn deliver_at_boundary(&mut self) -> Result<bool, String> {
+        if self.pending_tail.is_some() {
+            return Ok(false);
+        }
+        let ev = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| format!("KVM_GET_VCPU_EVENTS: {e}"))?;
+        if ev.exception.injected != 0
+            || ev.exception.pending != 0
+            || ev.interrupt.injected != 0
+            || ev.nmi.injected != 0
+            || ev.nmi.pending != 0
+        {
+            return Ok(false);
+        }
+        let k = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let s = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        if !in_guest_code(k.rip, s.cs.selector) {
+            return Ok(false);
+        }
+        self.sync_segments(&s);
+        let mut g = Self::gregs(&k);
+        g.cs = s.cs.selector;
+        g.ss = s.ss.selector;
+        if let Err(a) = self.pv.deliver_events(&mut g) {
+            return Err(format!("event delivery failed: {a:?}"));
+        }
+        self.resume(&g)?;
+        Ok(true)
+    }
+
     /// A register dump for crash reports.
     pub fn dump(&self) -> String {
         let r = self.fd.get_regs().unwrap_or_default();
@@ -739,5 +784,29 @@ impl Vcpu {
             r.rip, r.rsp, r.rflags, s.cs.selector, s.ss.selector, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi,
             r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, s.cr2, s.cr3, s.fs.base, s.gs.base, self.exits
         )
+    }
+}
+
+/// Guest code: a guest selector (RPL 3) and an address outside the slots
+/// Xen reserves for itself (256-271), where our ring-0 area lives.
+fn in_guest_code(rip: u64, cs: u16) -> bool {
+    const RESERVED: std::ops::Range<u64> = 0xffff_8000_0000_0000..0xffff_8800_0000_0000;
+    cs & 3 == 3 && !RESERVED.contains(&rip)
+}
+
+#[cfg(test)]
+mod boundary_tests {
+    use super::in_guest_code;
+
+    #[test]
+    fn kicks_inside_the_monitor_area_are_not_delivered_there() {
+        assert!(in_guest_code(0xffff_ffff_8100_0000, 0xe033));
+        assert!(in_guest_code(0x40_1000, 0x33));
+        // the ring-0 area (slot 257) and any reserved slot, any selector
+        assert!(!in_guest_code(0xffff_8080_0000_1000, 0xe033));
+        assert!(!in_guest_code(0xffff_8000_0000_0000, 0x33));
+        assert!(!in_guest_code(0xffff_87ff_ffff_ffff, 0x33));
+        // a ring-0 selector
+        assert!(!in_guest_code(0x40_1000, 0xe008));
     }
 }
