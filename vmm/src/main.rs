@@ -203,10 +203,28 @@ fn main() -> ExitCode {
     match res {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("xenkvm: {e:#}");
+            eprintln!("xenkvm: {}", report(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: our error types
+/// already print their source in their own message, so a cause whose text
+/// is already there is left out.
+pub fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -310,5 +328,26 @@ fn boot_loop(
                 return Ok(ExitCode::from(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read kernel /k: {0}")]
+    struct Inner(#[from] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("loading the kernel: {0}")]
+    struct Outer(#[from] Inner);
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::from(Outer::from(Inner::from(io))).context("starting");
+        assert_eq!(
+            super::report(&e),
+            "starting: loading the kernel: cannot read kernel /k: No such file"
+        );
     }
 }
