@@ -15,6 +15,11 @@ use std::process::Command;
 
 /// The nested host's cache, or None (with a message) when the test must be skipped.
 fn nested(cache: &Path) -> Option<PathBuf> {
+    if std::env::var_os("XENKVM_NESTED_ELSEWHERE").is_some() {
+        // scripts/test runs this file's binary on its own, beside the rest.
+        eprintln!("nested: run by scripts/test in the background");
+        return None;
+    }
     let n = cache.join("nested");
     let qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -169,10 +174,11 @@ fn conformance_guests_pass_on_a_standard_kvm_host() {
     );
 }
 
-/// On the standard host: pygrub boots the test disk (a raw image that L1
-/// sees as /dev/vdb), the guest writes 1 MiB that the host then reads back
-/// from the image; and netfront/netback ping a bridge inside a network
-/// namespace in L1 and send 1 MiB whose md5 both ends agree on.
+/// On the standard host, in one boot: pygrub boots the test disk (a raw
+/// image that L1 sees as /dev/vdb), the guest writes 1 MiB that the host
+/// then reads back from the image, and over netfront/netback on a bridge in
+/// a network namespace in L1 it pings L1 and sends that 1 MiB, whose md5 both
+/// ends agree on.
 #[test]
 fn pygrub_disk_and_network_on_a_standard_kvm_host() {
     let Some(cache) = common::assets() else {
@@ -185,32 +191,22 @@ fn pygrub_disk_and_network_on_a_standard_kvm_host() {
     let image = disk::disk_copy(&cache, "disk-root.raw", &s);
     let job = "cd /job
 x() { chroot /root \"$@\"; }
-echo NESTED-STEP pygrub
-timeout 900 chroot /root /job/xenkvm run --bootloader pygrub --memory 192 \
-    --disk file:/dev/vdb,xvda,w --cmdline 'xktest=write1 quiet' --on-reboot exit </dev/null 2>&1
-echo NESTED-PYGRUB-RC=$?
-sync
-echo NESTED-STEP net
 x ip netns add xk
 x ip -n xk link set lo up
 x ip -n xk link add xkbr0 type bridge
 x ip -n xk addr add 10.99.0.1/24 dev xkbr0
 x ip -n xk link set xkbr0 up
-(sleep 1200 | x ip netns exec xk /job/busybox nc -l -p 5001 >/root/tmp/sink) &
-timeout 900 chroot /root ip netns exec xk /job/xenkvm run --kernel /job/vmlinuz \
-    --initrd /job/initramfs-net.cpio.gz --memory 192 \
-    --cmdline 'console=hvc0 quiet xknet=10.99.0.2/24,10.99.0.1,5001 xknet.mib=1' \
-    --net vifname=xkt0,bridge=xkbr0 </dev/null 2>&1
-echo NESTED-NET-RC=$?
+(sleep 1500 | x ip netns exec xk /job/busybox nc -l -p 5001 >/root/tmp/sink) &
+timeout 1500 chroot /root ip netns exec xk /job/xenkvm run --bootloader pygrub --memory 192 \
+    --disk file:/dev/vdb,xvda,w --net vifname=xkt0,bridge=xkbr0 \
+    --cmdline 'quiet xktest=nested xknet=10.99.0.2/24,10.99.0.1,5001' --on-reboot exit \
+    </dev/null 2>&1
+echo NESTED-RUN-RC=$?
+sync
 sleep 2
 echo \"NESTED-SINK $(/job/busybox md5sum </root/tmp/sink) $(wc -c </root/tmp/sink)\"
 ";
-    let files = [
-        xenkvm_bin(),
-        cache.join("vmlinuz"),
-        cache.join("initramfs-net.cpio.gz"),
-        cache.join("busybox"),
-    ];
+    let files = [xenkvm_bin(), cache.join("busybox")];
     let (rc, out) = run_l1_with_disks(job, &files, std::slice::from_ref(&image));
     let out = out.replace('\r', "");
     // pygrub and the write read back on the host
@@ -222,10 +218,7 @@ echo \"NESTED-SINK $(/job/busybox md5sum </root/tmp/sink) $(wc -c </root/tmp/sin
         out.contains("XENKVM-WRITE1-DONE "),
         "the guest did not write:\n{out}"
     );
-    assert!(
-        out.contains("NESTED-PYGRUB-RC=0"),
-        "pygrub run failed:\n{out}"
-    );
+    assert!(out.contains("NESTED-RUN-RC=0"), "xenkvm failed:\n{out}");
     let got = disk::files_in_image(&image, &["/data1.bin".into()], &s);
     let want = disk::yes("XENKVMDATA0123456789", 1 << 20);
     assert!(
@@ -235,10 +228,6 @@ echo \"NESTED-SINK $(/job/busybox md5sum </root/tmp/sink) $(wc -c </root/tmp/sin
     );
     // the network
     assert!(out.contains("XKNET-PING-OK"), "ping failed:\n{out}");
-    assert!(
-        out.contains("NESTED-NET-RC=0"),
-        "network guest failed:\n{out}"
-    );
     let field = |m: &str| {
         out.lines()
             .find_map(|l| l.split_once(m).map(|(_, r)| r.to_string()))

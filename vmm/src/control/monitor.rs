@@ -326,7 +326,8 @@ impl Monitor {
         let dir = PathBuf::from(req.config_dir.unwrap_or_else(|| ".".into()));
         let args =
             crate::create::run_args(&cfg, &dir).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let prepared = crate::prepare(&args).map_err(|e| ApiError::BadRequest(crate::report(&e)))?;
+        let prepared =
+            crate::prepare(&args).map_err(|e| ApiError::BadRequest(crate::report(&e)))?;
         let mut boot = Boot { args, prepared };
         let claim = self
             .run
