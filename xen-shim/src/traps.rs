@@ -68,6 +68,18 @@ pub fn exception(
             }
             bounce(v, regs, 6, None, 0)
         }
+        0x80 => {
+            // `int $0x80` through the monitor's DPL-3 gate (hardware hosts):
+            // the frame's RIP is already past the instruction. Without a
+            // trap table entry the guest's privilege may use, Xen raises
+            // #GP on the instruction with the IDT-vector error code.
+            let needed = if v.kernel_mode { 1 } else { 3 };
+            if v.traps[0x80].flags & 3 >= needed {
+                return bounce(v, regs, 0x80, None, 0);
+            }
+            regs.rip = regs.rip.wrapping_sub(2);
+            bounce(v, regs, 13, Some((0x80 << 3) | 2), 0)
+        }
         _ => {
             let err = if has_error_code(vector) {
                 Some(error.unwrap_or(0))
@@ -185,4 +197,71 @@ pub fn do_iret(v: &mut PvVcpu, regs: &mut Regs) -> Action {
     v.set_upcall_mask(rflags & flags::IF == 0);
     regs.rax = rax;
     Action::Resume
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{map_low_memory, test_domain};
+    use crate::vcpu::TrapInfo;
+
+    /// A vCPU in kernel mode on `map_low_memory`'s tables with a kernel
+    /// stack at 0x70000 and a #GP handler at 0x5000.
+    fn vcpu() -> PvVcpu {
+        let (dom, _) = test_domain(512);
+        let mut v = PvVcpu::new(0, dom.clone());
+        v.root_kernel = map_low_memory(&dom);
+        v.kernel_mode = true;
+        v.kernel_ss = u64::from(FLAT_KERNEL_SS);
+        v.kernel_sp = 0x70000;
+        v.traps[13] = TrapInfo {
+            flags: 0,
+            address: 0x5000,
+        };
+        v
+    }
+
+    fn regs() -> Regs {
+        Regs {
+            rip: 0x3002, // past an `int $0x80` at 0x3000
+            rsp: 0x60000,
+            cs: FLAT_KERNEL_CS,
+            ss: FLAT_KERNEL_SS,
+            rflags: 0x202,
+            ..Default::default()
+        }
+    }
+
+    /// Found on a hardware host (tests/nested.rs, conformance guest traps):
+    /// `int $0x80` arrives through the monitor's own DPL-3 gate, and with no
+    /// guest handler the domain was crashed instead of getting Xen's #GP.
+    #[test]
+    fn int80_without_a_handler_is_a_gp_on_the_instruction() {
+        let mut v = vcpu();
+        let mut r = regs();
+        assert_eq!(exception(&mut v, &mut r, 0x80, None, 0), Action::Resume);
+        assert_eq!(r.rip, 0x5000, "bounced to the #GP handler");
+        // Xen's frame on the guest stack: rcx, r11, then error code, rip, ...
+        let frame = r.rsp;
+        let mem = &*v.dom.mem;
+        let words: Vec<u64> = (0..4)
+            .map(|i| mem.read_u64(frame + i * 8).unwrap())
+            .collect();
+        assert_eq!(words[2], (0x80 << 3) | 2, "error code: {words:x?}");
+        assert_eq!(words[3], 0x3000, "RIP of the int instruction: {words:x?}");
+    }
+
+    #[test]
+    fn int80_with_a_handler_bounces_past_the_instruction() {
+        let mut v = vcpu();
+        v.traps[0x80] = TrapInfo {
+            flags: 3,
+            address: 0x6000,
+        };
+        let mut r = regs();
+        assert_eq!(exception(&mut v, &mut r, 0x80, None, 0), Action::Resume);
+        assert_eq!(r.rip, 0x6000);
+        let rip = v.dom.mem.read_u64(r.rsp + 16).unwrap();
+        assert_eq!(rip, 0x3002);
+    }
 }
