@@ -69,25 +69,22 @@ fn run_l1_with_disks(job: &str, files: &[PathBuf], disks: &[PathBuf]) -> (i32, S
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// The Debian 6.1 cloud kernel boots to a busybox init on 1 and 2 vCPUs,
+/// The Debian 6.1 cloud kernel boots to a busybox init on `vcpus` vCPUs,
 /// forks, fills 64 MiB of tmpfs and powers off with exit 0.
-#[test]
-fn pv_guest_boots_on_a_standard_kvm_host() {
+fn smoke_boot(vcpus: u32) {
     let Some(cache) = common::assets() else {
         return;
     };
     let Some(_) = nested(&cache) else {
         return;
     };
-    let mut job = String::from("cd /job\n");
-    for vcpus in [1, 2] {
-        job.push_str(&format!(
-            "chroot /root /job/xenkvm -v run --kernel /job/vmlinuz \
-             --initrd /job/initramfs-smoke.cpio.gz --memory 192 --vcpus {vcpus} \
-             --cmdline 'console=hvc0 quiet xenkvm.mem_mib=64' </dev/null 2>&1\n\
-             echo NESTED-RC-{vcpus}=$?\n"
-        ));
-    }
+    let job = format!(
+        "cd /job\n\
+         chroot /root /job/xenkvm -v run --stats --kernel /job/vmlinuz \
+         --initrd /job/initramfs-smoke.cpio.gz --memory 192 --vcpus {vcpus} \
+         --cmdline 'console=hvc0 quiet xenkvm.mem_mib=64' </dev/null 2>&1\n\
+         echo NESTED-RC=$?\n"
+    );
     let files = [
         xenkvm_bin(),
         cache.join("vmlinuz"),
@@ -99,25 +96,41 @@ fn pv_guest_boots_on_a_standard_kvm_host() {
         out.contains("host profile: hardware"),
         "xenkvm did not probe a hardware host in L1:\n{out}"
     );
-    for vcpus in [1, 2] {
-        let run = out
-            .split(&format!("NESTED-RC-{}=", vcpus - 1))
-            .last()
-            .unwrap_or(&out);
-        for marker in [
-            format!("XENKVM-CPUS {vcpus}"),
-            "XENKVM-MEM-OK 64".into(),
-            "XENKVM-FORK-OK 100".into(),
-            "XENKVM-INIT-DONE".into(),
-            format!("NESTED-RC-{vcpus}=0"),
-        ] {
-            assert!(
-                run.contains(&marker),
-                "{vcpus} vCPU(s): missing {marker:?}:\n{out}"
-            );
-        }
+    for marker in [
+        format!("XENKVM-CPUS {vcpus}"),
+        "XENKVM-MEM-OK 64".into(),
+        "XENKVM-FORK-OK 100".into(),
+        "XENKVM-INIT-DONE".into(),
+        "NESTED-RC=0".into(),
+    ] {
+        assert!(
+            out.contains(&marker),
+            "{vcpus} vCPU(s): missing {marker:?}:\n{out}"
+        );
+    }
+    if let Some(total) = out
+        .lines()
+        .find(|l| l.starts_with("xenkvm-stats exits_total"))
+    {
+        eprintln!("nested boot, {vcpus} vCPU(s): {total}");
     }
     assert_eq!(rc, 0, "L1 job failed:\n{out}");
+}
+
+#[test]
+fn pv_guest_boots_on_one_vcpu_of_a_standard_kvm_host() {
+    smoke_boot(1);
+}
+
+/// Passes, but takes about 40 minutes on the emulated host (L1 has one CPU,
+/// an exit costs about 1 ms, and the guest's 250 Hz ticks cost two exits
+/// each): outside scripts/test until exits get cheaper (system calls and
+/// iret handled in the ring-0 area). Run it with
+/// `cargo test -p xenkvm --test nested -- --ignored`.
+#[test]
+#[ignore = "about 40 min on the emulated host; cargo test --test nested -- --ignored"]
+fn pv_guest_boots_on_two_vcpus_of_a_standard_kvm_host() {
+    smoke_boot(2);
 }
 
 /// Every conformance guest passes on the standard host (one L1 boot).
