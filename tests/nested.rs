@@ -204,14 +204,15 @@ fn pygrub_disk_and_network_on_a_standard_kvm_host() {
     let s = disk::Scratch::new("nested");
     let image = disk::disk_copy(&cache, "disk-root.raw", &s);
     let job = "cd /job
-x() { chroot /root \"$@\"; }
-x ip netns add xk
-x ip -n xk link set lo up
-x ip -n xk link add xkbr0 type bridge
-x ip -n xk addr add 10.99.0.1/24 dev xkbr0
-x ip -n xk link set xkbr0 up
-(sleep 1500 | x ip netns exec xk /job/busybox nc -l -p 5001 >/root/tmp/sink) &
-timeout 1500 chroot /root ip netns exec xk /job/xenkvm run --bootloader pygrub --memory 192 \
+# L1's chroot is busybox's, which prefers its own applets: absolute paths.
+ip() { chroot /root /usr/bin/ip \"$@\"; }
+ip netns add xk
+ip -n xk link set lo up
+ip -n xk link add xkbr0 type bridge
+ip -n xk addr add 10.99.0.1/24 dev xkbr0
+ip -n xk link set xkbr0 up
+(sleep 1500 | ip netns exec xk /job/busybox nc -l -p 5001 >/root/tmp/sink) &
+timeout 1500 chroot /root /usr/bin/ip netns exec xk /job/xenkvm run --bootloader pygrub --memory 192 \
     --disk file:/dev/vdb,xvda,w --net vifname=xkt0,bridge=xkbr0 \
     --cmdline 'quiet xktest=nested xknet=10.99.0.2/24,10.99.0.1,5001' --on-reboot exit \
     </dev/null 2>&1
