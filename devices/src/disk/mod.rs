@@ -78,6 +78,18 @@ pub enum DiskError {
     },
     #[error("disk image {path}: {op} refused: the image is read-only")]
     ReadOnly { path: PathBuf, op: &'static str },
+    #[error(
+        "disk image {path}: the qcow2 image names {what} {target:?}; xenkvm does not open \
+         files an image names (a hostile image could name any host file), and there is no \
+         configuration syntax to name a backing chain or data file: convert the image to a \
+         self-contained one (`qemu-img convert -O qcow2 IMAGE FLAT.qcow2`) if you trust it"
+    )]
+    ImplicitFile {
+        path: PathBuf,
+        /// `"a backing file"` or `"an external data file"`.
+        what: &'static str,
+        target: String,
+    },
     #[error("disk image {path}: flush failed: {source}")]
     Flush { path: PathBuf, source: io::Error },
 }

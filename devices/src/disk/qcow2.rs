@@ -1,17 +1,16 @@
 //! qcow2 images through the `imago` crate (its synchronous build).
 
-use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use imago::file::File;
 use imago::qcow2::Qcow2;
-use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
+use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Storage, StorageOpenOptions};
 
 use super::{check_range, DiskError, DiskImage};
 
-/// A qcow2 image (v2 or v3, with its backing chain if the header names one).
+/// A qcow2 image (v2 or v3), self-contained: no backing file, no external data file.
 ///
 /// Reads and writes share the lock; a discard takes it exclusively because it may
 /// invalidate the cluster mappings concurrent requests hold.
@@ -23,25 +22,19 @@ pub struct Qcow2Image {
 }
 
 impl Qcow2Image {
-    /// Opens `path` as qcow2. Backing files named in its header are opened read-only.
+    /// Opens `path` as qcow2.
+    ///
+    /// The image is opened on its own: an image whose header names a backing file or an
+    /// external data file is refused ([`DiskError::ImplicitFile`]). The header is
+    /// untrusted data, and following it would open any host file the monitor can reach
+    /// (backing files for reading, data files read-write).
     pub fn open(path: &Path, read_only: bool) -> Result<Qcow2Image, DiskError> {
-        // Report a missing or inaccessible file as such, not as a bad image.
-        OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|err| DiskError::Open {
-                path: path.to_path_buf(),
-                err,
-            })?;
-        let qcow2 = Qcow2::<File>::builder_path(path)
-            .write(!read_only)
-            .open(PermissiveImplicitOpenGate::default())
-            .map_err(|source| DiskError::BadImage {
-                path: path.to_path_buf(),
-                format: "qcow2",
-                source,
-            })?;
+        // Checked read-only first: a writable open already modifies the header (imago
+        // clears its auto-clear bits), and an image we refuse is left as it was.
+        let mut qcow2 = open_self_contained(path, false)?;
+        if !read_only {
+            qcow2 = open_self_contained(path, true)?;
+        }
         let access = FormatAccess::new(qcow2);
         let size = access.size();
         Ok(Qcow2Image {
@@ -68,6 +61,46 @@ impl Qcow2Image {
             op,
         }
     }
+}
+
+/// Opens the qcow2 image at `path` and nothing else, or fails: a missing or unreadable
+/// file, a bad image, or a header naming a backing file or an external data file.
+fn open_self_contained(path: &Path, write: bool) -> Result<Qcow2<File>, DiskError> {
+    // Opened here, explicitly, so that nothing at all has to pass the gate below.
+    let file =
+        File::open(StorageOpenOptions::new().filename(path).write(write)).map_err(|err| {
+            DiskError::Open {
+                path: path.to_path_buf(),
+                err,
+            }
+        })?;
+    // `backing(None)` and `data_file(None)` override whatever the header names, and the
+    // deny gate refuses any other file imago might want to open on its own.
+    let qcow2 = Qcow2::<File>::builder(file)
+        .write(write)
+        .backing(None)
+        .data_file(None)
+        .open(DenyImplicitOpenGate::default())
+        .map_err(|source| DiskError::BadImage {
+            path: path.to_path_buf(),
+            format: "qcow2",
+            source,
+        })?;
+    let implicit = |what, target: Option<&String>| DiskError::ImplicitFile {
+        path: path.to_path_buf(),
+        what,
+        target: target.map_or_else(|| "(no name)".to_string(), String::clone),
+    };
+    if qcow2.requires_external_data_file() {
+        return Err(implicit(
+            "an external data file",
+            qcow2.implicit_external_data_file(),
+        ));
+    }
+    if let Some(backing) = qcow2.implicit_backing_file() {
+        return Err(implicit("a backing file", Some(backing)));
+    }
+    Ok(qcow2)
 }
 
 impl DiskImage for Qcow2Image {
@@ -271,6 +304,103 @@ mod tests {
         d.flush().unwrap();
         drop(d);
         qemu_img(&["check", "-q", q.to_str().unwrap()]);
+    }
+
+    /// A hostile image naming a host file as its backing file must not be opened:
+    /// before the fix, imago's permissive gate opened it and the guest read the file.
+    #[test]
+    fn backing_file_named_by_image_is_refused() {
+        if !have_tool("qemu-img", "qcow2::backing_file_named_by_image_is_refused") {
+            return;
+        }
+        let dir = TempDir::new("qcow2-backing");
+        let secret = dir.path().join("host-secret");
+        let mut content = b"host secret: not for the guest\n".to_vec();
+        content.resize(4096, b'#');
+        std::fs::write(&secret, &content).unwrap();
+        let q = dir.path().join("hostile.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            secret.to_str().unwrap(),
+            "-F",
+            "raw",
+            q.to_str().unwrap(),
+            "1M",
+        ]);
+        for read_only in [true, false] {
+            match open(&q, Format::Auto, read_only) {
+                Ok(d) => {
+                    let mut buf = vec![0u8; 64];
+                    let r = d.read_at(&mut buf, 0);
+                    panic!(
+                        "hostile image opened (ro={read_only}); guest reads {:?} ({r:?})",
+                        String::from_utf8_lossy(&buf)
+                    );
+                }
+                Err(e) => {
+                    assert!(matches!(e, DiskError::ImplicitFile { .. }), "{e}");
+                    let msg = e.to_string();
+                    assert!(msg.contains("backing file"), "{msg}");
+                    assert!(msg.contains("host-secret"), "{msg}");
+                    assert!(msg.contains("hostile.qcow2"), "{msg}");
+                }
+            }
+        }
+    }
+
+    /// A hostile image naming a host file as its external data file must not be
+    /// opened: before the fix imago opened it read-write, even for a read-only disk.
+    #[test]
+    fn external_data_file_named_by_image_is_refused() {
+        if !have_tool(
+            "qemu-img",
+            "qcow2::external_data_file_named_by_image_is_refused",
+        ) {
+            return;
+        }
+        let dir = TempDir::new("qcow2-datafile");
+        let victim = dir.path().join("host-victim");
+        let q = dir.path().join("hostile.qcow2");
+        let opt = format!("data_file={},data_file_raw=on", victim.display());
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &opt,
+            q.to_str().unwrap(),
+            "1M",
+        ]);
+        // The host file the image names, with content of its own.
+        let content = vec![0x5au8; 1 << 20];
+        std::fs::write(&victim, &content).unwrap();
+        let image = std::fs::read(&q).unwrap();
+        for read_only in [true, false] {
+            match open(&q, Format::Qcow2, read_only) {
+                Ok(d) => {
+                    let mut buf = vec![0u8; 16];
+                    let r = d.read_at(&mut buf, 0);
+                    panic!("hostile image opened (ro={read_only}); reads {buf:02x?} ({r:?})");
+                }
+                Err(e) => {
+                    assert!(matches!(e, DiskError::ImplicitFile { .. }), "{e}");
+                    let msg = e.to_string();
+                    assert!(msg.contains("external data file"), "{msg}");
+                    assert!(msg.contains("host-victim"), "{msg}");
+                }
+            }
+        }
+        assert!(
+            std::fs::read(&victim).unwrap() == content,
+            "data file changed"
+        );
+        // A refused image is left as it was (a writable open clears auto-clear bits).
+        assert!(std::fs::read(&q).unwrap() == image, "refused image changed");
     }
 
     #[test]

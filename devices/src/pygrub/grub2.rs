@@ -5,6 +5,9 @@
 //! like pygrub, every `set default=` outside functions and menu entries applies in
 //! file order (Debian's `if [ "${next_entry}" ]; then ... else set default="0"`
 //! ends up at `0`). Variables are expanded from earlier `set`s, unknown ones to "".
+//! Expansion is bounded (`a=$a$a` doubles): a word expanding to more than
+//! [`MAX_VALUE`] bytes, or more than [`MAX_EXPANDED`] bytes of expansions in all, fails
+//! the parse.
 
 use std::collections::HashMap;
 
@@ -14,6 +17,10 @@ use super::menu::{strip_device, Menu, MenuEntry};
 const MAX_DEPTH: usize = 64;
 /// Most menu entries accepted.
 const MAX_ENTRIES: usize = 10_000;
+/// Longest expansion of one word (a variable's value, a command argument, a title).
+const MAX_VALUE: usize = 64 << 10;
+/// Most bytes all the expansions of one grub.cfg may produce together.
+const MAX_EXPANDED: usize = 8 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Seg {
@@ -36,6 +43,17 @@ impl Word {
             _ => self.segs.push(Seg::Lit(c.to_string())),
         }
     }
+    /// Length of the expansion, computed without building it (saturating).
+    fn expanded_len(&self, vars: &HashMap<String, String>) -> usize {
+        self.segs
+            .iter()
+            .map(|s| match s {
+                Seg::Lit(l) => l.len(),
+                Seg::Var(v) => vars.get(v).map_or(0, String::len),
+            })
+            .fold(0, usize::saturating_add)
+    }
+    /// The expansion; callers bound its length first ([`Parser::expand`]).
     fn expand(&self, vars: &HashMap<String, String>) -> String {
         self.segs
             .iter()
@@ -197,15 +215,19 @@ struct Parser {
     vars: HashMap<String, String>,
     stack: Vec<Block>,
     top_items: usize,
+    /// Bytes of expansion left ([`MAX_EXPANDED`] at the start).
+    budget: usize,
 }
 
-/// Parses a grub.cfg. Errors are structural (nesting too deep, too many entries).
+/// Parses a grub.cfg. Errors are structural (nesting too deep, too many entries) or
+/// expansions past their bounds.
 pub fn parse(text: &str) -> Result<Menu, String> {
     let mut p = Parser {
         menu: Menu::default(),
         vars: HashMap::new(),
         stack: Vec::new(),
         top_items: 0,
+        budget: MAX_EXPANDED,
     };
     let mut cmd: Vec<Word> = Vec::new();
     for tok in lex(text) {
@@ -216,7 +238,7 @@ pub fn parse(text: &str) -> Result<Menu, String> {
             }
             Token::Word(w) if w.is("}") => {
                 let words = std::mem::take(&mut cmd);
-                p.command(&words);
+                p.command(&words)?;
                 if p.stack.pop().is_none() {
                     log::debug!("pygrub: grub.cfg has an unmatched '}}'");
                 }
@@ -224,7 +246,7 @@ pub fn parse(text: &str) -> Result<Menu, String> {
             Token::Word(w) => cmd.push(w),
             Token::End => {
                 let words = std::mem::take(&mut cmd);
-                p.command(&words);
+                p.command(&words)?;
             }
         }
     }
@@ -238,6 +260,27 @@ pub fn parse(text: &str) -> Result<Menu, String> {
 }
 
 impl Parser {
+    /// Expands `w` if its expansion fits [`MAX_VALUE`] and the budget; `what` names
+    /// the word in the error.
+    fn expand(&mut self, w: &Word, what: impl FnOnce() -> String) -> Result<String, String> {
+        let len = w.expanded_len(&self.vars);
+        if len > MAX_VALUE {
+            return Err(format!(
+                "{} expands to more than {} KiB",
+                what(),
+                MAX_VALUE >> 10
+            ));
+        }
+        if len > self.budget {
+            return Err(format!(
+                "variables expanded to more than {} MiB in all",
+                MAX_EXPANDED >> 20
+            ));
+        }
+        self.budget -= len;
+        Ok(w.expand(&self.vars))
+    }
+
     fn in_function(&self) -> bool {
         self.stack.iter().any(|b| matches!(b, Block::Other))
     }
@@ -268,7 +311,7 @@ impl Parser {
             !self.in_function() && !self.stack.iter().any(|b| matches!(b, Block::Entry(_)));
         let block = match kind.as_str() {
             "menuentry" | "submenu" if in_menu => {
-                let (title, id) = self.title_and_id(&words[1..]);
+                let (title, id) = self.title_and_id(&words[1..])?;
                 let (path, submenus) = self.next_path();
                 if kind == "submenu" {
                     Block::Submenu {
@@ -298,15 +341,17 @@ impl Parser {
 
     /// The title is the first word that is not an option; `--id X` or
     /// `$menuentry_id_option X` gives the id.
-    fn title_and_id(&self, words: &[Word]) -> (String, Option<String>) {
+    fn title_and_id(&mut self, words: &[Word]) -> Result<(String, Option<String>), String> {
         let mut title = None;
         let mut id = None;
         let mut i = 0;
         while i < words.len() {
             let raw = words[i].raw();
-            let val = words[i].expand(&self.vars);
             if raw == "--id" || raw == "${menuentry_id_option}" {
-                id = words.get(i + 1).map(|w| w.expand(&self.vars));
+                id = match words.get(i + 1) {
+                    Some(w) => Some(self.expand(w, || "a menu entry id".into())?),
+                    None => None,
+                };
                 i += 2;
                 continue;
             }
@@ -322,20 +367,21 @@ impl Parser {
                 continue;
             }
             if title.is_none() {
-                title = Some(val);
+                title = Some(self.expand(&words[i], || "a menu entry title".into())?);
             }
             i += 1;
         }
-        (title.unwrap_or_default(), id)
+        Ok((title.unwrap_or_default(), id))
     }
 
-    fn command(&mut self, words: &[Word]) {
-        let Some(first) = words.first() else { return };
+    fn command(&mut self, words: &[Word]) -> Result<(), String> {
+        let Some(first) = words.first() else {
+            return Ok(());
+        };
         if self.in_function() {
-            return;
+            return Ok(());
         }
         let name = first.raw();
-        let args: Vec<String> = words[1..].iter().map(|w| w.expand(&self.vars)).collect();
         let entry = self.stack.iter().rev().find_map(|b| match b {
             Block::Entry(i) => Some(*i),
             _ => None,
@@ -343,11 +389,13 @@ impl Parser {
         match name.as_str() {
             "set" => {
                 for w in &words[1..] {
-                    self.assign(w);
+                    self.assign(w)?;
                 }
             }
             "linux" | "linux16" | "linuxefi" | "kernel" => {
-                if let (Some(i), Some(path)) = (entry, args.first()) {
+                let Some(i) = entry else { return Ok(()) };
+                let args = self.args(&name, &words[1..])?;
+                if let Some(path) = args.first() {
                     let e = &mut self.menu.entries[i];
                     e.kernel = Some(strip_device(path).to_string());
                     e.args = args[1..]
@@ -359,28 +407,37 @@ impl Parser {
                 }
             }
             "initrd" | "initrd16" | "initrdefi" => {
-                if let Some(i) = entry {
-                    self.menu.entries[i].initrds = args
-                        .iter()
-                        .filter(|a| !a.is_empty())
-                        .map(|a| strip_device(a).to_string())
-                        .collect();
-                }
+                let Some(i) = entry else { return Ok(()) };
+                let args = self.args(&name, &words[1..])?;
+                self.menu.entries[i].initrds = args
+                    .iter()
+                    .filter(|a| !a.is_empty())
+                    .map(|a| strip_device(a).to_string())
+                    .collect();
             }
-            _ if name.contains('=') && !first.quoted && words.len() == 1 => self.assign(first),
+            _ if name.contains('=') && !first.quoted && words.len() == 1 => self.assign(first)?,
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The expanded arguments of command `name`.
+    fn args(&mut self, name: &str, words: &[Word]) -> Result<Vec<String>, String> {
+        words
+            .iter()
+            .map(|w| self.expand(w, || format!("an argument of `{name}`")))
+            .collect()
     }
 
     /// `name=value` (from `set name=value` or a bare assignment).
-    fn assign(&mut self, w: &Word) {
+    fn assign(&mut self, w: &Word) -> Result<(), String> {
         let raw = w.raw();
         let Some((name, _)) = raw.split_once('=') else {
-            return;
+            return Ok(());
         };
         let name = name.to_string();
-        let value = w
-            .expand(&self.vars)
+        let value = self
+            .expand(w, || format!("variable {name}"))?
             .split_once('=')
             .map(|(_, v)| v.to_string())
             .unwrap_or_default();
@@ -403,6 +460,7 @@ impl Parser {
             _ => {}
         }
         self.vars.insert(name, value);
+        Ok(())
     }
 }
 
@@ -688,6 +746,37 @@ menuentry 'one;line' { linux /k one; initrd /i }
         assert_eq!(m.entries.len(), 1);
         assert_eq!(m.entries[0].title, "real");
         assert_eq!(m.entries[0].kernel.as_deref(), Some("/yes"));
+    }
+
+    /// Doubling a variable, referring to a big one many times in one word, or keeping
+    /// many copies of one: each must fail the parse, not grow without bound. Before
+    /// the bound, all three parsed (the first holding a 16 MiB value; 30 lines hold
+    /// 1 GiB, and the monitor aborts on allocation failure a few lines later).
+    #[test]
+    fn variable_expansion_is_bounded() {
+        let doubling = format!(
+            "a=x\n{}menuentry e {{ linux /k $a }}\n",
+            "a=$a$a\n".repeat(24)
+        );
+        let e = parse(&doubling).expect_err("doubling must fail");
+        assert!(e.contains("variable a") && e.contains("KiB"), "{e}");
+
+        // 32 KiB, then one word naming it 64 times (2 MiB).
+        let big = format!("a=x\n{}", "a=$a$a\n".repeat(15));
+        let wide = format!("{big}set b={}\n", "$a".repeat(64));
+        let e = parse(&wide).expect_err("a wide word must fail");
+        assert!(e.contains("variable b"), "{e}");
+        let wide_arg = format!("{big}menuentry e {{ linux /k {} }}\n", "${a}".repeat(64));
+        assert!(parse(&wide_arg).is_err());
+
+        // Each copy within the per-value bound, but 1000 of them (32 MiB) are not.
+        let copies: String = (0..1000).map(|i| format!("v{i}=$a\n")).collect();
+        let e = parse(&format!("{big}{copies}")).expect_err("copies must fail");
+        assert!(e.contains("expanded"), "{e}");
+
+        // What a real grub.cfg does still works, with the values near the bound.
+        let m = parse(&format!("{big}menuentry e {{ linux /k $a }}\n")).unwrap();
+        assert_eq!(m.entries[0].args.len(), 32 << 10);
     }
 
     #[test]
