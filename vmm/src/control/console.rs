@@ -80,6 +80,7 @@ impl ConsoleHub {
     pub fn serve(self: &Arc<Self>, path: &Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(path);
         let l = UnixListener::bind(path)?;
+        super::registry::private_socket(path)?;
         let me = self.clone();
         std::thread::Builder::new()
             .name("console".into())

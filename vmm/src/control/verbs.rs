@@ -359,8 +359,7 @@ pub fn create_background(
     verbose: u8,
 ) -> anyhow::Result<ExitCode> {
     let staging = run.staging();
-    std::fs::create_dir_all(&staging)
-        .with_context(|| format!("cannot create {}", staging.display()))?;
+    run.ensure(&staging)?;
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -368,8 +367,8 @@ pub fn create_background(
     let token = format!("{}-{nanos}", std::process::id());
     let sock = staging.join(format!("{token}.sock"));
     let log = staging.join(format!("{token}.log"));
-    let logf =
-        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let logf = super::registry::create_private(&log)
+        .with_context(|| format!("cannot create {}", log.display()))?;
     let exe = std::env::current_exe().context("cannot find the xenkvm binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("--run-dir").arg(&run.root);
