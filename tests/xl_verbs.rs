@@ -126,6 +126,29 @@ fn list_shows_the_host_and_cleans_up_dead_domains() {
     }
     let o = xenkvm(&run, &["list", "ghost"]);
     assert!(!o.status.success());
+    // Domain-0 by name or id, and in `list -l`.
+    for dom in ["0", "Domain-0"] {
+        let o = xenkvm(&run, &["list", dom]);
+        assert!(o.status.success(), "list {dom}: {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(HEADER), "{out}");
+        assert!(
+            lines.next().is_some_and(|l| l.starts_with("Domain-0 ")),
+            "{out}"
+        );
+        assert_eq!(lines.next(), None, "{out}");
+    }
+    for args in [&["list", "-l"][..], &["list", "-l", "0"]] {
+        let o = xenkvm(&run, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("list -l is JSON");
+        let doms = v.as_array().expect("an array");
+        assert_eq!(doms.len(), 1, "{v}");
+        assert_eq!(doms[0]["domid"], 0, "{v}");
+        assert_eq!(doms[0]["config"]["name"], "Domain-0", "{v}");
+        assert!(doms[0]["info"]["mem_mib"].as_u64().unwrap_or(0) > 0, "{v}");
+    }
     let o = xenkvm(&run, &["info"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -343,5 +366,17 @@ fn create_list_console_pause_shutdown_destroy() {
     assert!(o.status.success(), "{}", text(&o));
     let l = list(&run);
     assert_eq!(l.lines().count(), 2, "{l}");
+    // Nothing left but what the test put there.
+    let mine: Vec<String> = [
+        "data.img",
+        "initrd-wait.img",
+        "shell.cfg",
+        "vmlinuz",
+        "web01.cfg",
+    ]
+    .iter()
+    .map(|f| run.join(f).display().to_string())
+    .collect();
+    assert_eq!(common::leftovers(&run), mine);
     let _ = std::fs::remove_dir_all(&run);
 }

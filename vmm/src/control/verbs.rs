@@ -34,8 +34,15 @@ fn find(run: &RunDir, dom: &str) -> anyhow::Result<Entry> {
     Ok(run.find(dom)?)
 }
 
-/// Domain-0: the host, as Xen users expect to see it on the first row.
-fn host_row() -> String {
+/// Domain-0, the host, as Xen users expect to see it on the first row:
+/// its memory (MiB), CPUs and CPU seconds.
+struct Host {
+    mem_mib: u64,
+    cpus: u32,
+    time_s: f64,
+}
+
+fn host() -> Host {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kib = |key: &str| -> u64 {
         meminfo
@@ -60,14 +67,49 @@ fn host_row() -> String {
                 .sum()
         })
         .unwrap_or(0);
-    list_row(
-        "Domain-0",
-        0,
-        kib("MemTotal:") >> 10,
+    Host {
+        mem_mib: kib("MemTotal:") >> 10,
         cpus,
-        "r-----",
-        ticks as f64 / hz,
-    )
+        time_s: ticks as f64 / hz,
+    }
+}
+
+const DOM0: &str = "Domain-0";
+
+impl Host {
+    fn row(&self) -> String {
+        list_row(DOM0, 0, self.mem_mib, self.cpus, "r-----", self.time_s)
+    }
+
+    /// Domain-0's `list -l` object, in the shape of the others'.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "domid": 0,
+            "config": {
+                "name": DOM0,
+                "type": "pv",
+                "memory_mib": self.mem_mib,
+                "maxmem_mib": self.mem_mib,
+                "vcpus": self.cpus,
+                "maxvcpus": self.cpus,
+            },
+            "info": {
+                "id": 0,
+                "name": DOM0,
+                "state": "r-----",
+                "mem_mib": self.mem_mib,
+                "maxmem_mib": self.mem_mib,
+                "vcpus": self.cpus,
+                "max_vcpus": self.cpus,
+                "time_s": self.time_s,
+            },
+        })
+    }
+}
+
+/// Is `dom` (a `list` argument) Domain-0?
+fn is_dom0(dom: &str) -> bool {
+    dom == DOM0 || dom.parse::<u32>() == Ok(0)
 }
 
 /// What `list` shows for a domain whose monitor does not answer.
@@ -78,12 +120,18 @@ fn fallback_info(e: &Entry) -> (u64, u32) {
     cfg.map_or((0, 0), |c| (c.memory_mib, c.vcpus))
 }
 
-/// `xenkvm list [-l] [DOM...]`.
+/// `xenkvm list [-l] [DOM...]`: Domain-0 first, as with xl (also by name
+/// or id 0, and in `-l`).
 pub fn list(run: &RunDir, long: bool, doms: &[String]) -> anyhow::Result<ExitCode> {
     let mut entries = run.entries();
+    let mut with_host = doms.is_empty();
     if !doms.is_empty() {
         let mut picked = Vec::new();
         for d in doms {
+            if is_dom0(d) {
+                with_host = true;
+                continue;
+            }
             let id = d.parse::<u32>().ok();
             match entries
                 .iter()
@@ -95,6 +143,7 @@ pub fn list(run: &RunDir, long: bool, doms: &[String]) -> anyhow::Result<ExitCod
         }
         entries = picked;
     }
+    let host = with_host.then(host);
     let infos: Vec<(Entry, Option<DomainInfo>)> = entries
         .into_iter()
         .map(|e| {
@@ -103,24 +152,22 @@ pub fn list(run: &RunDir, long: bool, doms: &[String]) -> anyhow::Result<ExitCod
         })
         .collect();
     if long {
-        let out: Vec<serde_json::Value> = infos
-            .iter()
-            .map(|(e, i)| {
-                let config = std::fs::read_to_string(e.dir.join("config.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .unwrap_or(serde_json::Value::Null);
-                serde_json::json!({"domid": e.id, "config": config, "info": i})
-            })
-            .collect();
+        let mut out: Vec<serde_json::Value> = host.iter().map(Host::json).collect();
+        out.extend(infos.iter().map(|(e, i)| {
+            let config = std::fs::read_to_string(e.dir.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .unwrap_or(serde_json::Value::Null);
+            serde_json::json!({"domid": e.id, "config": config, "info": i})
+        }));
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = String::new();
     out.push_str(LIST_HEADER);
     out.push('\n');
-    if doms.is_empty() {
-        out.push_str(&host_row());
+    if let Some(h) = &host {
+        out.push_str(&h.row());
         out.push('\n');
     }
     for (e, i) in &infos {
@@ -437,6 +484,24 @@ pub fn create_background(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domain_0_by_name_or_id() {
+        assert!(is_dom0("Domain-0"));
+        assert!(is_dom0("0"));
+        assert!(!is_dom0("1"));
+        assert!(!is_dom0("domain-0"));
+        let h = Host {
+            mem_mib: 4096,
+            cpus: 2,
+            time_s: 1.5,
+        };
+        let j = h.json();
+        assert_eq!(j["domid"], 0);
+        assert_eq!(j["config"]["name"], "Domain-0");
+        assert_eq!(j["info"]["vcpus"], 2);
+        assert!(h.row().starts_with("Domain-0 "));
+    }
 
     #[test]
     fn list_layout_matches_xl() {
