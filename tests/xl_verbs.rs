@@ -312,8 +312,17 @@ fn create_list_console_pause_shutdown_destroy() {
     let line = l.lines().find(|x| x.starts_with(name)).unwrap();
     assert_eq!(line.find(" 1 "), Some(44), "id column: {line:?}");
 
-    // console: attach, see the guest, detach with Ctrl-]; the guest lives on.
+    // console: attach (a banner says how to detach), see the guest, detach
+    // with Ctrl-]; the guest lives on.
     let mut c = Attached::start(&run, name);
+    assert!(
+        c.wait_for(
+            &format!("Connected to domain {name} (id 1). Escape character is ^]"),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        c.text()
+    );
     assert!(
         c.wait_for("XENKVM-WAITING", Duration::from_secs(300)),
         "console:\n{}\nlog:\n{}",
@@ -341,6 +350,51 @@ fn create_list_console_pause_shutdown_destroy() {
     assert!(
         s.wait_for("verbs-42", Duration::from_secs(60)),
         "{}",
+        s.text()
+    );
+    s.send(b"\x1d");
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+
+    // The end of console input detaches, after what the guest printed in
+    // answer: piped commands, and </dev/null.
+    let start = Instant::now();
+    let mut p = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
+        .arg("--run-dir")
+        .arg(&run)
+        .args(["console", "xlshell"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo piped-$((6*7))\n")
+        .unwrap();
+    let o = p.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    let o = xenkvm(&run, &["console", "xlshell"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("Connected to domain xlshell (id 2)"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut s = Attached::start(&run, "xlshell");
+    assert!(
+        s.wait_for("piped-42", Duration::from_secs(60)),
+        "piped input did not reach the guest:\n{}",
         s.text()
     );
     s.send(b"\x1d");

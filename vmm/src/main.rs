@@ -56,7 +56,7 @@ enum Cmd {
         /// Only these domains (names or ids).
         domains: Vec<String>,
     },
-    /// Attach to a domain's console; Ctrl-] detaches.
+    /// Attach to a domain's console; Ctrl-] detaches (so does the end of input).
     Console {
         /// Domain name or id.
         domain: String,

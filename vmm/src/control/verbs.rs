@@ -6,6 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
@@ -189,17 +191,36 @@ pub fn list(run: &RunDir, long: bool, doms: &[String]) -> anyhow::Result<ExitCod
 pub fn console(run: &RunDir, dom: &str) -> anyhow::Result<ExitCode> {
     let e = find(run, dom)?;
     let c = client(&e).console(&e.name)?;
-    attach(Path::new(&c.socket))
+    let label = match e.id {
+        Some(id) => format!("{} (id {id})", e.name),
+        None => e.name.clone(),
+    };
+    attach(Path::new(&c.socket), &label)
 }
 
-/// Attach this terminal to a console socket until Ctrl-] (detach, exit 0)
-/// or until the domain goes away.
-pub fn attach(sock: &Path) -> anyhow::Result<ExitCode> {
+/// After the end of our input, guest output is still shown until it has
+/// been quiet this long (what a piped command prints), but no longer than
+/// [`EOF_LINGER_MAX`].
+const EOF_QUIET: Duration = Duration::from_millis(500);
+const EOF_LINGER_MAX: Duration = Duration::from_secs(5);
+
+/// The line printed (on stderr) when a console is attached.
+pub fn banner(label: &str) -> String {
+    format!("Connected to domain {label}. Escape character is ^] (Ctrl-] detaches)")
+}
+
+/// Attach this terminal to a console socket until Ctrl-] (detach, exit 0),
+/// the end of our input, or until the domain goes away.
+pub fn attach(sock: &Path, label: &str) -> anyhow::Result<ExitCode> {
     let stream =
         UnixStream::connect(sock).with_context(|| format!("console {}", sock.display()))?;
     let mut from_guest = stream.try_clone()?;
     let mut to_guest = stream;
+    eprintln!("{}", banner(label));
     raw_mode();
+    let start = Instant::now();
+    let last_output = Arc::new(AtomicU64::new(0));
+    let seen = last_output.clone();
     let output = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut out = std::io::stdout();
@@ -211,6 +232,7 @@ pub fn attach(sock: &Path) -> anyhow::Result<ExitCode> {
                         break;
                     }
                     let _ = out.flush();
+                    seen.store(start.elapsed().as_millis() as u64, Ordering::SeqCst);
                 }
             }
         }
@@ -236,8 +258,18 @@ pub fn attach(sock: &Path) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    // stdin closed: keep showing output until the domain goes away.
-    let _ = output.join();
+    // The end of our input: show what the guest still prints in answer,
+    // then detach.
+    let eof = Instant::now();
+    while !output.is_finished() && eof.elapsed() < EOF_LINGER_MAX {
+        let quiet_since = Duration::from_millis(last_output.load(Ordering::SeqCst));
+        let now = start.elapsed();
+        if now.saturating_sub(quiet_since.max(eof - start)) >= EOF_QUIET {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = to_guest.shutdown(std::net::Shutdown::Both);
     restore();
     Ok(ExitCode::SUCCESS)
 }
@@ -476,7 +508,10 @@ pub fn create_background(
     // The monitor runs on after we exit (it is not our session any more).
     drop(child);
     if attach_console {
-        return attach(Path::new(&info.console_socket));
+        return attach(
+            Path::new(&info.console_socket),
+            &format!("{} (id {})", info.name, info.id),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
