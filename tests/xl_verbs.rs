@@ -415,6 +415,19 @@ fn create_list_console_pause_shutdown_destroy() {
     let l = list(&run);
     assert!(row(&l, name).is_none(), "still listed:\n{l}");
 
+    // shutdown -w on a guest that cannot act on the request (paused) gives
+    // up after its timeout and says what to do.
+    let o = xenkvm(&run, &["pause", "xlshell"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let start = Instant::now();
+    let o = xenkvm(&run, &["shutdown", "-w", "-t", "2", "xlshell"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let t = text(&o);
+    assert!(t.contains("did not shut down within 2 s"), "{t}");
+    assert!(t.contains("paused"), "{t}");
+    assert!(t.contains("`xenkvm destroy xlshell`"), "{t}");
+
     // destroy pulls the plug.
     let o = xenkvm(&run, &["destroy", "xlshell"]);
     assert!(o.status.success(), "{}", text(&o));

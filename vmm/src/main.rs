@@ -66,6 +66,10 @@ enum Cmd {
         /// Wait until the domain has shut down.
         #[arg(short = 'w', long)]
         wait: bool,
+        /// With -w: give up after SECS (0: wait for ever), say so and exit 1;
+        /// `xenkvm destroy` then stops the domain at once.
+        #[arg(short = 't', long, value_name = "SECS", default_value_t = control::verbs::SHUTDOWN_WAIT_S, requires = "wait")]
+        timeout: u64,
         /// Domain name or id.
         domain: String,
     },
@@ -197,7 +201,16 @@ fn main() -> ExitCode {
         Cmd::Create(args) => create::create(&args, &rd, cli.verbose),
         Cmd::List { long, domains } => control::verbs::list(&rd, long, &domains),
         Cmd::Console { domain } => control::verbs::console(&rd, &domain),
-        Cmd::Shutdown { wait, domain } => control::verbs::shutdown(&rd, &domain, wait),
+        Cmd::Shutdown {
+            wait,
+            timeout,
+            domain,
+        } => control::verbs::shutdown(
+            &rd,
+            &domain,
+            wait,
+            (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
+        ),
         Cmd::Reboot { domain } => control::verbs::reboot(&rd, &domain),
         Cmd::Destroy { domain } => control::verbs::destroy(&rd, &domain),
         Cmd::Pause { domain } => control::verbs::pause(&rd, &domain, true),

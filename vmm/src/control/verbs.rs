@@ -292,8 +292,19 @@ fn op(run: &RunDir, dom: &str, o: DomainOp) -> anyhow::Result<(Entry, DomainInfo
     Ok((e, i))
 }
 
-/// `xenkvm shutdown [-w] DOM`.
-pub fn shutdown(run: &RunDir, dom: &str, wait: bool) -> anyhow::Result<ExitCode> {
+/// How long `shutdown -w` waits by default: xendomains'
+/// `XENDOMAINS_STOP_MAXWAIT` (xl itself would wait for ever).
+pub const SHUTDOWN_WAIT_S: u64 = 300;
+
+/// `xenkvm shutdown [-w [-t SECS]] DOM`: with `-w`, wait until the domain
+/// has shut down, at most `timeout` (None: for ever); then say how to stop
+/// it anyway and fail.
+pub fn shutdown(
+    run: &RunDir,
+    dom: &str,
+    wait: bool,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     let (e, i) = op(run, dom, DomainOp::Shutdown)?;
     eprintln!("Shutting down domain {}", i.id);
     if !wait {
@@ -301,12 +312,35 @@ pub fn shutdown(run: &RunDir, dom: &str, wait: bool) -> anyhow::Result<ExitCode>
     }
     eprintln!("Waiting for 1 domains");
     let c = client(&e);
+    let start = Instant::now();
     loop {
         if !e.alive() {
             break;
         }
-        if c.info(&e.name).is_ok_and(|i| i.flags.shutdown) {
-            break;
+        match c.info(&e.name) {
+            Ok(i) if i.flags.shutdown => break,
+            Ok(i) if timeout.is_some_and(|t| start.elapsed() >= t) => {
+                let why = if i.flags.paused {
+                    format!(
+                        "it is paused (`xenkvm unpause {}` lets it act on the request)",
+                        e.name
+                    )
+                } else {
+                    "the guest ignored the request (no Xen PV shutdown support, \
+                     or it is busy or hung)"
+                        .to_string()
+                };
+                eprintln!(
+                    "xenkvm: domain {} (id {}) did not shut down within {} s: {why}.\n\
+                     xenkvm: `xenkvm destroy {}` stops it at once.",
+                    e.name,
+                    i.id,
+                    start.elapsed().as_secs(),
+                    e.name
+                );
+                return Ok(ExitCode::from(1));
+            }
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(100));
     }
