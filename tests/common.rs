@@ -105,9 +105,8 @@ pub fn xenkvm<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> RunRe
             break st.code();
         }
         if start.elapsed() > timeout {
-            let _ = child.kill();
             timed_out = true;
-            break child.wait().ok().and_then(|s| s.code());
+            break terminate(&mut child);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -129,8 +128,14 @@ pub struct Live {
 
 impl Live {
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Live {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
-            .args(args)
+        let mut c = Command::new(env!("CARGO_BIN_EXE_xenkvm"));
+        c.args(args);
+        Live::from_command(c)
+    }
+
+    /// Run `cmd` (a xenkvm, possibly through a wrapper that execs it).
+    pub fn from_command(mut cmd: Command) -> Live {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -200,8 +205,7 @@ impl Live {
                 return st.code();
             }
             if start.elapsed() > timeout {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                terminate(&mut self.child);
                 return None;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -211,7 +215,53 @@ impl Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
+}
+
+/// Stop a xenkvm the way a user would (SIGTERM: it stops its guest and
+/// removes its run-directory files), SIGKILL if it lingers; its exit code.
+pub fn terminate(child: &mut std::process::Child) -> Option<i32> {
+    if let Ok(Some(st)) = child.try_wait() {
+        return st.code();
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait().ok().and_then(|s| s.code())
+}
+
+/// Files and directories left in run directory `run` other than its empty
+/// top-level directories (`domains`, `ids`, `new`, `runs`, `dumps`).
+pub fn leftovers(run: &std::path::Path) -> Vec<String> {
+    fn walk(p: &std::path::Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            out.push(path.display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(run, &mut out);
+    let structure: Vec<String> = ["domains", "ids", "new", "runs", "dumps"]
+        .iter()
+        .map(|d| run.join(d).display().to_string())
+        .collect();
+    out.retain(|p| !structure.contains(p));
+    out.sort();
+    out
 }

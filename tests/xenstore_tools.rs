@@ -561,6 +561,9 @@ fn booted_guest_tree_and_control_shutdown() {
             "xstest",
             "--xenstore-socket",
             sock.to_str().unwrap(),
+            // A run directory of its own: the lowest free domain id is 1.
+            "--run-dir",
+            dir.join("run").to_str().unwrap(),
         ],
     ));
     assert!(

@@ -126,6 +126,29 @@ fn list_shows_the_host_and_cleans_up_dead_domains() {
     }
     let o = xenkvm(&run, &["list", "ghost"]);
     assert!(!o.status.success());
+    // Domain-0 by name or id, and in `list -l`.
+    for dom in ["0", "Domain-0"] {
+        let o = xenkvm(&run, &["list", dom]);
+        assert!(o.status.success(), "list {dom}: {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(HEADER), "{out}");
+        assert!(
+            lines.next().is_some_and(|l| l.starts_with("Domain-0 ")),
+            "{out}"
+        );
+        assert_eq!(lines.next(), None, "{out}");
+    }
+    for args in [&["list", "-l"][..], &["list", "-l", "0"]] {
+        let o = xenkvm(&run, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("list -l is JSON");
+        let doms = v.as_array().expect("an array");
+        assert_eq!(doms.len(), 1, "{v}");
+        assert_eq!(doms[0]["domid"], 0, "{v}");
+        assert_eq!(doms[0]["config"]["name"], "Domain-0", "{v}");
+        assert!(doms[0]["info"]["mem_mib"].as_u64().unwrap_or(0) > 0, "{v}");
+    }
     let o = xenkvm(&run, &["info"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -289,8 +312,17 @@ fn create_list_console_pause_shutdown_destroy() {
     let line = l.lines().find(|x| x.starts_with(name)).unwrap();
     assert_eq!(line.find(" 1 "), Some(44), "id column: {line:?}");
 
-    // console: attach, see the guest, detach with Ctrl-]; the guest lives on.
+    // console: attach (a banner says how to detach), see the guest, detach
+    // with Ctrl-]; the guest lives on.
     let mut c = Attached::start(&run, name);
+    assert!(
+        c.wait_for(
+            &format!("Connected to domain {name} (id 1). Escape character is ^]"),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        c.text()
+    );
     assert!(
         c.wait_for("XENKVM-WAITING", Duration::from_secs(300)),
         "console:\n{}\nlog:\n{}",
@@ -323,6 +355,51 @@ fn create_list_console_pause_shutdown_destroy() {
     s.send(b"\x1d");
     assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
 
+    // The end of console input detaches, after what the guest printed in
+    // answer: piped commands, and </dev/null.
+    let start = Instant::now();
+    let mut p = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
+        .arg("--run-dir")
+        .arg(&run)
+        .args(["console", "xlshell"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo piped-$((6*7))\n")
+        .unwrap();
+    let o = p.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    let o = xenkvm(&run, &["console", "xlshell"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("Connected to domain xlshell (id 2)"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut s = Attached::start(&run, "xlshell");
+    assert!(
+        s.wait_for("piped-42", Duration::from_secs(60)),
+        "piped input did not reach the guest:\n{}",
+        s.text()
+    );
+    s.send(b"\x1d");
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+
     // pause / unpause show in list's state column.
     let o = xenkvm(&run, &["pause", name]);
     assert!(o.status.success(), "{}", text(&o));
@@ -338,10 +415,35 @@ fn create_list_console_pause_shutdown_destroy() {
     let l = list(&run);
     assert!(row(&l, name).is_none(), "still listed:\n{l}");
 
+    // shutdown -w on a guest that cannot act on the request (paused) gives
+    // up after its timeout and says what to do.
+    let o = xenkvm(&run, &["pause", "xlshell"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let start = Instant::now();
+    let o = xenkvm(&run, &["shutdown", "-w", "-t", "2", "xlshell"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let t = text(&o);
+    assert!(t.contains("did not shut down within 2 s"), "{t}");
+    assert!(t.contains("paused"), "{t}");
+    assert!(t.contains("`xenkvm destroy xlshell`"), "{t}");
+
     // destroy pulls the plug.
     let o = xenkvm(&run, &["destroy", "xlshell"]);
     assert!(o.status.success(), "{}", text(&o));
     let l = list(&run);
     assert_eq!(l.lines().count(), 2, "{l}");
+    // Nothing left but what the test put there.
+    let mine: Vec<String> = [
+        "data.img",
+        "initrd-wait.img",
+        "shell.cfg",
+        "vmlinuz",
+        "web01.cfg",
+    ]
+    .iter()
+    .map(|f| run.join(f).display().to_string())
+    .collect();
+    assert_eq!(common::leftovers(&run), mine);
     let _ = std::fs::remove_dir_all(&run);
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
+use crate::control::registry::write_private;
 use crate::pvdev::OpenDisk;
 use crate::RunArgs;
 
@@ -33,7 +34,13 @@ fn is_pygrub(name: &str) -> bool {
         .is_some_and(|f| f == "pygrub")
 }
 
-pub fn resolve(args: &RunArgs, disks: &[OpenDisk]) -> anyhow::Result<BootFiles> {
+/// `scratch` is the private directory pygrub's kernel and initrd are copied
+/// to (the run's or the domain's own; they are removed with the files).
+pub fn resolve(
+    args: &RunArgs,
+    disks: &[OpenDisk],
+    scratch: &std::path::Path,
+) -> anyhow::Result<BootFiles> {
     if let Some(kernel) = &args.kernel {
         return Ok(BootFiles {
             kernel: kernel.clone(),
@@ -58,20 +65,21 @@ pub fn resolve(args: &RunArgs, disks: &[OpenDisk]) -> anyhow::Result<BootFiles> 
         entry.title,
         disk.path.display()
     );
-    let dir = crate::xs::run_dir().join(format!("{}-{}", args.name, std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = scratch;
     let mut files = BootFiles {
         kernel: dir.join("pygrub-kernel"),
         initrd: None,
         cmdline: entry.cmdline.clone(),
         extracted: Vec::new(),
     };
-    std::fs::write(&files.kernel, &entry.kernel)
+    let _ = std::fs::remove_file(&files.kernel);
+    write_private(&files.kernel, &entry.kernel)
         .with_context(|| format!("writing {}", files.kernel.display()))?;
     files.extracted.push(files.kernel.clone());
     if let Some(initrd) = &entry.initrd {
         let p = dir.join("pygrub-initrd");
-        std::fs::write(&p, initrd).with_context(|| format!("writing {}", p.display()))?;
+        let _ = std::fs::remove_file(&p);
+        write_private(&p, initrd).with_context(|| format!("writing {}", p.display()))?;
         files.extracted.push(p.clone());
         files.initrd = Some(p);
     }

@@ -163,7 +163,7 @@ pub fn run_args(cfg: &DomainConfig, dir: &Path) -> Result<RunArgs, CreateError> 
         nets: cfg.vifs.iter().map(|v| v.spec.clone()).collect(),
         bootloader: cfg.bootloader.clone(),
         bootloader_args: cfg.bootloader_args.clone(),
-        domid: 1,
+        domid: None,
     })
 }
 

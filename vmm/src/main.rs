@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::os::unix::fs::FileTypeExt;
 
 mod boot;
 mod builder;
@@ -54,7 +56,7 @@ enum Cmd {
         /// Only these domains (names or ids).
         domains: Vec<String>,
     },
-    /// Attach to a domain's console; Ctrl-] detaches.
+    /// Attach to a domain's console; Ctrl-] detaches (so does the end of input).
     Console {
         /// Domain name or id.
         domain: String,
@@ -64,6 +66,10 @@ enum Cmd {
         /// Wait until the domain has shut down.
         #[arg(short = 'w', long)]
         wait: bool,
+        /// With -w: give up after SECS (0: wait for ever), say so and exit 1;
+        /// `xenkvm destroy` then stops the domain at once.
+        #[arg(short = 't', long, value_name = "SECS", default_value_t = control::verbs::SHUTDOWN_WAIT_S, requires = "wait")]
+        timeout: u64,
         /// Domain name or id.
         domain: String,
     },
@@ -157,9 +163,10 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     bootloader_args: Vec<String>,
-    /// The guest's domain id (in its xenstore, and in tap names `vif<domid>.<n>`).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
-    domid: u16,
+    /// The guest's domain id (in its xenstore, and in tap names `vif<domid>.<n>`);
+    /// default: the lowest id free in the run directory (shared with `create`).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
+    domid: Option<u16>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -182,12 +189,28 @@ fn main() -> ExitCode {
         _ => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    // A run directory someone else controls is never used (nor trusted).
+    if !matches!(cli.cmd, Cmd::Xenstored { .. }) {
+        if let Err(e) = rd.check() {
+            eprintln!("xenkvm: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let res: anyhow::Result<ExitCode> = match cli.cmd {
-        Cmd::Run(args) => run(&args),
+        Cmd::Run(args) => run(args, &rd),
         Cmd::Create(args) => create::create(&args, &rd, cli.verbose),
         Cmd::List { long, domains } => control::verbs::list(&rd, long, &domains),
         Cmd::Console { domain } => control::verbs::console(&rd, &domain),
-        Cmd::Shutdown { wait, domain } => control::verbs::shutdown(&rd, &domain, wait),
+        Cmd::Shutdown {
+            wait,
+            timeout,
+            domain,
+        } => control::verbs::shutdown(
+            &rd,
+            &domain,
+            wait,
+            (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
+        ),
         Cmd::Reboot { domain } => control::verbs::reboot(&rd, &domain),
         Cmd::Destroy { domain } => control::verbs::destroy(&rd, &domain),
         Cmd::Pause { domain } => control::verbs::pause(&rd, &domain, true),
@@ -227,19 +250,32 @@ pub fn report(e: &anyhow::Error) -> String {
     out
 }
 
-fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let sock = args.xenstore_socket.clone().unwrap_or_else(|| {
-        xs::run_dir()
-            .join(format!("{}-{}", args.name, std::process::id()))
-            .join("xenstored.sock")
-    });
-    let prepared = prepare(args)?;
-    let cfg = prepared.vm_config(args, &sock);
+fn run(mut args: RunArgs, rd: &control::registry::RunDir) -> anyhow::Result<ExitCode> {
+    // SIGTERM, SIGINT, SIGHUP: stop the guest and leave through the normal
+    // path below, which removes our run directory and frees our id.
     let current = console::Current::default();
+    let c = current.clone();
+    control::signals::handle_termination(move |_| {
+        if let Some((host, _)) = c.get() {
+            host.stop_all();
+        }
+    });
+    let claim = rd.claim_run(&args.name, args.domid.map(u32::from))?;
+    args.domid = Some(u16::try_from(claim.id).context("domain id")?);
+    let own_socket = args.xenstore_socket.is_none();
+    let sock = args
+        .xenstore_socket
+        .clone()
+        .unwrap_or_else(|| claim.xenstore_socket());
+    let prepared = prepare(&args, &claim.dir)?;
+    let cfg = prepared.vm_config(&args, &sock);
     console::raw_mode();
     console::spawn_input(current.clone());
-    let code = boot_loop(args, &cfg, &sock, &current);
+    let code = boot_loop(&args, &cfg, &sock, &current);
     console::restore();
+    if !own_socket && std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(&sock);
+    }
     code
 }
 
@@ -251,10 +287,11 @@ pub(crate) struct Prepared {
     boot: boot::BootFiles,
 }
 
-pub(crate) fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
+/// `scratch`: a private directory for files taken from the guest's disk.
+pub(crate) fn prepare(args: &RunArgs, scratch: &std::path::Path) -> anyhow::Result<Prepared> {
     let disks = pvdev::open_disks(&args.disks)?;
     let vifs = pvdev::parse_vifs(&args.nets)?;
-    let boot = boot::resolve(args, &disks)?;
+    let boot = boot::resolve(args, &disks, scratch)?;
     Ok(Prepared { disks, vifs, boot })
 }
 
@@ -272,7 +309,7 @@ impl Prepared {
             cmdline: &self.boot.cmdline,
             memory_mib: args.memory,
             vcpus: args.vcpus,
-            domid: args.domid,
+            domid: args.domid.unwrap_or(1),
             disks: &self.disks,
             vifs: &self.vifs,
         }
@@ -295,16 +332,28 @@ fn boot_loop(
         log::info!("guest layout: {:x?}", vm.layout);
         eprintln!(
             "xenkvm: domain {} ({}) xenstore: export XENSTORED_PATH={}",
-            args.domid,
+            cfg.domid,
             args.name,
             sock.display()
         );
         let host = vm.host.clone();
         current.set(&host, &vm.dom);
+        let stopped_by = |host: &platform::Host| {
+            let sig = control::signals::received()?;
+            host.stop_all();
+            eprintln!("\r\nxenkvm: stopped by {}", control::signals::name(sig));
+            Some(ExitCode::from(128 + sig as u8))
+        };
+        if let Some(code) = stopped_by(&host) {
+            return Ok(code);
+        }
         let outcome = vm.run();
         if host.escaped.load(std::sync::atomic::Ordering::SeqCst) {
             eprintln!("\r\nxenkvm: stopped by the console escape (Ctrl-])");
             return Ok(ExitCode::from(130));
+        }
+        if let Some(code) = stopped_by(&host) {
+            return Ok(code);
         }
         match outcome {
             vm::Outcome::Poweroff => {

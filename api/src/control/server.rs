@@ -195,6 +195,16 @@ pub fn serve(path: &Path, backend: Arc<dyn Backend>) -> Result<ApiServer, ServeE
         path: path.display().to_string(),
         msg: e.to_string(),
     })?;
+    // Only this user may drive the domain, whatever the umask.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            ServeError::Bind {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            }
+        })?;
+    }
     let server = Arc::new(server);
     let s = server.clone();
     std::thread::Builder::new()

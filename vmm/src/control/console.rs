@@ -22,6 +22,8 @@ const CLIENT_QUEUE: usize = 4096;
 #[derive(Default)]
 struct Inner {
     history: VecDeque<u8>,
+    /// Output older than `history` was dropped.
+    truncated: bool,
     clients: Vec<SyncSender<Vec<u8>>>,
 }
 
@@ -59,7 +61,10 @@ impl ConsoleHub {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.history.extend(data.iter().copied());
         let excess = g.history.len().saturating_sub(HISTORY);
-        g.history.drain(..excess);
+        if excess > 0 {
+            g.truncated = true;
+            g.history.drain(..excess);
+        }
         g.clients.retain(|c| match c.try_send(data.to_vec()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
@@ -80,6 +85,7 @@ impl ConsoleHub {
     pub fn serve(self: &Arc<Self>, path: &Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(path);
         let l = UnixListener::bind(path)?;
+        super::registry::private_socket(path)?;
         let me = self.clone();
         std::thread::Builder::new()
             .name("console".into())
@@ -102,7 +108,7 @@ impl ConsoleHub {
         let history: Vec<u8> = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             g.clients.push(tx);
-            g.history.iter().copied().collect()
+            replay(&g.history, g.truncated)
         };
         self.attached.fetch_add(1, Ordering::SeqCst);
         let _ = std::thread::Builder::new()
@@ -154,9 +160,35 @@ impl ConsoleHub {
     }
 }
 
+/// What a client sees on attaching: the history, from the start of a line
+/// when its beginning was cut off.
+fn replay(history: &VecDeque<u8>, truncated: bool) -> Vec<u8> {
+    let skip = if truncated {
+        history
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+    } else {
+        0
+    };
+    history.iter().skip(skip).copied().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_starts_at_a_line() {
+        let h: VecDeque<u8> = b"ial line\nwhole line\n".iter().copied().collect();
+        assert_eq!(replay(&h, true), b"whole line\n");
+        assert_eq!(replay(&h, false), b"ial line\nwhole line\n");
+        let hub = ConsoleHub::new(Current::default(), false);
+        hub.output(&vec![b'x'; HISTORY - 3]);
+        hub.output(b"\nlast\n");
+        let g = hub.inner.lock().unwrap();
+        assert_eq!(replay(&g.history, g.truncated), b"last\n");
+    }
 
     #[test]
     fn clients_get_history_then_live_output() {

@@ -7,6 +7,7 @@
 //!   `on_poweroff`/`on_reboot`/`on_crash`, pauses and resumes vCPUs.
 //! - [`console`]: the guest console as a unix socket (`console.sock`) that
 //!   clients attach to and detach from.
+//! - [`signals`]: SIGTERM/SIGINT/SIGHUP stop the guest and clean up.
 //! - [`verbs`]: `create` (background), `list`, `console`, `shutdown`,
 //!   `reboot`, `destroy`, `pause`, `unpause`, `info`, all through the API.
 //!
@@ -16,6 +17,7 @@
 pub mod console;
 pub mod monitor;
 pub mod registry;
+pub mod signals;
 pub mod verbs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -22,7 +22,8 @@ use api::xlcfg::{Action, DomainConfig};
 use xen_shim::domain::Platform;
 
 use super::console::ConsoleHub;
-use super::registry::{Claim, RegistryError, RunDir};
+use super::registry::{create_private, write_private, Claim, RegistryError, RunDir};
+use super::signals;
 use crate::console::Current;
 use crate::vm::{Outcome, Vm, VmError};
 use crate::{Prepared, RunArgs};
@@ -270,11 +271,22 @@ impl Running {
     /// pseudo-physical memory, page 0 first).
     fn coredump(&self, run: &RunDir, dom: &xen_shim::domain::Domain) {
         let dir = run.dumps();
-        let path = dir.join(format!("{}-{}.core", self.claim.name, now_s()));
-        let write = || -> std::io::Result<()> {
+        let mut path = dir.join(format!("{}-{}.core", self.claim.name, now_s()));
+        let mut write = || -> std::io::Result<()> {
             use std::io::Write;
-            std::fs::create_dir_all(&dir)?;
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            run.ensure(&dir).map_err(std::io::Error::other)?;
+            // 0600, new, never through a link: it is the guest's whole memory.
+            let mut n = 0;
+            let f = loop {
+                match create_private(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
+                        n += 1;
+                        path = dir.join(format!("{}-{}.{n}.core", self.claim.name, now_s()));
+                    }
+                    r => break r?,
+                }
+            };
+            let mut f = std::io::BufWriter::new(f);
             let mut buf = vec![0u8; 1 << 20];
             let total = dom.layout.nr_pages << 12;
             let mut off = 0;
@@ -306,6 +318,17 @@ impl Monitor {
         }
     }
 
+    /// SIGTERM/SIGINT/SIGHUP destroy the domain (its files and id go with
+    /// it). Call before any thread starts.
+    fn destroy_on_termination(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        signals::handle_termination(move |_| {
+            if let Some(r) = me.upgrade().and_then(|m| lock(&m.dom).clone()) {
+                r.destroy();
+            }
+        });
+    }
+
     fn running(&self, dom: &str) -> Result<Arc<Running>, ApiError> {
         let g = lock(&self.dom);
         match &*g {
@@ -326,9 +349,6 @@ impl Monitor {
         let dir = PathBuf::from(req.config_dir.unwrap_or_else(|| ".".into()));
         let args =
             crate::create::run_args(&cfg, &dir).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let prepared =
-            crate::prepare(&args).map_err(|e| ApiError::BadRequest(crate::report(&e)))?;
-        let mut boot = Boot { args, prepared };
         let claim = self
             .run
             .claim(&cfg.name, std::process::id())
@@ -337,14 +357,20 @@ impl Monitor {
                 RegistryError::BadName(..) => ApiError::BadRequest(e.to_string()),
                 _ => ApiError::Internal(e.to_string()),
             })?;
-        // Inside its xenstore the guest has its id from `list`.
-        boot.args.domid = u16::try_from(claim.id).unwrap_or(1).clamp(1, 0x7fef);
         let fail = |claim: &Claim, e: ApiError| {
             claim.release();
             e
         };
+        // pygrub's kernel and initrd go in the domain's own directory.
+        let prepared = match crate::prepare(&args, &claim.dir) {
+            Ok(p) => p,
+            Err(e) => return Err(fail(&claim, ApiError::BadRequest(crate::report(&e)))),
+        };
+        let mut boot = Boot { args, prepared };
+        // Inside its xenstore the guest has its id from `list`.
+        boot.args.domid = Some(u16::try_from(claim.id).unwrap_or(1).clamp(1, 0x7fef));
         let json = serde_json::to_string_pretty(&cfg).unwrap_or_default();
-        let _ = std::fs::write(claim.dir.join("config.json"), json);
+        let _ = write_private(&claim.dir.join("config.json"), json.as_bytes());
         let current = Current::default();
         let hub = ConsoleHub::new(current.clone(), self.foreground);
         if let Err(e) = hub.serve(&claim.console_socket()) {
@@ -405,6 +431,10 @@ impl Monitor {
             let _ = host.control.sink.set(r.hub.sink());
             r.current.set(&host, &dom);
             r.boots.fetch_add(1, Ordering::SeqCst);
+            if signals::received().is_some() {
+                // Terminated before the handler could see the domain.
+                r.destroy();
+            }
             if r.destroy.load(Ordering::SeqCst) {
                 break ExitCode::SUCCESS;
             }
@@ -414,6 +444,13 @@ impl Monitor {
             if host.escaped.load(Ordering::SeqCst) {
                 eprintln!("\r\nxenkvm: stopped by the console escape (Ctrl-])");
                 break ExitCode::from(130);
+            }
+            if let Some(sig) = signals::received() {
+                eprintln!(
+                    "\r\nxenkvm: domain {name} stopped by {}",
+                    signals::name(sig)
+                );
+                break ExitCode::from(128 + sig as u8);
             }
             if r.destroy.load(Ordering::SeqCst) {
                 eprintln!("xenkvm: domain {name} destroyed");
@@ -526,6 +563,7 @@ pub fn serve_empty(run: RunDir, api_socket: PathBuf, log: Option<PathBuf>) -> Ex
         false,
         Some((api_socket.clone(), log.clone())),
     ));
+    mon.destroy_on_termination();
     let (tx, rx): (_, Receiver<(CreateRequest, Reply)>) = sync_channel(1);
     *lock(&mon.requests) = Some(tx);
     let server = match server::serve(&api_socket, mon.clone()) {
@@ -541,9 +579,15 @@ pub fn serve_empty(run: RunDir, api_socket: PathBuf, log: Option<PathBuf>) -> Ex
             let _ = std::fs::remove_file(l);
         }
     };
+    let idle = std::time::Instant::now();
     loop {
-        let (req, reply) = match rx.recv_timeout(IDLE_TIMEOUT) {
+        let (req, reply) = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(x) => x,
+            Err(RecvTimeoutError::Timeout)
+                if idle.elapsed() < IDLE_TIMEOUT && signals::received().is_none() =>
+            {
+                continue
+            }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                 eprintln!("xenkvm: no create request; exiting");
                 server.stop();
@@ -576,6 +620,7 @@ pub fn serve_empty(run: RunDir, api_socket: PathBuf, log: Option<PathBuf>) -> Ex
 /// terminal (and on `console.sock`), API on `api.sock`.
 pub fn run_foreground(run: RunDir, req: CreateRequest) -> Result<ExitCode, ApiError> {
     let mon = Arc::new(Monitor::new(run, true, None));
+    mon.destroy_on_termination();
     let (r, vm, boot) = mon.start(req)?;
     let server = match server::serve(&r.claim.api_socket(), mon.clone()) {
         Ok(s) => Some(s),

@@ -6,6 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
@@ -34,8 +36,15 @@ fn find(run: &RunDir, dom: &str) -> anyhow::Result<Entry> {
     Ok(run.find(dom)?)
 }
 
-/// Domain-0: the host, as Xen users expect to see it on the first row.
-fn host_row() -> String {
+/// Domain-0, the host, as Xen users expect to see it on the first row:
+/// its memory (MiB), CPUs and CPU seconds.
+struct Host {
+    mem_mib: u64,
+    cpus: u32,
+    time_s: f64,
+}
+
+fn host() -> Host {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kib = |key: &str| -> u64 {
         meminfo
@@ -60,14 +69,49 @@ fn host_row() -> String {
                 .sum()
         })
         .unwrap_or(0);
-    list_row(
-        "Domain-0",
-        0,
-        kib("MemTotal:") >> 10,
+    Host {
+        mem_mib: kib("MemTotal:") >> 10,
         cpus,
-        "r-----",
-        ticks as f64 / hz,
-    )
+        time_s: ticks as f64 / hz,
+    }
+}
+
+const DOM0: &str = "Domain-0";
+
+impl Host {
+    fn row(&self) -> String {
+        list_row(DOM0, 0, self.mem_mib, self.cpus, "r-----", self.time_s)
+    }
+
+    /// Domain-0's `list -l` object, in the shape of the others'.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "domid": 0,
+            "config": {
+                "name": DOM0,
+                "type": "pv",
+                "memory_mib": self.mem_mib,
+                "maxmem_mib": self.mem_mib,
+                "vcpus": self.cpus,
+                "maxvcpus": self.cpus,
+            },
+            "info": {
+                "id": 0,
+                "name": DOM0,
+                "state": "r-----",
+                "mem_mib": self.mem_mib,
+                "maxmem_mib": self.mem_mib,
+                "vcpus": self.cpus,
+                "max_vcpus": self.cpus,
+                "time_s": self.time_s,
+            },
+        })
+    }
+}
+
+/// Is `dom` (a `list` argument) Domain-0?
+fn is_dom0(dom: &str) -> bool {
+    dom == DOM0 || dom.parse::<u32>() == Ok(0)
 }
 
 /// What `list` shows for a domain whose monitor does not answer.
@@ -78,12 +122,18 @@ fn fallback_info(e: &Entry) -> (u64, u32) {
     cfg.map_or((0, 0), |c| (c.memory_mib, c.vcpus))
 }
 
-/// `xenkvm list [-l] [DOM...]`.
+/// `xenkvm list [-l] [DOM...]`: Domain-0 first, as with xl (also by name
+/// or id 0, and in `-l`).
 pub fn list(run: &RunDir, long: bool, doms: &[String]) -> anyhow::Result<ExitCode> {
     let mut entries = run.entries();
+    let mut with_host = doms.is_empty();
     if !doms.is_empty() {
         let mut picked = Vec::new();
         for d in doms {
+            if is_dom0(d) {
+                with_host = true;
+                continue;
+            }
             let id = d.parse::<u32>().ok();
             match entries
                 .iter()
@@ -95,6 +145,7 @@ pub fn list(run: &RunDir, long: bool, doms: &[String]) -> anyhow::Result<ExitCod
         }
         entries = picked;
     }
+    let host = with_host.then(host);
     let infos: Vec<(Entry, Option<DomainInfo>)> = entries
         .into_iter()
         .map(|e| {
@@ -103,24 +154,22 @@ pub fn list(run: &RunDir, long: bool, doms: &[String]) -> anyhow::Result<ExitCod
         })
         .collect();
     if long {
-        let out: Vec<serde_json::Value> = infos
-            .iter()
-            .map(|(e, i)| {
-                let config = std::fs::read_to_string(e.dir.join("config.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .unwrap_or(serde_json::Value::Null);
-                serde_json::json!({"domid": e.id, "config": config, "info": i})
-            })
-            .collect();
+        let mut out: Vec<serde_json::Value> = host.iter().map(Host::json).collect();
+        out.extend(infos.iter().map(|(e, i)| {
+            let config = std::fs::read_to_string(e.dir.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .unwrap_or(serde_json::Value::Null);
+            serde_json::json!({"domid": e.id, "config": config, "info": i})
+        }));
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = String::new();
     out.push_str(LIST_HEADER);
     out.push('\n');
-    if doms.is_empty() {
-        out.push_str(&host_row());
+    if let Some(h) = &host {
+        out.push_str(&h.row());
         out.push('\n');
     }
     for (e, i) in &infos {
@@ -142,17 +191,36 @@ pub fn list(run: &RunDir, long: bool, doms: &[String]) -> anyhow::Result<ExitCod
 pub fn console(run: &RunDir, dom: &str) -> anyhow::Result<ExitCode> {
     let e = find(run, dom)?;
     let c = client(&e).console(&e.name)?;
-    attach(Path::new(&c.socket))
+    let label = match e.id {
+        Some(id) => format!("{} (id {id})", e.name),
+        None => e.name.clone(),
+    };
+    attach(Path::new(&c.socket), &label)
 }
 
-/// Attach this terminal to a console socket until Ctrl-] (detach, exit 0)
-/// or until the domain goes away.
-pub fn attach(sock: &Path) -> anyhow::Result<ExitCode> {
+/// After the end of our input, guest output is still shown until it has
+/// been quiet this long (what a piped command prints), but no longer than
+/// [`EOF_LINGER_MAX`].
+const EOF_QUIET: Duration = Duration::from_millis(500);
+const EOF_LINGER_MAX: Duration = Duration::from_secs(5);
+
+/// The line printed (on stderr) when a console is attached.
+pub fn banner(label: &str) -> String {
+    format!("Connected to domain {label}. Escape character is ^] (Ctrl-] detaches)")
+}
+
+/// Attach this terminal to a console socket until Ctrl-] (detach, exit 0),
+/// the end of our input, or until the domain goes away.
+pub fn attach(sock: &Path, label: &str) -> anyhow::Result<ExitCode> {
     let stream =
         UnixStream::connect(sock).with_context(|| format!("console {}", sock.display()))?;
     let mut from_guest = stream.try_clone()?;
     let mut to_guest = stream;
+    eprintln!("{}", banner(label));
     raw_mode();
+    let start = Instant::now();
+    let last_output = Arc::new(AtomicU64::new(0));
+    let seen = last_output.clone();
     let output = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut out = std::io::stdout();
@@ -164,6 +232,7 @@ pub fn attach(sock: &Path) -> anyhow::Result<ExitCode> {
                         break;
                     }
                     let _ = out.flush();
+                    seen.store(start.elapsed().as_millis() as u64, Ordering::SeqCst);
                 }
             }
         }
@@ -189,8 +258,18 @@ pub fn attach(sock: &Path) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    // stdin closed: keep showing output until the domain goes away.
-    let _ = output.join();
+    // The end of our input: show what the guest still prints in answer,
+    // then detach.
+    let eof = Instant::now();
+    while !output.is_finished() && eof.elapsed() < EOF_LINGER_MAX {
+        let quiet_since = Duration::from_millis(last_output.load(Ordering::SeqCst));
+        let now = start.elapsed();
+        if now.saturating_sub(quiet_since.max(eof - start)) >= EOF_QUIET {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = to_guest.shutdown(std::net::Shutdown::Both);
     restore();
     Ok(ExitCode::SUCCESS)
 }
@@ -213,8 +292,19 @@ fn op(run: &RunDir, dom: &str, o: DomainOp) -> anyhow::Result<(Entry, DomainInfo
     Ok((e, i))
 }
 
-/// `xenkvm shutdown [-w] DOM`.
-pub fn shutdown(run: &RunDir, dom: &str, wait: bool) -> anyhow::Result<ExitCode> {
+/// How long `shutdown -w` waits by default: xendomains'
+/// `XENDOMAINS_STOP_MAXWAIT` (xl itself would wait for ever).
+pub const SHUTDOWN_WAIT_S: u64 = 300;
+
+/// `xenkvm shutdown [-w [-t SECS]] DOM`: with `-w`, wait until the domain
+/// has shut down, at most `timeout` (None: for ever); then say how to stop
+/// it anyway and fail.
+pub fn shutdown(
+    run: &RunDir,
+    dom: &str,
+    wait: bool,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     let (e, i) = op(run, dom, DomainOp::Shutdown)?;
     eprintln!("Shutting down domain {}", i.id);
     if !wait {
@@ -222,12 +312,35 @@ pub fn shutdown(run: &RunDir, dom: &str, wait: bool) -> anyhow::Result<ExitCode>
     }
     eprintln!("Waiting for 1 domains");
     let c = client(&e);
+    let start = Instant::now();
     loop {
         if !e.alive() {
             break;
         }
-        if c.info(&e.name).is_ok_and(|i| i.flags.shutdown) {
-            break;
+        match c.info(&e.name) {
+            Ok(i) if i.flags.shutdown => break,
+            Ok(i) if timeout.is_some_and(|t| start.elapsed() >= t) => {
+                let why = if i.flags.paused {
+                    format!(
+                        "it is paused (`xenkvm unpause {}` lets it act on the request)",
+                        e.name
+                    )
+                } else {
+                    "the guest ignored the request (no Xen PV shutdown support, \
+                     or it is busy or hung)"
+                        .to_string()
+                };
+                eprintln!(
+                    "xenkvm: domain {} (id {}) did not shut down within {} s: {why}.\n\
+                     xenkvm: `xenkvm destroy {}` stops it at once.",
+                    e.name,
+                    i.id,
+                    start.elapsed().as_secs(),
+                    e.name
+                );
+                return Ok(ExitCode::from(1));
+            }
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -359,8 +472,7 @@ pub fn create_background(
     verbose: u8,
 ) -> anyhow::Result<ExitCode> {
     let staging = run.staging();
-    std::fs::create_dir_all(&staging)
-        .with_context(|| format!("cannot create {}", staging.display()))?;
+    run.ensure(&staging)?;
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -368,8 +480,8 @@ pub fn create_background(
     let token = format!("{}-{nanos}", std::process::id());
     let sock = staging.join(format!("{token}.sock"));
     let log = staging.join(format!("{token}.log"));
-    let logf =
-        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let logf = super::registry::create_private(&log)
+        .with_context(|| format!("cannot create {}", log.display()))?;
     let exe = std::env::current_exe().context("cannot find the xenkvm binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("--run-dir").arg(&run.root);
@@ -430,7 +542,10 @@ pub fn create_background(
     // The monitor runs on after we exit (it is not our session any more).
     drop(child);
     if attach_console {
-        return attach(Path::new(&info.console_socket));
+        return attach(
+            Path::new(&info.console_socket),
+            &format!("{} (id {})", info.name, info.id),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -438,6 +553,24 @@ pub fn create_background(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domain_0_by_name_or_id() {
+        assert!(is_dom0("Domain-0"));
+        assert!(is_dom0("0"));
+        assert!(!is_dom0("1"));
+        assert!(!is_dom0("domain-0"));
+        let h = Host {
+            mem_mib: 4096,
+            cpus: 2,
+            time_s: 1.5,
+        };
+        let j = h.json();
+        assert_eq!(j["domid"], 0);
+        assert_eq!(j["config"]["name"], "Domain-0");
+        assert_eq!(j["info"]["vcpus"], 2);
+        assert!(h.row().starts_with("Domain-0 "));
+    }
 
     #[test]
     fn list_layout_matches_xl() {
