@@ -85,7 +85,10 @@ impl Starter {
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 vcpu.starter = Some(me);
-                let end = vcpu.run(regs);
+                // A monitor bug a guest reaches must not leave the monitor
+                // waiting for a report that never comes: the domain crashes
+                // with the panic in its report (and on_crash runs).
+                let end = catch_panic(id, || vcpu.run(regs));
                 vcpu.starter = None;
                 let _ = tx.send(VcpuReport {
                     id,
@@ -103,5 +106,39 @@ impl Starter {
                 .push(h),
             Err(e) => log::error!("cannot start vCPU {id} thread: {e}"),
         }
+    }
+}
+
+/// Run `f`, turning a panic into a crash of the domain that names it.
+fn catch_panic(id: u32, f: impl FnOnce() -> VcpuEnd) -> VcpuEnd {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(end) => end,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            VcpuEnd::Crash(format!("vCPU {id}: monitor bug (panic): {what}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+
+    /// Issue 12 item 12: a panicking vCPU thread used to end without a
+    /// report, and the monitor waited for ever.
+    #[test]
+    fn a_panic_becomes_a_crash_report() {
+        let end = catch_panic(3, || panic!("attempt to add with overflow"));
+        match end {
+            VcpuEnd::Crash(m) => {
+                assert!(m.contains("vCPU 3") && m.contains("overflow"), "{m}")
+            }
+            other => panic!("not a crash: {other:?}"),
+        }
+        assert!(matches!(catch_panic(0, || VcpuEnd::Down), VcpuEnd::Down));
     }
 }
