@@ -748,6 +748,7 @@ impl Vcpu {
             || ev.interrupt.injected != 0
             || ev.nmi.injected != 0
             || ev.nmi.pending != 0
+            || ev.interrupt.shadow != 0
         {
             return Ok(false);
         }
