@@ -265,3 +265,45 @@ pub fn leftovers(run: &std::path::Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A network namespace of the test's own (guests' taps are made there, never
+/// among the machine's interfaces); deleted when dropped.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("xkv-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let o = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip");
+        assert!(
+            o.status.success(),
+            "ip netns add: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Netns(name)
+    }
+
+    /// `xenkvm` to be run inside the namespace.
+    pub fn xenkvm(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, env!("CARGO_BIN_EXE_xenkvm")]);
+        c
+    }
+
+    pub fn has_link(&self, name: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.0, "link", "show", name])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}

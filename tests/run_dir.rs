@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{leftovers, Live};
+use common::{leftovers, Live, Netns};
 
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("xenkvm-rd-{tag}-{}", std::process::id()));
@@ -43,41 +43,6 @@ fn mode(p: &Path) -> u32 {
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         .mode()
         & 0o777
-}
-
-/// A network namespace of the test's own (the guests' taps are made there).
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("xkv-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let o = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip");
-        assert!(o.status.success(), "ip netns add: {}", text(&o));
-        Netns(name)
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, env!("CARGO_BIN_EXE_xenkvm")]);
-        c
-    }
-
-    fn has_link(&self, name: &str) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.0, "link", "show", name])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
 }
 
 /// `xenkvm --run-dir RUN ARGS` as a live process (stdin a pipe).
@@ -164,7 +129,7 @@ fn every_way_out_leaves_the_run_directory_empty() {
     )
     .unwrap();
     let o = ns
-        .cmd()
+        .xenkvm()
         .arg("--run-dir")
         .arg(&run)
         .arg("create")
@@ -208,7 +173,7 @@ fn every_way_out_leaves_the_run_directory_empty() {
     let mut a = vec!["--run-dir".to_string(), run.display().to_string()];
     a.append(&mut args);
     let mut g = {
-        let mut c = ns.cmd();
+        let mut c = ns.xenkvm();
         c.args(&a);
         Live::from_command(c)
     };

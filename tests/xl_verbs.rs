@@ -3,6 +3,7 @@
 //! `destroy`, `info`, and `list` cleaning up after dead domains.
 
 mod common;
+use common::Netns;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -27,46 +28,6 @@ fn xenkvm(run: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("start xenkvm")
-}
-
-/// A network namespace of this test's own, so that the guest's vif (a tap)
-/// is created there and never among the machine's interfaces.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("xkv-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let o = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip");
-        assert!(o.status.success(), "ip netns add: {}", text(&o));
-        Netns(name)
-    }
-
-    /// `xenkvm ARGS` run inside the namespace (background monitors stay there).
-    fn xenkvm(&self, run: &Path, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                env!("CARGO_BIN_EXE_xenkvm"),
-                "--run-dir",
-            ])
-            .arg(run)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("start xenkvm in the namespace")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
 }
 
 fn text(o: &Output) -> String {
@@ -290,7 +251,14 @@ fn create_list_console_pause_shutdown_destroy() {
     // in a network namespace of its own.
     let ns = Netns::new("verbs");
     let start = Instant::now();
-    let o = ns.xenkvm(&run, &["create", cfg.to_str().unwrap()]);
+    let o = ns
+        .xenkvm()
+        .arg("--run-dir")
+        .arg(&run)
+        .args(["create", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("start xenkvm in the namespace");
     assert!(o.status.success(), "create failed:\n{}", text(&o));
     assert!(text(&o).contains("Parsing config from"), "{}", text(&o));
     assert!(start.elapsed() < Duration::from_secs(30));

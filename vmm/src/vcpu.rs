@@ -319,15 +319,7 @@ impl Vcpu {
 
     /// Decode an exit on `port` into the guest context and an entry.
     fn entry(&mut self, port: u16) -> Result<Option<(Entry, Regs)>, String> {
-        let k = self
-            .fd
-            .get_regs()
-            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-        let s = self
-            .fd
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-        self.sync_segments(&s);
+        let (k, s) = self.read_state()?;
         let stubs = MonitorLayout::r0_va(R0_STUBS);
         let mut g = Self::gregs(&k);
         // Where the `out` that exited is (the host profile knows whether
@@ -403,6 +395,21 @@ impl Vcpu {
             format!("guest port write {port:#x} at {:#x} ignored", k.rip)
         });
         Ok(None)
+    }
+
+    /// The stopped vCPU's registers, its segment bases taken as the truth
+    /// ([`Self::sync_segments`]).
+    fn read_state(&mut self) -> Result<(kvm_regs, kvm_sregs), String> {
+        let k = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let s = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        self.sync_segments(&s);
+        Ok((k, s))
     }
 
     /// Read the context the CPU saved on our ring-0 stack when it took an
@@ -752,18 +759,10 @@ impl Vcpu {
         {
             return Ok(false);
         }
-        let k = self
-            .fd
-            .get_regs()
-            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-        let s = self
-            .fd
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let (k, s) = self.read_state()?;
         if !in_guest_code(k.rip, s.cs.selector) {
             return Ok(false);
         }
-        self.sync_segments(&s);
         let mut g = Self::gregs(&k);
         g.cs = s.cs.selector;
         g.ss = s.ss.selector;
