@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region, Msrs};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd};
 use xen_shim::abi::{pte, FLAT_RING3_CS64, FLAT_RING3_SS};
 use xen_shim::mem::GuestMem;
 
@@ -55,6 +55,10 @@ pub struct HostProfile {
     pub out_rip_skew: u64,
     /// The privilege level the SYSCALL stub runs at.
     pub syscall_cpl: u8,
+    /// Registers travel in `kvm_run` (KVM_CAP_SYNC_REGS with general and
+    /// special registers and events, seen to work by the probe): an exit
+    /// then costs one ioctl.
+    pub sync_regs: bool,
     /// The median KVM_RUN round trip to an `out` exit, in nanoseconds.
     pub exit_ns: u64,
     /// What the probe saw, for `xenkvm info` and `-v`.
@@ -172,6 +176,13 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
         }
     }
     let mut fd = vm.create_vcpu(0).map_err(kerr("KVM_CREATE_VCPU"))?;
+    let sync_cap = kvm.check_extension_int(kvm_ioctls::Cap::SyncRegs);
+    let sync_offered = sync_cap > 0 && (sync_cap as u32) & crate::kvm_regs::NEEDED == crate::kvm_regs::NEEDED;
+    if sync_offered {
+        fd.set_sync_valid_reg(SyncReg::Register);
+        fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        fd.set_sync_valid_reg(SyncReg::VcpuEvents);
+    }
     let msrs: Vec<kvm_msr_entry> = ring0::syscall_msrs()
         .iter()
         .map(|&(index, data)| kvm_msr_entry {
@@ -202,6 +213,7 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
     };
     let mut times = Vec::with_capacity(ROUND_TRIPS);
     let mut seen = None;
+    let mut sync_ok = sync_offered;
     for _ in 0..ROUND_TRIPS {
         fd.set_regs(&start).map_err(kerr("KVM_SET_REGS"))?;
         fd.set_sregs(&s).map_err(kerr("KVM_SET_SREGS"))?;
@@ -215,6 +227,14 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
         }
         let r = fd.get_regs().map_err(kerr("KVM_GET_REGS"))?;
         let rs = fd.get_sregs().map_err(kerr("KVM_GET_SREGS"))?;
+        if sync_offered {
+            // The copy in kvm_run must be what the ioctls say.
+            let area = fd.sync_regs();
+            sync_ok &= area.regs.rip == r.rip
+                && area.regs.rcx == r.rcx
+                && area.sregs.cs.selector == rs.cs.selector
+                && area.sregs.cr3 == rs.cr3;
+        }
         let skew = r.rip.wrapping_sub(stubs + STUB_SYSCALL_OFF);
         if r.rcx != start.rip + 2 {
             return Err(ProbeError::Unknown(format!(
@@ -237,12 +257,23 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
             format!("RIP at an `out` exit is {skew} bytes past it")
         },
         format!("exit round trip {exit_us:.1} us"),
+        match (sync_offered, sync_ok) {
+            (true, true) => "registers travel in kvm_run (KVM_CAP_SYNC_REGS)".to_string(),
+            (true, false) => "KVM_CAP_SYNC_REGS offered but its copy disagreed: register ioctls".to_string(),
+            (false, _) => format!("no usable KVM_CAP_SYNC_REGS ({sync_cap:#x}): register ioctls"),
+        },
     ];
+    // A/B switch for benchmarks: XENKVM_SYNC_REGS=0 keeps the ioctls.
+    let sync_disabled = std::env::var("XENKVM_SYNC_REGS").is_ok_and(|v| v == "0");
+    if sync_disabled {
+        evidence.push("sync regs turned off by XENKVM_SYNC_REGS=0".into());
+    }
     evidence.extend(host_facts());
     Ok(HostProfile {
         kind,
         out_rip_skew: skew,
         syscall_cpl: cpl,
+        sync_regs: sync_offered && sync_ok && !sync_disabled,
         exit_ns: (exit_us * 1000.0) as u64,
         evidence,
     })
@@ -311,6 +342,7 @@ mod tests {
             kind: HostKind::Hardware,
             out_rip_skew: 0,
             syscall_cpl: 0,
+            sync_regs: true,
             exit_ns: 3_000,
             evidence: vec![],
         };

@@ -13,6 +13,7 @@ mod console;
 mod control;
 mod create;
 mod host_profile;
+mod kvm_regs;
 mod layout;
 mod loader;
 mod memory;

@@ -19,6 +19,8 @@ pub struct VcpuReport {
     pub dump: String,
     pub exits_by_reason: BTreeMap<&'static str, u64>,
     pub exits: u64,
+    /// Register ioctls made (none per exit where registers travel in kvm_run).
+    pub reg_ioctls: u64,
 }
 
 /// Holds the vCPUs that are not running yet and starts them on request.
@@ -96,6 +98,7 @@ impl Starter {
                     end,
                     exits_by_reason: std::mem::take(&mut vcpu.pv.exits_by_reason),
                     exits: vcpu.exits,
+                    reg_ioctls: vcpu.regs.ioctls,
                 });
             });
         match h {

@@ -19,9 +19,18 @@ use xen_shim::regs::Regs;
 use xen_shim::vcpu::{has_error_code, Action, Entry, Flush, PvVcpu};
 
 use crate::host_profile::HostProfile;
+use crate::kvm_regs::RegSync;
 use crate::layout::*;
 use crate::platform::{Host, VcpuSignal};
 use crate::ring0;
+
+/// A KVM exit, copied out of `kvm_run`.
+enum Exit {
+    Out(u16),
+    In,
+    IrqWindow,
+    Other(String),
+}
 
 /// How a vCPU thread ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +86,8 @@ pub struct Vcpu {
     /// Starts secondary vCPUs (set while the vCPU thread runs).
     pub starter: Option<Arc<crate::smp::Starter>>,
     pub exits: u64,
+    /// Register access (through `kvm_run` where the host allows).
+    pub regs: RegSync,
 }
 
 /// A KVM segment register loaded from descriptor `d` (accessed bit set).
@@ -127,13 +138,14 @@ pub fn base_sregs(s: &mut kvm_sregs, id: u32) {
 
 impl Vcpu {
     pub fn new(
-        fd: VcpuFd,
+        mut fd: VcpuFd,
         pv: PvVcpu,
         host: Arc<Host>,
         mon: Arc<MonitorLayout>,
         profile: &'static HostProfile,
     ) -> Vcpu {
         let signal = host.vcpus[pv.id as usize].clone();
+        let regs = RegSync::new(&mut fd, profile.sync_regs);
         Vcpu {
             fd,
             pv,
@@ -149,6 +161,7 @@ impl Vcpu {
             upcall_irq: false,
             starter: None,
             exits: 0,
+            regs,
         }
     }
 
@@ -221,10 +234,7 @@ impl Vcpu {
         let writes = std::mem::take(&mut self.pv.pt_log);
         let mut s = match self.sregs.take() {
             Some(s) => s,
-            None => self
-                .fd
-                .get_sregs()
-                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?,
+            None => self.regs.get_sregs(&self.fd).map_err(|e| e.to_string())?,
         };
         base_sregs(&mut s, self.pv.id);
         s.fs.base = self.pv.fs_base;
@@ -240,12 +250,12 @@ impl Vcpu {
             s.ss = ss;
             s.cr3 = cr3;
             self.active_cr3 = cr3;
-            self.fd
-                .set_sregs(&s)
-                .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
-            self.fd
-                .set_regs(&Self::kregs(g))
-                .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+            self.regs
+                .set_sregs(&self.fd, &s)
+                .map_err(|e| e.to_string())?;
+            self.regs
+                .set_regs(&self.fd, &Self::kregs(g))
+                .map_err(|e| e.to_string())?;
             return Ok(());
         }
         // The ring-0 path: replay, flush, iretq.
@@ -273,9 +283,9 @@ impl Vcpu {
         s.cs = seg_from_desc(HYPERVISOR_CS, 0x00af_9b00_0000_ffff);
         s.ss = seg_from_desc(HYPERVISOR_DS, 0x00cf_9300_0000_ffff);
         s.cr3 = self.active_cr3;
-        self.fd
-            .set_sregs(&s)
-            .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        self.regs
+            .set_sregs(&self.fd, &s)
+            .map_err(|e| e.to_string())?;
         self.pending_writes = writes;
         self.pending_tail = Some((cr3_load, pages, g.rax));
         if cr3_load.is_some() {
@@ -284,9 +294,9 @@ impl Vcpu {
         let mut k = Self::kregs(g);
         k.rsp = frame;
         k.rflags = 2;
-        self.fd
-            .set_regs(&k)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        self.regs
+            .set_regs(&self.fd, &k)
+            .map_err(|e| e.to_string())?;
         self.write_jit_chunk()
     }
 
@@ -307,14 +317,11 @@ impl Vcpu {
         self.jit_continue = stub
             .continue_at
             .map(|o| ring0::jit_va(self.pv.id) + o as u64);
-        let mut k = self
-            .fd
-            .get_regs()
-            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let mut k = self.regs.get_regs(&self.fd).map_err(|e| e.to_string())?;
         k.rip = ring0::jit_va(self.pv.id);
-        self.fd
-            .set_regs(&k)
-            .map_err(|e| format!("KVM_SET_REGS: {e}"))
+        self.regs
+            .set_regs(&self.fd, &k)
+            .map_err(|e| e.to_string())
     }
 
     /// Decode an exit on `port` into the guest context and an entry.
@@ -376,9 +383,9 @@ impl Vcpu {
                 back.rip = g.rip;
                 back.rsp = g.rsp;
                 back.rflags = g.rflags;
-                self.fd
-                    .set_regs(&back)
-                    .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+                self.regs
+                    .set_regs(&self.fd, &back)
+                    .map_err(|e| e.to_string())?;
                 self.sregs = None;
                 return Ok(None);
             }
@@ -400,14 +407,8 @@ impl Vcpu {
     /// The stopped vCPU's registers, its segment bases taken as the truth
     /// ([`Self::sync_segments`]).
     fn read_state(&mut self) -> Result<(kvm_regs, kvm_sregs), String> {
-        let k = self
-            .fd
-            .get_regs()
-            .map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-        let s = self
-            .fd
-            .get_sregs()
-            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let k = self.regs.get_regs(&self.fd).map_err(|e| e.to_string())?;
+        let s = self.regs.get_sregs(&self.fd).map_err(|e| e.to_string())?;
         self.sync_segments(&s);
         Ok((k, s))
     }
@@ -557,17 +558,25 @@ impl Vcpu {
                 self.host.control.wait_unpaused(&self.host.stop);
                 continue;
             }
+            self.regs.before_run(&mut self.fd);
             self.signal.in_guest.store(true, Ordering::SeqCst);
-            let exit = self.fd.run();
+            let exit = match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, _)) => Ok(Exit::Out(port)),
+                Ok(VcpuExit::IoIn(_port, data)) => {
+                    data.iter_mut().for_each(|b| *b = 0xff);
+                    Ok(Exit::In)
+                }
+                Ok(VcpuExit::IrqWindowOpen) => Ok(Exit::IrqWindow),
+                Ok(other) => Ok(Exit::Other(format!("{other:?}"))),
+                Err(e) => Err(e),
+            };
             self.signal.in_guest.store(false, Ordering::SeqCst);
+            self.regs.after_run(&mut self.fd);
             self.exits += 1;
             self.pv.note_exit();
             let port = match exit {
-                Ok(VcpuExit::IoOut(port, _)) => port,
-                Ok(VcpuExit::IoIn(_port, data)) => {
-                    data.iter_mut().for_each(|b| *b = 0xff);
-                    continue;
-                }
+                Ok(Exit::Out(port)) => port,
+                Ok(Exit::In) => continue,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
                     self.signal.kicked.store(false, Ordering::SeqCst);
@@ -576,13 +585,15 @@ impl Vcpu {
                     }
                     continue;
                 }
-                Ok(VcpuExit::IrqWindowOpen) => {
+                Ok(Exit::IrqWindow) => {
                     if let Err(e) = self.async_event() {
                         return VcpuEnd::Crash(e);
                     }
                     continue;
                 }
-                Ok(other) => return VcpuEnd::Crash(format!("unexpected KVM exit: {other:?}")),
+                Ok(Exit::Other(other)) => {
+                    return VcpuEnd::Crash(format!("unexpected KVM exit: {other}"))
+                }
                 Err(e) => return VcpuEnd::Crash(format!("KVM_RUN failed: {e}")),
             };
             let (entry, mut regs) = match self.entry(port) {
@@ -746,10 +757,7 @@ impl Vcpu {
         if self.pending_tail.is_some() {
             return Ok(false);
         }
-        let ev = self
-            .fd
-            .get_vcpu_events()
-            .map_err(|e| format!("KVM_GET_VCPU_EVENTS: {e}"))?;
+        let ev = self.regs.get_events(&self.fd).map_err(|e| e.to_string())?;
         if ev.exception.injected != 0
             || ev.exception.pending != 0
             || ev.interrupt.injected != 0
@@ -775,8 +783,7 @@ impl Vcpu {
 
     /// A register dump for crash reports.
     pub fn dump(&self) -> String {
-        let r = self.fd.get_regs().unwrap_or_default();
-        let s = self.fd.get_sregs().unwrap_or_default();
+        let (r, s) = self.regs.peek(&self.fd);
         format!(
             "vCPU {} ({} mode): rip {:#018x} rsp {:#018x} rflags {:#x} cs {:#x} ss {:#x}\n  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x}\n  rsi {:#x} rdi {:#x} rbp {:#x} r8 {:#x}\n  r9 {:#x} r10 {:#x} r11 {:#x} r12 {:#x}\n  r13 {:#x} r14 {:#x} r15 {:#x}\n  cr2 {:#x} cr3 {:#x} fs.base {:#x} gs.base {:#x} exits {}",
             self.pv.id,

@@ -342,8 +342,10 @@ impl Vm {
         starter.spawn(vcpu0, self.boot_regs);
         let mut exits: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut total = 0u64;
+        let mut reg_ioctls = 0u64;
         let mut outcome = None;
         let mut add = |r: &VcpuReport| {
+            reg_ioctls += r.reg_ioctls;
             for (k, v) in &r.exits_by_reason {
                 *exits.entry(k).or_insert(0) += v;
             }
@@ -393,7 +395,7 @@ impl Vm {
             .clone();
         log::info!("exits by reason: {exits:?}");
         log::info!("hypercalls by name: {calls:?}");
-        log::info!("total exits: {total}");
+        log::info!("total exits: {total} (register ioctls: {reg_ioctls})");
         if self.print_stats {
             for (k, v) in &exits {
                 eprintln!("xenkvm-stats exit {} {v}", k.replace(' ', "_"));
@@ -402,6 +404,7 @@ impl Vm {
                 eprintln!("xenkvm-stats hypercall {k} {v}");
             }
             eprintln!("xenkvm-stats exits_total {total}");
+            eprintln!("xenkvm-stats register_ioctls {reg_ioctls}");
         }
         outcome.unwrap_or(Outcome::Other(255))
     }
