@@ -59,6 +59,10 @@ pub struct HostProfile {
     /// special registers and events, seen to work by the probe): an exit
     /// then costs one ioctl.
     pub sync_regs: bool,
+    /// The iret and singleshot-timer hypercalls are done in ring 0 without
+    /// an exit (hardware hosts; crate::ring0_fast). XENKVM_FAST_PATHS=0
+    /// turns them off (for A/B measurements).
+    pub fast_paths: bool,
     /// The median KVM_RUN round trip to an `out` exit, in nanoseconds.
     pub exit_ns: u64,
     /// What the probe saw, for `xenkvm info` and `-v`.
@@ -90,10 +94,12 @@ impl HostProfile {
             HostKind::Hardware => Ring0Opts {
                 syscall_stub_in_ring3: false,
                 ist: true,
+                fast_paths: self.fast_paths,
             },
             HostKind::Pvm => Ring0Opts {
                 syscall_stub_in_ring3: true,
                 ist: false,
+                fast_paths: false,
             },
         }
     }
@@ -167,6 +173,7 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
     let permissive = Ring0Opts {
         syscall_stub_in_ring3: true,
         ist: false,
+        fast_paths: false,
     };
     let slots = ring0::build(&mem, &l, 1, permissive).map_err(setup)?;
     // The probe's L4 at guest frame 0: only the reserved slots.
@@ -177,13 +184,14 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
     }
     let mut fd = vm.create_vcpu(0).map_err(kerr("KVM_CREATE_VCPU"))?;
     let sync_cap = kvm.check_extension_int(kvm_ioctls::Cap::SyncRegs);
-    let sync_offered = sync_cap > 0 && (sync_cap as u32) & crate::kvm_regs::NEEDED == crate::kvm_regs::NEEDED;
+    let sync_offered =
+        sync_cap > 0 && (sync_cap as u32) & crate::kvm_regs::NEEDED == crate::kvm_regs::NEEDED;
     if sync_offered {
         fd.set_sync_valid_reg(SyncReg::Register);
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
         fd.set_sync_valid_reg(SyncReg::VcpuEvents);
     }
-    let msrs: Vec<kvm_msr_entry> = ring0::syscall_msrs()
+    let msrs: Vec<kvm_msr_entry> = ring0::syscall_msrs(0, permissive)
         .iter()
         .map(|&(index, data)| kvm_msr_entry {
             index,
@@ -259,7 +267,9 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
         format!("exit round trip {exit_us:.1} us"),
         match (sync_offered, sync_ok) {
             (true, true) => "registers travel in kvm_run (KVM_CAP_SYNC_REGS)".to_string(),
-            (true, false) => "KVM_CAP_SYNC_REGS offered but its copy disagreed: register ioctls".to_string(),
+            (true, false) => {
+                "KVM_CAP_SYNC_REGS offered but its copy disagreed: register ioctls".to_string()
+            }
             (false, _) => format!("no usable KVM_CAP_SYNC_REGS ({sync_cap:#x}): register ioctls"),
         },
     ];
@@ -268,12 +278,21 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
     if sync_disabled {
         evidence.push("sync regs turned off by XENKVM_SYNC_REGS=0".into());
     }
+    let fast_disabled = std::env::var("XENKVM_FAST_PATHS").is_ok_and(|v| v == "0");
+    if kind == HostKind::Hardware {
+        evidence.push(if fast_disabled {
+            "ring-0 fast paths turned off by XENKVM_FAST_PATHS=0".into()
+        } else {
+            "iret and timer hypercalls handled in ring 0".into()
+        });
+    }
     evidence.extend(host_facts());
     Ok(HostProfile {
         kind,
         out_rip_skew: skew,
         syscall_cpl: cpl,
         sync_regs: sync_offered && sync_ok && !sync_disabled,
+        fast_paths: kind == HostKind::Hardware && !fast_disabled,
         exit_ns: (exit_us * 1000.0) as u64,
         evidence,
     })
@@ -343,6 +362,7 @@ mod tests {
             out_rip_skew: 0,
             syscall_cpl: 0,
             sync_regs: true,
+            fast_paths: true,
             exit_ns: 3_000,
             evidence: vec![],
         };

@@ -36,6 +36,13 @@ pub const R0_JIT_PAGES: u64 = 4;
 /// the SYSCALL stub runs in ring 0 on the guest's own stack until it exits.
 pub const R0_IST: u64 = 24;
 pub const R0_IST_PAGES: u64 = 1;
+/// The SYSCALL entry with the ring-0 fast paths (hardware hosts), and its
+/// data page right after it (crate::ring0_fast).
+pub const R0_FAST_CODE: u64 = 25;
+/// A stack for #SS, #GP and #PF (TSS IST2) where the fast paths run: a
+/// fault there happens on the guest's stack, which may be the cause.
+pub const R0_IST2: u64 = 27;
+pub const R0_IST2_PAGES: u64 = 1;
 pub const MAX_VCPUS: u32 = ((512 - R0_PER_VCPU) / R0_VCPU_PAGES) as u32;
 
 /// Exit ports used by the entry stubs.

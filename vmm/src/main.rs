@@ -20,6 +20,7 @@ mod memory;
 mod platform;
 mod pvdev;
 mod ring0;
+mod ring0_fast;
 mod smp;
 mod vcpu;
 mod vm;

@@ -31,15 +31,26 @@ pub struct Ring0Opts {
     /// NMI, #DF and #MC switch to their own stack (TSS IST1). Needed where
     /// the SYSCALL stub runs in ring 0 on the guest's stack.
     pub ist: bool,
+    /// SYSCALL enters each vCPU's ring-0 fast paths (crate::ring0_fast):
+    /// the iret and singleshot-timer hypercalls without an exit. Faults
+    /// where they run take the IST2 stack.
+    pub fast_paths: bool,
 }
 
 /// The vectors that get the IST stack when [`Ring0Opts::ist`] is set.
 const IST_VECTORS: [u8; 3] = [2, 8, 18];
+/// The vectors that get the IST2 stack with [`Ring0Opts::fast_paths`].
+const IST2_VECTORS: [u8; 3] = [12, 13, 14];
 
-/// STAR, LSTAR, CSTAR and FMASK for every vCPU: SYSCALL enters the stub with
-/// Xen's hypervisor selectors, IF/TF/DF/AC/NT/IOPL cleared.
-pub fn syscall_msrs() -> [(u32, u64); 4] {
-    let stub = MonitorLayout::r0_va(R0_STUBS) + STUB_SYSCALL_OFF;
+/// STAR, LSTAR, CSTAR and FMASK for vCPU `v`: SYSCALL enters the stub (or
+/// the vCPU's fast paths) with Xen's hypervisor selectors, IF/TF/DF/AC/NT/
+/// IOPL cleared. SYSRETQ returns with CS 0xe033 and SS 0xe02b.
+pub fn syscall_msrs(v: u32, opts: Ring0Opts) -> [(u32, u64); 4] {
+    let stub = if opts.fast_paths {
+        crate::ring0_fast::code_va(v)
+    } else {
+        MonitorLayout::r0_va(R0_STUBS) + STUB_SYSCALL_OFF
+    };
     [
         (
             0xc000_0081,
@@ -110,6 +121,11 @@ pub fn build(
             let idx = MonitorLayout::vcpu_page(v, j);
             mem.write_u64(l.r0_l1 + idx * 8, l.r0_gpa(idx) | pte::P | pte::A)?;
         }
+        if opts.fast_paths {
+            let idx = MonitorLayout::vcpu_page(v, R0_FAST_CODE);
+            mem.write_u64(l.r0_l1 + idx * 8, l.r0_gpa(idx) | pte::P | pte::A)?;
+            crate::ring0_fast::install(mem, l, v)?;
+        }
     }
     write_stubs(mem, l)?;
     write_idt(mem, l, opts)?;
@@ -171,7 +187,13 @@ fn write_idt(mem: &dyn GuestMem, l: &MonitorLayout, opts: Ring0Opts) -> Result<(
             UPCALL_VECTOR => (stubs + STUB_UPCALL_OFF, 0),
             _ => (stubs + STUB_SPURIOUS_OFF, 0),
         };
-        let ist = u64::from(opts.ist && IST_VECTORS.contains(&v));
+        let ist = if opts.ist && IST_VECTORS.contains(&v) {
+            1
+        } else if opts.fast_paths && IST2_VECTORS.contains(&v) {
+            2
+        } else {
+            0
+        };
         let (lo, hi) = gate(target, dpl, ist);
         mem.write_u64(idt + u64::from(v) * 16, lo)?;
         mem.write_u64(idt + u64::from(v) * 16 + 8, hi)?;
@@ -187,6 +209,11 @@ pub fn stack_top(v: u32) -> u64 {
 /// Top of vCPU `v`'s IST1 stack (virtual).
 pub fn ist_top(v: u32) -> u64 {
     MonitorLayout::r0_va(MonitorLayout::vcpu_page(v, R0_IST + R0_IST_PAGES))
+}
+
+/// Top of vCPU `v`'s IST2 stack (virtual).
+pub fn ist2_top(v: u32) -> u64 {
+    MonitorLayout::r0_va(MonitorLayout::vcpu_page(v, R0_IST2 + R0_IST2_PAGES))
 }
 
 pub fn gdt_va(v: u32) -> u64 {
@@ -222,6 +249,9 @@ fn write_vcpu_tables(
     mem.write_u64(tss_gpa + 4, stack_top(v))?;
     if opts.ist {
         mem.write_u64(tss_gpa + 0x24, ist_top(v))?;
+    }
+    if opts.fast_paths {
+        mem.write_u64(tss_gpa + 0x2c, ist2_top(v))?;
     }
     mem.write_u16(tss_gpa + 0x66, 0x68)?;
     let mut bitmap = [0xffu8; 33];

@@ -92,6 +92,18 @@ impl Starter {
                 // with the panic in its report (and on_crash runs).
                 let end = catch_panic(id, || vcpu.run(regs));
                 vcpu.starter = None;
+                for (name, n) in vcpu.fast_path_counts() {
+                    if n > 0 {
+                        *vcpu
+                            .pv
+                            .dom
+                            .hypercall_counts
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(name)
+                            .or_insert(0) += n;
+                    }
+                }
                 let _ = tx.send(VcpuReport {
                     id,
                     dump: vcpu.dump(),

@@ -23,6 +23,7 @@ use crate::kvm_regs::RegSync;
 use crate::layout::*;
 use crate::platform::{Host, VcpuSignal};
 use crate::ring0;
+use crate::ring0_fast;
 
 /// A KVM exit, copied out of `kvm_run`.
 enum Exit {
@@ -88,6 +89,10 @@ pub struct Vcpu {
     pub exits: u64,
     /// Register access (through `kvm_run` where the host allows).
     pub regs: RegSync,
+    /// The ring-0 fast paths run on this vCPU (crate::ring0_fast), and what
+    /// its data page last told them: kernel mode, the vcpu_info address.
+    fast: bool,
+    fast_told: Option<(bool, u64)>,
 }
 
 /// A KVM segment register loaded from descriptor `d` (accessed bit set).
@@ -162,6 +167,8 @@ impl Vcpu {
             starter: None,
             exits: 0,
             regs,
+            fast: profile.ring0().fast_paths,
+            fast_told: None,
         }
     }
 
@@ -220,6 +227,9 @@ impl Vcpu {
     /// Load `g` as the guest context, via the JIT stub when page-table
     /// writes or flushes must happen on the vCPU.
     pub fn resume(&mut self, g: &Regs) -> Result<(), String> {
+        if self.fast {
+            self.tell_fast_paths()?;
+        }
         let mem = &*self.pv.dom.mem;
         if self.pv.gdt_dirty {
             ring0::write_guest_gdt(mem, &self.mon, self.pv.id, &self.pv.gdt)
@@ -319,9 +329,7 @@ impl Vcpu {
             .map(|o| ring0::jit_va(self.pv.id) + o as u64);
         let mut k = self.regs.get_regs(&self.fd).map_err(|e| e.to_string())?;
         k.rip = ring0::jit_va(self.pv.id);
-        self.regs
-            .set_regs(&self.fd, &k)
-            .map_err(|e| e.to_string())
+        self.regs.set_regs(&self.fd, &k).map_err(|e| e.to_string())
     }
 
     /// Decode an exit on `port` into the guest context and an entry.
@@ -332,8 +340,10 @@ impl Vcpu {
         // Where the `out` that exited is (the host profile knows whether
         // KVM reports it or the instruction after it).
         let at = self.profile.out_insn(k.rip);
+        let fast_out =
+            self.fast && at == ring0_fast::code_va(self.pv.id) + ring0_fast::SLOW_OUT_OFF;
         if port == PORT_SYSCALL
-            && at == stubs + STUB_SYSCALL_OFF
+            && (at == stubs + STUB_SYSCALL_OFF || fast_out)
             && s.cs.dpl == self.profile.syscall_cpl
         {
             g.rsp = k.rsp;
@@ -354,6 +364,9 @@ impl Vcpu {
         if vector != 0xff && at == stubs + stub_vector_off(vector) {
             let err = self.read_frame(&k, &s, &mut g, has_error_code(vector) && vector < 32)?;
             let cs = g.cs;
+            if cs & 3 == 0 && self.fast && ring0_fast::may_fault_at(self.pv.id, g.rip) {
+                return self.fast_path_fault(&k, vector, g.rip).map(Some);
+            }
             if cs & 3 == 0 {
                 return Err(format!(
                     "{} in monitor ring-0 code at {:#x} (err {:?}, cr2 {:#x})",
@@ -404,6 +417,89 @@ impl Vcpu {
         Ok(None)
     }
 
+    /// A fault inside the ring-0 fast paths (a guest stack that is not
+    /// mapped or not writable, a selector the CPU refuses): redo the
+    /// SYSCALL the slow way, from the registers the code saved on entry.
+    fn fast_path_fault(
+        &mut self,
+        k: &kvm_regs,
+        vector: u8,
+        rip: u64,
+    ) -> Result<(Entry, Regs), String> {
+        let [rax, rcx, r11, rsp] =
+            ring0_fast::saved_entry(&*self.pv.dom.mem, &self.mon, self.pv.id)
+                .map_err(|e| e.to_string())?;
+        log::trace!(
+            "vCPU {}: {} in the ring-0 fast path at {rip:#x}: slow path",
+            self.pv.id,
+            xen_shim::vcpu::exception_name(vector)
+        );
+        let mut g = Self::gregs(k);
+        g.rax = rax;
+        g.rcx = rcx;
+        g.r11 = r11;
+        g.rsp = rsp;
+        (g.cs, g.ss) = if self.pv.kernel_mode {
+            (0xe033, 0xe02b)
+        } else {
+            (0x33, 0x2b)
+        };
+        Ok((Entry::Syscall, g))
+    }
+
+    /// Tell the fast paths what changed since the last entry: the mode
+    /// (they only run for the guest kernel) and where vcpu_info is (in
+    /// RAM, through the ring-0 direct map; elsewhere the iret path is off).
+    fn tell_fast_paths(&mut self) -> Result<(), String> {
+        let info = self.pv.vcpu_info();
+        let info_va = if info + 64 <= self.mon.ram {
+            DIRECTMAP_VA + info
+        } else {
+            0
+        };
+        let now = (self.pv.kernel_mode, info_va);
+        if self.fast_told == Some(now) {
+            return Ok(());
+        }
+        let d = ring0_fast::data_gpa(&self.mon, self.pv.id);
+        let mem = &*self.pv.dom.mem;
+        mem.write_u64(d + ring0_fast::VCPU_INFO, info_va)
+            .and_then(|()| mem.write_u64(d + ring0_fast::KMODE, u64::from(now.0)))
+            .map_err(|e| e.to_string())?;
+        self.fast_told = Some(now);
+        Ok(())
+    }
+
+    /// A singleshot timer the guest set in ring 0 since the last exit
+    /// becomes the vCPU's (before anything at this exit can replace it).
+    fn take_fast_deadline(&mut self) {
+        if self.fast {
+            if let Some(d) = ring0_fast::take_deadline(&*self.pv.dom.mem, &self.mon, self.pv.id) {
+                self.pv.timer_deadline = Some(d);
+            }
+        }
+    }
+
+    /// Hypercalls done in ring 0, for the monitor's counts.
+    pub fn fast_path_counts(&self) -> [(&'static str, u64); 2] {
+        let d = ring0_fast::data_gpa(&self.mon, self.pv.id);
+        let mem = &*self.pv.dom.mem;
+        let n = |o| {
+            if self.fast {
+                mem.read_u64(d + o).unwrap_or(0)
+            } else {
+                0
+            }
+        };
+        [
+            ("iret (ring 0)", n(ring0_fast::N_IRET)),
+            (
+                "vcpu_op set_singleshot_timer (ring 0)",
+                n(ring0_fast::N_TIMER),
+            ),
+        ]
+    }
+
     /// The stopped vCPU's registers, its segment bases taken as the truth
     /// ([`Self::sync_segments`]).
     fn read_state(&mut self) -> Result<(kvm_regs, kvm_sregs), String> {
@@ -438,6 +534,7 @@ impl Vcpu {
                 R0_STACK_PAGES,
             ),
             (ring0::ist_top(id), R0_IST + R0_IST_PAGES, R0_IST_PAGES),
+            (ring0::ist2_top(id), R0_IST2 + R0_IST2_PAGES, R0_IST2_PAGES),
         ];
         let Some((top_gpa, off)) = stacks.iter().find_map(|&(top_va, top_page, pages)| {
             let off = top_va.wrapping_sub(k.rsp);
@@ -572,6 +669,7 @@ impl Vcpu {
             };
             self.signal.in_guest.store(false, Ordering::SeqCst);
             self.regs.after_run(&mut self.fd);
+            self.take_fast_deadline();
             self.exits += 1;
             self.pv.note_exit();
             let port = match exit {

@@ -20,8 +20,9 @@ use xen_shim::vcpu::PvVcpu;
 use crate::builder::{self, BuildInput, PvLayout};
 use crate::layout::*;
 use crate::memory::Memory;
-use crate::platform::Host;
+use crate::platform::{Host, VcpuSignal};
 use crate::ring0;
+use crate::ring0_fast;
 use std::collections::BTreeMap;
 
 use crate::smp::{Starter, VcpuReport};
@@ -276,7 +277,7 @@ impl Vm {
                 s.edx = r[3];
             }
             fd.set_cpuid2(&cpuid).map_err(kerr("KVM_SET_CPUID2"))?;
-            let mut msrs: Vec<kvm_msr_entry> = ring0::syscall_msrs()
+            let mut msrs: Vec<kvm_msr_entry> = ring0::syscall_msrs(i as u32, profile.ring0())
                 .iter()
                 .map(|&(index, data)| kvm_msr_entry {
                     index,
@@ -327,10 +328,14 @@ impl Vm {
         install_kick_handler();
         let host = self.host.clone();
         let timer_host = Arc::downgrade(&host);
-        let slop = crate::host_profile::get(&self._kvm)
-            .map(|p| p.timer_slop_ns())
-            .unwrap_or(50_000);
-        let timer = std::thread::spawn(move || timer_thread(timer_host, slop));
+        let profile = crate::host_profile::get(&self._kvm).ok();
+        let slop = profile.map(|p| p.timer_slop_ns()).unwrap_or(50_000);
+        // Where vCPUs set their timers in ring 0, the timer thread reads
+        // their data pages too.
+        let fast = profile
+            .filter(|p| p.ring0().fast_paths)
+            .and_then(|_| self.vcpus.first().map(|v| v.mon.clone()));
+        let timer = std::thread::spawn(move || timer_thread(timer_host, slop, fast));
         let (tx, rx) = std::sync::mpsc::channel::<VcpuReport>();
         let mut vcpus = self.vcpus.into_iter();
         let Some(vcpu0) = vcpus.next() else {
@@ -456,7 +461,7 @@ fn align_guest_tsc(fd: &VcpuFd) -> Result<(), VmError> {
 /// Kicks vCPUs whose timer deadline passed while they run guest code.
 /// A deadline is only acted on `slop` ns after it passed (see
 /// `HostProfile::timer_slop_ns`): an exit before then delivers it.
-fn timer_thread(host: Weak<Host>, slop: u64) {
+fn timer_thread(host: Weak<Host>, slop: u64, fast: Option<Arc<MonitorLayout>>) {
     loop {
         let Some(h) = host.upgrade() else { return };
         if h.stop.load(Ordering::SeqCst) {
@@ -465,10 +470,18 @@ fn timer_thread(host: Weak<Host>, slop: u64) {
         let Some(dom) = h.domain.get().and_then(Weak::upgrade) else {
             return;
         };
+        let mem = &*dom.mem;
         let now = dom.clock.now_ns(dom.platform.tsc());
+        // A deadline set in ring 0 replaces the vCPU thread's: it is newer
+        // (the vCPU thread takes it from the data page at its next exit).
+        let deadline = |i: usize, s: &VcpuSignal| {
+            fast.as_deref()
+                .and_then(|l| ring0_fast::peek_deadline(mem, l, i as u32))
+                .unwrap_or_else(|| s.deadline.load(Ordering::SeqCst))
+        };
         let mut next = u64::MAX;
         for (i, s) in h.vcpus.iter().enumerate() {
-            let d = s.deadline.load(Ordering::SeqCst).saturating_add(slop);
+            let d = deadline(i, s).saturating_add(slop);
             if d <= now {
                 s.deadline.store(u64::MAX, Ordering::SeqCst);
                 h.kick(i as u32);
@@ -476,9 +489,35 @@ fn timer_thread(host: Weak<Host>, slop: u64) {
                 next = next.min(d);
             }
         }
+        let mut sleep = next.saturating_sub(now).clamp(20_000, 1_000_000);
+        if let Some(l) = fast.as_deref() {
+            // Deadlines the guest sets in ring 0 from now on must not be
+            // earlier than our next look (else its code exits instead).
+            // Publish the look, then read again: a deadline published in
+            // between is either seen here or refused there. A smaller
+            // look published later only makes the guest's check stricter.
+            // (Terminates: a deadline the guest publishes once a look is
+            // out is at or after that look, so `sleep` only shrinks.)
+            loop {
+                let look = now + sleep;
+                for i in 0..h.vcpus.len() {
+                    ring0_fast::set_armed(mem, l, i as u32, look);
+                }
+                let first = h
+                    .vcpus
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| deadline(i, s).saturating_add(slop))
+                    .min()
+                    .unwrap_or(u64::MAX);
+                if first >= look || sleep <= 20_000 {
+                    break;
+                }
+                sleep = first.saturating_sub(now).max(20_000);
+            }
+        }
         drop(dom);
         drop(h);
-        let sleep = next.saturating_sub(now).clamp(20_000, 1_000_000);
         std::thread::sleep(Duration::from_nanos(sleep));
     }
 }
