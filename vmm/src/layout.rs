@@ -24,6 +24,9 @@ pub const DIRECTMAP_VA: u64 = 0xffff_8300_0000_0000;
 /// Ring-0 area page indices.
 pub const R0_IDT: u64 = 0;
 pub const R0_STUBS: u64 = 1;
+/// The domain's shared_info page, for the ring-0 fast paths (vcpu_info of
+/// vCPUs that have not registered their own).
+pub const R0_SHINFO: u64 = 2;
 pub const R0_PER_VCPU: u64 = 16;
 pub const R0_VCPU_PAGES: u64 = 32;
 pub const GDT_PAGES: u64 = 15;

@@ -114,7 +114,12 @@ pub fn build(
                 f |= pte::US;
             }
         }
-        mem.write_u64(l.r0_l1 + idx * 8, l.r0_gpa(idx) | f)?;
+        let frame = if idx == R0_SHINFO {
+            l.shared_info
+        } else {
+            l.r0_gpa(idx)
+        };
+        mem.write_u64(l.r0_l1 + idx * 8, frame | f)?;
     }
     for v in 0..vcpus {
         for j in R0_JIT..R0_JIT + R0_JIT_PAGES {

@@ -21,6 +21,11 @@ slow:
         out %al, $0xf0             # exit: the monitor handles the SYSCALL
         ud2
 iret:   # frame at (%rsp): rax r11 rcx flags rip cs rflags rsp ss
+        movabs $0x800000000047, %rcx   # rcx = rsp - (0xffff800000000000 - 71)
+        add %rsp, %rcx
+        movabs $0x80000000047, %rax
+        cmp %rax, %rcx             # frame [rsp, rsp+72) touches slots 256-271: slow
+        jb slow                    # (this code must never read or write the monitor's area)
         testb $3, 40(%rsp)         # to guest user mode: slow
         jnz slow
         testl $0x100, 24(%rsp)     # VGCF_in_syscall: slow
@@ -53,6 +58,11 @@ vcpu_op:
         jne slow
         cmp vcpu_id(%rip), %rsi    # on this vCPU
         jne slow
+        movabs $0x80000000000f, %rcx   # rcx = rdx - (0xffff800000000000 - 15)
+        add %rdx, %rcx
+        movabs $0x8000000000f, %rax
+        cmp %rax, %rcx             # argument [rdx, rdx+16) touches slots 256-271: slow
+        jb slow
         mov 8(%rdx), %ecx          # flags: none
         test %ecx, %ecx
         jnz slow

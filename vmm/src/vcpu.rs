@@ -449,11 +449,15 @@ impl Vcpu {
 
     /// Tell the fast paths what changed since the last entry: the mode
     /// (they only run for the guest kernel) and where vcpu_info is (in
-    /// RAM, through the ring-0 direct map; elsewhere the iret path is off).
+    /// RAM, through the ring-0 direct map; in shared_info, through its
+    /// ring-0 mapping; elsewhere the iret path is off).
     fn tell_fast_paths(&mut self) -> Result<(), String> {
         let info = self.pv.vcpu_info();
+        let shinfo = self.mon.shared_info;
         let info_va = if info + 64 <= self.mon.ram {
             DIRECTMAP_VA + info
+        } else if (shinfo..shinfo + PAGE - 63).contains(&info) {
+            MonitorLayout::r0_va(R0_SHINFO) + (info - shinfo)
         } else {
             0
         };

@@ -75,6 +75,59 @@ static void kernel_iret(const char *name, u64 rflags, u64 flags)
 	end();
 }
 
+/*
+ * The frame on a read-only page: Xen only reads it. (On hardware hosts the
+ * ring-0 fast path writes the sanitised CS/SS/RFLAGS back into the frame,
+ * faults, and must hand over to the monitor's slow path transparently.)
+ */
+static u64 ro_frame_page[512] PAGE_ALIGNED;
+
+__asm__(".text\n"
+	"iret_from:\n\t"	/* iret_from(frame): iret with the frame at rdi */
+	"push %rbx; push %rbp; push %r12; push %r13; push %r14; push %r15\n\t"
+	"mov %rsp, %r12\n\t"
+	"mov %rdi, %rsp\n\t"
+	"mov $23, %eax\n\t"
+	"syscall\n\t"
+	"ud2\n"
+	"iret_from_landing:\n\t"
+	"mov %r12, %rsp\n\t"
+	"pop %r15; pop %r14; pop %r13; pop %r12; pop %rbp; pop %rbx\n\t"
+	"ret\n");
+void iret_from(u64 *frame);
+extern char iret_from_landing[];
+
+static void kernel_iret_readonly_frame(void)
+{
+	u64 *f = ro_frame_page + 256;
+	u64 sp;
+	begin("iret.kernel_frame_readonly");
+	__asm__ volatile("mov %%rsp, %0" : "=r"(sp));
+	f[0] = 0x5a5a; /* rax */
+	f[1] = 0;      /* r11 */
+	f[2] = 0;      /* rcx */
+	f[3] = 0;      /* flags */
+	f[4] = (u64)iret_from_landing;
+	f[5] = 0xe030; /* kernel CS, RPL 0 */
+	f[6] = 0x202;
+	f[7] = (sp - 256) & ~15UL; /* below everything iret_from pushed */
+	f[8] = 0xe02b;
+	long rc = update_va_mapping(ro_frame_page,
+				    (va_to_mfn(ro_frame_page) << 12) | _PAGE_PRESENT | _PAGE_ACCESSED,
+				    UVMF_INVLPG);
+	expect(rc == 0, "update_va_mapping(frame page, RO) = %ld", rc);
+	iret_from(f);
+	/* Still in kernel mode and the frame untouched (it is read-only). */
+	EXPECT_EQ(f[5], 0xe030);
+	EXPECT_EQ(HC2(HC_xen_version, 0, 0), (4 << 16) | 17);
+	EXPECT_EQ(update_va_mapping(ro_frame_page,
+				    (va_to_mfn(ro_frame_page) << 12) | _PAGE_PRESENT | _PAGE_RW |
+					    _PAGE_ACCESSED,
+				    UVMF_INVLPG),
+		  0);
+	end();
+}
+
 /* ---- user mode ---- */
 
 #define USER_CODE 0x400000UL
@@ -298,6 +351,7 @@ void test_main(void)
 	kernel_iret("iret.kernel_masks_events", 0x0d5 /* IF clear: mask */, 0);
 	kernel_iret("iret.kernel_unmasks_events", 0xa06 /* IF OF PF */, 0);
 	kernel_iret("iret.kernel_in_syscall", 0x203, 0x100 /* VGCF_in_syscall */);
+	kernel_iret_readonly_frame();
 	shinfo->vcpu_info[0].evtchn_upcall_mask = 1;
 	user_mode();
 }

@@ -138,6 +138,52 @@ void test_main(void)
 	EXPECT_EQ(HC3(HC_vcpu_op, VCPUOP_stop_singleshot_timer, 0, 0), 0);
 	end();
 
+	/*
+	 * Reprogramming replaces the deadline, later or earlier, and a timer
+	 * fires while the vCPU computes without making a single hypercall (on
+	 * hardware hosts these deadlines are set in ring 0 without an exit:
+	 * the monitor's timer thread must still see them).
+	 */
+	begin("timer.singleshot_reprogrammed_later");
+	reset();
+	EXPECT_EQ(singleshot(now_ns() + 5 * MS, 0), 0);
+	deadline = now_ns() + 60 * MS;
+	EXPECT_EQ(singleshot(deadline, 0), 0);
+	spin(30 * MS);
+	EXPECT_EQ(timer_hits, 0);
+	block_until_timer(1000);
+	EXPECT_EQ(timer_hits, 1);
+	expect(timer_seen_at >= deadline, "timer seen %ld ns before its deadline",
+	       (s64)(deadline - timer_seen_at));
+	end();
+
+	begin("timer.singleshot_reprogrammed_earlier");
+	reset();
+	t0 = now_ns();
+	EXPECT_EQ(singleshot(t0 + 2000 * MS, 0), 0);
+	EXPECT_EQ(singleshot(t0 + 5 * MS, 0), 0);
+	block_until_timer(1000);
+	EXPECT_EQ(timer_hits, 1);
+	expect(now_ns() - t0 < 1000 * MS, "fired %lu ns after it was set", now_ns() - t0);
+	end();
+
+	begin("timer.singleshot_fires_without_hypercalls");
+	reset();
+	t0 = now_ns();
+	EXPECT_EQ(singleshot(t0 + 5 * MS, 0), 0);
+	shinfo->vcpu_info[0].evtchn_upcall_mask = 0;
+	barrier();
+	while (!timer_hits && now_ns() - t0 < 3000 * MS)
+		barrier();
+	shinfo->vcpu_info[0].evtchn_upcall_mask = 1;
+	EXPECT_EQ(timer_hits, 1);
+	end();
+
+	begin("timer.singleshot_efault");
+	EXPECT_EQ(HC3(HC_vcpu_op, VCPUOP_set_singleshot_timer, 0, 0x10), -EFAULT);
+	EXPECT_EQ(HC3(HC_vcpu_op, VCPUOP_set_singleshot_timer, 0, 0xffff808000000000UL), -EFAULT);
+	end();
+
 	begin("timer.stop_singleshot");
 	reset();
 	EXPECT_EQ(singleshot(now_ns() + 10 * MS, 0), 0);
