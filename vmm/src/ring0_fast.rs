@@ -13,6 +13,7 @@
 //!   after the time the timer thread will next look at this vCPU
 //!   ([`ARMED`]): the deadline is published in the data page, where the
 //!   timer thread and the vCPU thread read it ([`take_deadline`]).
+//!
 //! Everything else (returns to user mode, pending events, other hypercalls,
 //! guest user mode's own SYSCALLs) restores the registers and exits on
 //! `PORT_SYSCALL` as before. A fault inside this code (a guest stack that
@@ -125,6 +126,9 @@ pub const SAVE_RAX: u64 = 0x38;
 pub const N_IRET: u64 = 0x40;
 pub const N_TIMER: u64 = 0x48;
 pub const VCPU_ID: u64 = 0x50;
+
+// The code page, its data page and IST2 fit in a vCPU's ring-0 pages.
+const _: () = assert!(R0_FAST_CODE + 1 < R0_IST2 && R0_IST2 + R0_IST2_PAGES <= R0_VCPU_PAGES);
 
 /// "No deadline" / "fast path off" in [`DEADLINE`] and [`ARMED`].
 pub const NONE: u64 = u64::MAX;
@@ -248,7 +252,6 @@ mod tests {
             data_gpa(&l, 2),
             l.r0_gpa(MonitorLayout::vcpu_page(2, R0_FAST_CODE)) + PAGE
         );
-        assert!(R0_FAST_CODE + 1 < R0_IST2 && R0_IST2 + R0_IST2_PAGES <= R0_VCPU_PAGES);
     }
 
     /// `ring0_fast.S` assembles to [`CODE`] (needs binutils' `as`, which the
