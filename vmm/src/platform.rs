@@ -26,6 +26,10 @@ pub struct VcpuSignal {
     pub flush: AtomicBool,
     /// The vCPU is inside KVM_RUN (it may be running guest code).
     pub in_guest: AtomicBool,
+    /// How many deadlines the vCPU thread has taken from its ring-0 data
+    /// page (crate::ring0_fast): the timer thread kicks once per published
+    /// deadline, not at every look until the vCPU takes it.
+    pub fast_taken: AtomicU64,
 }
 
 pub const KICK_SIGNAL: i32 = 34; // SIGRTMIN

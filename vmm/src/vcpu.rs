@@ -480,6 +480,7 @@ impl Vcpu {
         if self.fast {
             if let Some(d) = ring0_fast::take_deadline(&*self.pv.dom.mem, &self.mon, self.pv.id) {
                 self.pv.timer_deadline = Some(d);
+                self.signal.fast_taken.fetch_add(1, Ordering::SeqCst);
             }
         }
     }

@@ -462,6 +462,7 @@ fn align_guest_tsc(fd: &VcpuFd) -> Result<(), VmError> {
 /// A deadline is only acted on `slop` ns after it passed (see
 /// `HostProfile::timer_slop_ns`): an exit before then delivers it.
 fn timer_thread(host: Weak<Host>, slop: u64, fast: Option<Arc<MonitorLayout>>) {
+    let mut kicked: Vec<Option<(u64, u64)>> = Vec::new();
     loop {
         let Some(h) = host.upgrade() else { return };
         if h.stop.load(Ordering::SeqCst) {
@@ -480,9 +481,18 @@ fn timer_thread(host: Weak<Host>, slop: u64, fast: Option<Arc<MonitorLayout>>) {
                 .unwrap_or_else(|| s.deadline.load(Ordering::SeqCst))
         };
         let mut next = u64::MAX;
+        kicked.resize(h.vcpus.len(), None);
         for (i, s) in h.vcpus.iter().enumerate() {
             let d = deadline(i, s).saturating_add(slop);
             if d <= now {
+                // A due deadline in the data page stays there until the
+                // vCPU takes it: kick once for it (it is the same one while
+                // the vCPU's count of taken deadlines has not moved).
+                let mark = (d, s.fast_taken.load(Ordering::SeqCst));
+                if kicked[i] == Some(mark) {
+                    continue;
+                }
+                kicked[i] = Some(mark);
                 s.deadline.store(u64::MAX, Ordering::SeqCst);
                 h.kick(i as u32);
             } else {
@@ -508,6 +518,7 @@ fn timer_thread(host: Weak<Host>, slop: u64, fast: Option<Arc<MonitorLayout>>) {
                     .iter()
                     .enumerate()
                     .map(|(i, s)| deadline(i, s).saturating_add(slop))
+                    .filter(|&d| d > now)
                     .min()
                     .unwrap_or(u64::MAX);
                 if first >= look || sleep <= 20_000 {
