@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
 use xen_shim::domain::{Domain, Platform};
@@ -26,6 +26,9 @@ pub struct VcpuSignal {
     pub flush: AtomicBool,
     /// The vCPU is inside KVM_RUN (it may be running guest code).
     pub in_guest: AtomicBool,
+    /// Linux thread id of the vCPU thread while it runs (0 otherwise), for
+    /// `xenkvm vcpu-list` (its CPU, time and affinity in /proc).
+    pub tid: AtomicU32,
 }
 
 pub const KICK_SIGNAL: i32 = 34; // SIGRTMIN

@@ -536,7 +536,11 @@ impl Vcpu {
         // SAFETY: pthread_self has no preconditions.
         *self.signal.thread.lock().unwrap_or_else(|e| e.into_inner()) =
             unsafe { libc::pthread_self() } as u64;
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        self.signal.tid.store(tid as u32, Ordering::SeqCst);
         let end = self.run_inner(g);
+        self.signal.tid.store(0, Ordering::SeqCst);
         *self.signal.thread.lock().unwrap_or_else(|e| e.into_inner()) = 0;
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
         end
