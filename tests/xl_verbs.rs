@@ -424,7 +424,8 @@ fn ok_out(run: &Path, args: &[&str]) -> String {
 }
 
 /// Issue 17: `create -p -q`, `domid`, `domname`, `vcpu-list`, `uptime`,
-/// `sysrq`, `dmesg`, `shutdown -a -w`, and 409 on a domain's API socket.
+/// `sysrq`, `top`, `dmesg`, `shutdown -a -w`, and 409 on a domain's API
+/// socket.
 #[test]
 fn paused_create_inspection_verbs_sysrq_and_shutdown_all() {
     let Some(cache) = common::assets() else {
@@ -546,6 +547,35 @@ fn paused_create_inspection_verbs_sysrq_and_shutdown_all() {
     );
     c.send(b"\x1d");
     assert_eq!(c.wait_exit(Duration::from_secs(10)), Some(0));
+
+    // top: xentop's columns, one row per domain, Domain-0 first.
+    let t = ok_out(&run, &["top"]);
+    let mut lines = t
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("NAME"));
+    assert_eq!(
+        lines.next(),
+        Some("      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  MAXMEM(k) MAXMEM(%) VCPUS NETS VBDS"),
+        "{t}"
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.trim_start().starts_with("Domain-0 ")),
+        "{t}"
+    );
+    let r: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(r[0], name, "{t}");
+    assert_eq!(
+        (r[4], r[6], r[8], r[9], r[10]),
+        ("262144", "262144", "2", "0", "0"),
+        "{t}"
+    );
+    assert!(t.contains("2 domains: "), "{t}");
 
     // dmesg: the monitor's log of the domain.
     let d = ok_out(&run, &["dmesg", name]);

@@ -129,6 +129,8 @@ enum Cmd {
         /// Only these domains (names or ids); all, prefixed by name, if none.
         domains: Vec<String>,
     },
+    /// One screen of `xentop -b -i 1`: CPU, memory, vCPUs and devices per domain.
+    Top,
     /// Send a magic SysRq key to the guest (xenstore control/sysrq).
     Sysrq {
         /// Domain name or id.
@@ -263,6 +265,7 @@ fn main() -> ExitCode {
         Cmd::Uptime { short, domains } => control::inspect::uptime(&rd, short, &domains),
         Cmd::VcpuList { domains } => control::inspect::vcpu_list(&rd, &domains),
         Cmd::Dmesg { domains } => control::inspect::dmesg(&rd, &domains),
+        Cmd::Top => control::top::top(&rd),
         Cmd::Sysrq { domain, key } => control::inspect::sysrq(&rd, &domain, &key),
         Cmd::Monitor { api_socket, log } => {
             Ok(control::monitor::serve_empty(rd.clone(), api_socket, log))

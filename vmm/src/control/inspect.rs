@@ -98,7 +98,7 @@ pub fn uptime_string(secs: u64, short: bool) -> String {
 }
 
 /// `HH:MM:SS` of `now` in local time.
-fn local_hms(now: u64) -> String {
+pub(crate) fn local_hms(now: u64) -> String {
     let t = now as libc::time_t;
     // SAFETY: localtime_r fills the zeroed tm from t.
     let tm = unsafe {

@@ -13,6 +13,7 @@
 //! - [`inspect`]: `domid`, `domname`, `uptime`, `vcpu-list`, `dmesg`,
 //!   `sysrq`.
 //! - [`vcpus`]: what `vcpu-list` shows of each vCPU thread.
+//! - [`top`]: `top`, one screen of `xentop -b -i 1`.
 //!
 //! [`HostControl`] is the small piece the vCPU threads see: the pause gate,
 //! which vCPUs are blocked, and where console output goes.
@@ -22,6 +23,7 @@ pub mod inspect;
 pub mod monitor;
 pub mod registry;
 pub mod signals;
+pub mod top;
 pub mod vcpus;
 pub mod verbs;
 
