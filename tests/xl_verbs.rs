@@ -598,3 +598,101 @@ fn paused_create_inspection_verbs_sysrq_and_shutdown_all() {
     assert!(!o.status.success(), "shutdown without -a or a domain");
     let _ = std::fs::remove_dir_all(&run);
 }
+
+/// Issue 17: `vcpu-set` takes a vCPU offline (the guest's kernel does it
+/// when xenstore says so) and makes it available again; the guest brings
+/// it online (as udev would) and it resumes where VCPUOP_down left it.
+#[test]
+fn vcpu_set_takes_a_vcpu_offline_and_back() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let run = temp_dir("vcpuset");
+    let name = "xlcpu";
+    let cfg = run.join("cpu.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{name}\"\nmemory = 256\nvcpus = 2\nkernel = \"{}\"\nramdisk = \"{}\"\n\
+             extra = \"console=hvc0 quiet\"\n",
+            cache.join("vmlinuz").display(),
+            cache.join("initramfs-shell.cpio.gz").display()
+        ),
+    )
+    .unwrap();
+    let o = xenkvm(&run, &["create", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut c = Attached::start(&run, name);
+    assert!(
+        c.wait_for("XENKVM-SHELL", Duration::from_secs(300)),
+        "{}",
+        c.text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let vcpu1_state = || -> String {
+        let v = ok_out(&run, &["vcpu-list", name]);
+        let r: Vec<String> = v
+            .lines()
+            .nth(2)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        r.get(4).cloned().unwrap_or_default()
+    };
+    let wait_state = |want: &[&str], c: &Attached| {
+        let start = Instant::now();
+        loop {
+            let s = vcpu1_state();
+            if want.contains(&s.as_str()) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "vCPU 1 is {s:?}, not {want:?}:\n{}",
+                c.text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_state(&["r--", "-b-"], &c);
+    let o = xenkvm(&run, &["vcpu-set", name, "3"]);
+    assert!(!o.status.success(), "3 of 2 vCPUs accepted");
+    assert!(text(&o).contains("1 to 2"), "{}", text(&o));
+
+    let o = xenkvm(&run, &["vcpu-set", name, "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_state(&["--p"], &c);
+    assert_eq!(row(&list(&run), name).unwrap()[3], "1");
+    c.send(b"echo cpus-$(cat /sys/devices/system/cpu/online)-end\n");
+    assert!(
+        c.wait_for("cpus-0-end", Duration::from_secs(30)),
+        "{}",
+        c.text()
+    );
+
+    // Available again; the guest onlines it as udev would.
+    let o = xenkvm(&run, &["vcpu-set", name, "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::thread::sleep(Duration::from_millis(500));
+    c.send(b"echo 1 > /sys/devices/system/cpu/cpu1/online; echo up-$(cat /sys/devices/system/cpu/online)-end\n");
+    assert!(
+        c.wait_for("up-0-1-end", Duration::from_secs(30)),
+        "{}",
+        c.text()
+    );
+    wait_state(&["r--", "-b-"], &c);
+    assert_eq!(row(&list(&run), name).unwrap()[3], "2");
+    // The resumed vCPU runs guest code: a task pinned to it finishes.
+    c.send(b"taskset -c 1 sh -c 'echo on-cpu1-$((6*7))'\n");
+    assert!(
+        c.wait_for("on-cpu1-42", Duration::from_secs(30)),
+        "{}",
+        c.text()
+    );
+    c.send(b"\x1d");
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), Some(0));
+    let o = xenkvm(&run, &["destroy", name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&run);
+}

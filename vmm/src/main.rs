@@ -129,6 +129,14 @@ enum Cmd {
         /// Only these domains (names or ids); all, prefixed by name, if none.
         domains: Vec<String>,
     },
+    /// Set how many vCPUs the guest has online (CPU hotplug through xenstore).
+    #[command(name = "vcpu-set")]
+    VcpuSet {
+        /// Domain name or id.
+        domain: String,
+        /// vCPUs to have online: 1 to the domain's `vcpus`.
+        count: u32,
+    },
     /// One screen of `xentop -b -i 1`: CPU, memory, vCPUs and devices per domain.
     Top,
     /// Send a magic SysRq key to the guest (xenstore control/sysrq).
@@ -266,6 +274,7 @@ fn main() -> ExitCode {
         Cmd::VcpuList { domains } => control::inspect::vcpu_list(&rd, &domains),
         Cmd::Dmesg { domains } => control::inspect::dmesg(&rd, &domains),
         Cmd::Top => control::top::top(&rd),
+        Cmd::VcpuSet { domain, count } => control::inspect::vcpu_set(&rd, &domain, count),
         Cmd::Sysrq { domain, key } => control::inspect::sysrq(&rd, &domain, &key),
         Cmd::Monitor { api_socket, log } => {
             Ok(control::monitor::serve_empty(rd.clone(), api_socket, log))

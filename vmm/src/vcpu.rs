@@ -77,6 +77,9 @@ pub struct Vcpu {
     /// Starts secondary vCPUs (set while the vCPU thread runs).
     pub starter: Option<Arc<crate::smp::Starter>>,
     pub exits: u64,
+    /// After VCPUOP_down: where VCPUOP_up resumes it (returning from the
+    /// hypercall, as Xen does).
+    pub down_regs: Option<Regs>,
 }
 
 /// A KVM segment register loaded from descriptor `d` (accessed bit set).
@@ -148,6 +151,7 @@ impl Vcpu {
             sregs: None,
             upcall_irq: false,
             starter: None,
+            down_regs: None,
             exits: 0,
         }
     }
@@ -621,6 +625,10 @@ impl Vcpu {
                     if let Err(a) = self.pv.deliver_events(&mut regs) {
                         return self.end(a);
                     }
+                }
+                Action::Down => {
+                    self.down_regs = Some(regs);
+                    return VcpuEnd::Down;
                 }
                 other => return self.end(other),
             }

@@ -370,12 +370,8 @@ impl Vm {
                 VcpuEnd::Crash(m) => {
                     Some(Outcome::Crash(format!("vCPU {}: {m}\n{}", r.id, r.dump)))
                 }
-                VcpuEnd::Down => {
-                    self.dom
-                        .online
-                        .fetch_and(!(1 << r.id), std::sync::atomic::Ordering::SeqCst);
-                    None
-                }
+                // Its thread cleared the online bit and parked it.
+                VcpuEnd::Down => None,
                 VcpuEnd::Stopped => host
                     .stop
                     .load(std::sync::atomic::Ordering::SeqCst)

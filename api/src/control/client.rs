@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ConsoleInfo, CreateRequest, DomainInfo, DomainOp, ErrorBody, SysrqRequest, VcpuInfo,
-    VersionInfo,
+    VcpuSetRequest, VersionInfo,
 };
 
 /// Responses larger than this are refused.
@@ -214,6 +214,16 @@ impl Client {
 
     pub fn vcpus(&self, dom: &str) -> Result<Vec<VcpuInfo>, ClientError> {
         self.call("GET", &format!("/v1/domains/{}/vcpus", segment(dom)), None)
+    }
+
+    pub fn vcpu_set(&self, dom: &str, count: u32) -> Result<DomainInfo, ClientError> {
+        let body =
+            serde_json::to_vec(&VcpuSetRequest { count }).map_err(|e| ClientError::Decode {
+                path: self.path(),
+                msg: e.to_string(),
+            })?;
+        let path = format!("/v1/domains/{}/vcpus", segment(dom));
+        self.call("POST", &path, Some(&body))
     }
 
     pub fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ClientError> {

@@ -21,6 +21,7 @@
 //! | POST | `/v1/domains/{dom}/destroy` | 202 [`DomainInfo`] |
 //! | GET | `/v1/domains/{dom}/console` | [`ConsoleInfo`] |
 //! | GET | `/v1/domains/{dom}/vcpus` | `[VcpuInfo]` |
+//! | POST | `/v1/domains/{dom}/vcpus` | [`VcpuSetRequest`] → [`DomainInfo`] |
 //! | POST | `/v1/domains/{dom}/sysrq` | [`SysrqRequest`] → [`DomainInfo`] |
 //! | GET | `/v1/version` | [`VersionInfo`] |
 //!
@@ -182,6 +183,14 @@ pub struct VcpuInfo {
     pub affinity: String,
 }
 
+/// `POST /v1/domains/{dom}/vcpus`: how many vCPUs the guest should have
+/// online (`xl vcpu-set`; through xenstore `cpu/N/availability`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcpuSetRequest {
+    pub count: u32,
+}
+
 /// `POST /v1/domains/{dom}/sysrq`: the magic SysRq key to send
 /// (`xl sysrq`; the guest reads it from xenstore `control/sysrq`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +325,11 @@ pub trait Backend: Send + Sync {
     /// The domain's vCPUs.
     fn vcpus(&self, dom: &str) -> Result<Vec<VcpuInfo>, ApiError> {
         self.info(dom).map(|_| Vec::new())
+    }
+    /// Ask the guest to have `count` vCPUs online.
+    fn vcpu_set(&self, dom: &str, count: u32) -> Result<DomainInfo, ApiError> {
+        let _ = (dom, count);
+        Err(ApiError::NotFound("vcpu-set is not supported here".into()))
     }
     /// Send a magic SysRq key to the guest.
     fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{
-    ApiError, Backend, CreateRequest, DomainOp, ErrorBody, SysrqRequest, VersionInfo, API_PREFIX,
+    ApiError, Backend, CreateRequest, DomainOp, ErrorBody, SysrqRequest, VcpuSetRequest,
+    VersionInfo, API_PREFIX,
 };
 
 /// Request bodies larger than this are refused with 413.
@@ -126,6 +127,14 @@ pub fn route(backend: &dyn Backend, method: &str, url: &str, body: &[u8]) -> (u1
         ("GET", ["domains", dom, "console"]) => backend.console(dom).map(|c| json(200, &c)),
         (_, ["domains", _, "console"]) => Err(no_method(method, path)),
         ("GET", ["domains", dom, "vcpus"]) => backend.vcpus(dom).map(|v| json(200, &v)),
+        ("POST", ["domains", dom, "vcpus"]) => {
+            match serde_json::from_slice::<VcpuSetRequest>(body) {
+                Ok(req) => backend.vcpu_set(dom, req.count).map(|i| json(200, &i)),
+                Err(e) => Err(ApiError::BadRequest(format!(
+                    "malformed vcpus request: {e}"
+                ))),
+            }
+        }
         (_, ["domains", _, "vcpus"]) => Err(no_method(method, path)),
         ("POST", ["domains", dom, "sysrq"]) => match serde_json::from_slice::<SysrqRequest>(body) {
             Ok(req) => req
@@ -326,6 +335,11 @@ mod tests {
                 clients: 0,
             })
         }
+        fn vcpu_set(&self, dom: &str, count: u32) -> Result<DomainInfo, ApiError> {
+            let mut i = self.find(dom)?;
+            i.vcpus = count;
+            Ok(i)
+        }
         fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {
             let i = self.find(dom)?;
             self.keys.lock().unwrap().push(key);
@@ -425,6 +439,13 @@ mod tests {
         assert_eq!(route(&f, "GET", "/v1/domains/web/sysrq", b"").0, 405);
         assert_eq!(route(&f, "GET", "/v1/domains/web/vcpus", b"").0, 200);
         assert_eq!(route(&f, "GET", "/v1/domains/x/vcpus", b"").0, 404);
+        let r = route(&f, "POST", "/v1/domains/web/vcpus", br#"{"count":2}"#);
+        assert_eq!(r.0, 200, "{r:?}");
+        for bad in [&b""[..], b"{}", br#"{"count":-1}"#, br#"{"count":"2"}"#] {
+            let r = route(&f, "POST", "/v1/domains/web/vcpus", bad);
+            assert_eq!(r.0, 400, "{r:?}");
+        }
+        assert_eq!(route(&f, "DELETE", "/v1/domains/web/vcpus", b"").0, 405);
         // Arbitrary bytes never panic.
         for junk in ["\u{0}", "/v1/\u{fffd}", "/v1/domains/%00/pause", "//v1//"] {
             let r = route(&f, "GET", junk, &[0xff, 0xfe]);

@@ -1,5 +1,5 @@
 //! The xl verbs that look at domains: `domid`, `domname`, `uptime`,
-//! `vcpu-list`, `dmesg`, and `sysrq`, in xl's output formats.
+//! `vcpu-list`, `dmesg`; and `sysrq`, `vcpu-set`; in xl's output formats.
 
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -227,6 +227,14 @@ pub fn dmesg(run: &RunDir, doms: &[String]) -> anyhow::Result<ExitCode> {
             print!("{text}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `xenkvm vcpu-set DOM COUNT`: the guest brings vCPUs online or takes
+/// them offline (xenstore `cpu/N/availability`, as xl does).
+pub fn vcpu_set(run: &RunDir, dom: &str, count: u32) -> anyhow::Result<ExitCode> {
+    let e = run.find(dom)?;
+    client(&e).vcpu_set(&e.name, count)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,7 +11,7 @@
 //! - [`verbs`]: `create` (background), `list`, `console`, `shutdown`,
 //!   `reboot`, `destroy`, `pause`, `unpause`, `info`, through the API.
 //! - [`inspect`]: `domid`, `domname`, `uptime`, `vcpu-list`, `dmesg`,
-//!   `sysrq`.
+//!   `sysrq`, `vcpu-set`.
 //! - [`vcpus`]: what `vcpu-list` shows of each vCPU thread.
 //! - [`top`]: `top`, one screen of `xentop -b -i 1`.
 //!

@@ -212,6 +212,11 @@ impl Running {
 
     /// Write `value` to the guest's `control/NODE` in its xenstore.
     fn write_control(&self, node: &str, value: &str) -> Result<(), ApiError> {
+        self.write_domain_node(&format!("control/{node}"), value)
+    }
+
+    /// Write `value` to `/local/domain/<id>/NODE` in the guest's xenstore.
+    fn write_domain_node(&self, node: &str, value: &str) -> Result<(), ApiError> {
         match self.phase() {
             Phase::Running => {}
             Phase::Booting => return Err(ApiError::Conflict("the domain is starting".into())),
@@ -226,11 +231,27 @@ impl Running {
             .xs
             .get()
             .ok_or_else(|| ApiError::Internal("the domain has no xenstore".into()))?;
-        let path = format!("/local/domain/{}/control/{node}", dom.layout.domid);
+        let path = format!("/local/domain/{}/{node}", dom.layout.domid);
         lock(&xs.store)
             .write(&path, value)
             .map_err(|e| ApiError::Internal(format!("xenstore write {path}: {e:?}")))?;
         log::info!("wrote {value} to {path}");
+        Ok(())
+    }
+
+    /// `xl vcpu-set`: vCPUs below `count` online, the others offline, in
+    /// xenstore `cpu/N/availability` (the guest's CPU hotplug reads it).
+    fn vcpu_set(&self, count: u32) -> Result<(), ApiError> {
+        let max = self.cfg.vcpus;
+        if count == 0 || count > max {
+            return Err(ApiError::BadRequest(format!(
+                "cannot set {count} vCPUs: the domain has 1 to {max}"
+            )));
+        }
+        for n in 0..max {
+            let state = if n < count { "online" } else { "offline" };
+            self.write_domain_node(&format!("cpu/{n}/availability"), state)?;
+        }
         Ok(())
     }
 
@@ -587,6 +608,12 @@ impl Backend for Monitor {
 
     fn vcpus(&self, dom: &str) -> Result<Vec<VcpuInfo>, ApiError> {
         self.running(dom).map(|r| r.vcpus())
+    }
+
+    fn vcpu_set(&self, dom: &str, count: u32) -> Result<DomainInfo, ApiError> {
+        let r = self.running(dom)?;
+        r.vcpu_set(count)?;
+        Ok(r.info())
     }
 
     fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {
