@@ -320,6 +320,14 @@ fn api_endpoints_on_booted_guests() {
     // A second create on a monitor that has a domain: 409.
     let (s, _) = status(&ca, "POST", "/v1/domains", Some(&create_body(&wait_cfg)));
     assert_eq!(s, 409);
+    // Whatever the body (issue 17: was 400 "missing field `type`").
+    let (s, body) = status(
+        &ca,
+        "POST",
+        "/v1/domains",
+        Some(br#"{"config":{"name":"x"}}"#),
+    );
+    assert_eq!(s, 409, "{body}");
     // A conflicting name on a fresh monitor: 409, and that monitor keeps
     // waiting for a valid create.
     let dup = Monitor::start(&run, "dup");

@@ -415,3 +415,284 @@ fn create_list_console_pause_shutdown_destroy() {
     assert_eq!(common::leftovers(&run), mine);
     let _ = std::fs::remove_dir_all(&run);
 }
+
+/// The stdout of a verb that must succeed.
+fn ok_out(run: &Path, args: &[&str]) -> String {
+    let o = xenkvm(run, args);
+    assert!(o.status.success(), "{args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Issue 17: `create -p -q`, `domid`, `domname`, `vcpu-list`, `uptime`,
+/// `sysrq`, `top`, `dmesg`, `shutdown -a -w`, and 409 on a domain's API
+/// socket.
+#[test]
+fn paused_create_inspection_verbs_sysrq_and_shutdown_all() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let run = temp_dir("inspect");
+    let name = "xlsys";
+    let cfg = run.join("sys.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{name}\"\nmemory = 256M\nvcpus = 2\nkernel = \"{}\"\nramdisk = \"{}\"\n\
+             extra = \"console=hvc0 quiet\"\n",
+            cache.join("vmlinuz").display(),
+            cache.join("initramfs-wait.cpio.gz").display()
+        ),
+    )
+    .unwrap();
+
+    // create -p -q: nothing printed, the domain waits paused.
+    let o = xenkvm(&run, &["create", "-p", "-q", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(text(&o), "", "create -q printed");
+    // The monitor answers create before its main thread sets the gate.
+    let start = Instant::now();
+    while row(&list(&run), name).is_some_and(|r| r[4] != "--p---")
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = row(&list(&run), name).expect("listed");
+    assert_eq!(r[4], "--p---", "not paused");
+
+    // domid / domname, Domain-0 included.
+    assert_eq!(ok_out(&run, &["domid", name]), "1\n");
+    assert_eq!(ok_out(&run, &["domname", "1"]), format!("{name}\n"));
+    assert_eq!(ok_out(&run, &["domid", "Domain-0"]), "0\n");
+    assert_eq!(ok_out(&run, &["domname", "0"]), "Domain-0\n");
+    let o = xenkvm(&run, &["domname", "7"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("domain id '7'"), "{}", text(&o));
+    assert!(!xenkvm(&run, &["domid", "nope"]).status.success());
+
+    // vcpu-list while paused: vCPU 0 online, vCPU 1 not yet brought up.
+    let v = ok_out(&run, &["vcpu-list", name]);
+    let mut lines = v.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Name                                ID  VCPU   CPU State   Time(s) Affinity (Hard / Soft)"),
+        "{v}"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(&rows[0][..3], [name, "1", "0"], "{v}");
+    assert_eq!(&rows[1][..5], [name, "1", "1", "-", "--p"], "{v}");
+    assert_eq!(rows[1][6..], ["all", "/", "all"], "{v}");
+
+    // A create on the domain's own API socket conflicts, whatever the body.
+    let api = api::control::client::Client::new(&run.join(format!("domains/{name}/api.sock")));
+    let r = api
+        .raw("POST", "/v1/domains", Some(br#"{"config":{"name":"x"}}"#))
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+
+    // unpause runs it; both vCPUs come up.
+    let o = xenkvm(&run, &["unpause", name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut c = Attached::start(&run, name);
+    assert!(
+        c.wait_for("XENKVM-WAITING", Duration::from_secs(300)),
+        "{}",
+        c.text()
+    );
+    let v = ok_out(&run, &["vcpu-list"]);
+    assert!(
+        v.lines().nth(1).is_some_and(|l| l.starts_with("Domain-0 ")),
+        "{v}"
+    );
+    let mine: Vec<Vec<&str>> = v
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name} ")))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(mine.len(), 2, "{v}");
+    for r in &mine {
+        assert!(r[3].parse::<u32>().is_ok(), "no host CPU: {v}");
+        assert!(["r--", "-b-"].contains(&r[4]), "state: {v}");
+        assert!(r[5].parse::<f64>().is_ok(), "time: {v}");
+    }
+
+    // uptime, long and short.
+    let u = ok_out(&run, &["uptime"]);
+    let mut lines = u.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("{:<33} {:>4} Uptime", "Name", "ID").as_str())
+    );
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("Domain-0 ")),
+        "{u}"
+    );
+    let l = lines.next().unwrap_or_default();
+    assert!(l.starts_with(&format!("{name:<33}    1  0:")), "{u}");
+    let u = ok_out(&run, &["uptime", "-s", name]);
+    assert!(
+        u.contains(" up  0:") && u.ends_with(&format!(", {name} (1)\n")),
+        "{u}"
+    );
+
+    // sysrq h: the guest's kernel prints the SysRq help on its console.
+    let o = xenkvm(&run, &["sysrq", name, "hh"]);
+    assert!(!o.status.success());
+    let o = xenkvm(&run, &["sysrq", name, "h"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        c.wait_for("HELP : ", Duration::from_secs(30)),
+        "no SysRq help:\n{}",
+        c.text()
+    );
+    c.send(b"\x1d");
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), Some(0));
+
+    // top: xentop's columns, one row per domain, Domain-0 first.
+    let t = ok_out(&run, &["top"]);
+    let mut lines = t
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("NAME"));
+    assert_eq!(
+        lines.next(),
+        Some("      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  MAXMEM(k) MAXMEM(%) VCPUS NETS VBDS"),
+        "{t}"
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.trim_start().starts_with("Domain-0 ")),
+        "{t}"
+    );
+    let r: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(r[0], name, "{t}");
+    assert_eq!(
+        (r[4], r[6], r[8], r[9], r[10]),
+        ("262144", "262144", "2", "0", "0"),
+        "{t}"
+    );
+    assert!(t.contains("2 domains: "), "{t}");
+
+    // dmesg: the monitor's log of the domain.
+    let d = ok_out(&run, &["dmesg", name]);
+    assert!(d.contains(&format!("domain {name} (id 1) created")), "{d}");
+    let d = ok_out(&run, &["dmesg"]);
+    assert!(
+        d.contains(&format!("({name}) xenkvm: domain {name}")),
+        "{d}"
+    );
+
+    // shutdown -a -w: every domain, waited for.
+    let o = xenkvm(&run, &["shutdown", "-a", "-w"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("Shutting down domain 1"), "{t}");
+    assert!(t.contains("Waiting for 1 domains"), "{t}");
+    assert!(t.contains("Domain 1 has been shut down"), "{t}");
+    assert!(row(&list(&run), name).is_none());
+    let o = xenkvm(&run, &["shutdown"]);
+    assert!(!o.status.success(), "shutdown without -a or a domain");
+    let _ = std::fs::remove_dir_all(&run);
+}
+
+/// Issue 17: `vcpu-set` takes a vCPU offline (the guest's kernel does it
+/// when xenstore says so) and makes it available again; the guest brings
+/// it online (as udev would) and it resumes where VCPUOP_down left it.
+#[test]
+fn vcpu_set_takes_a_vcpu_offline_and_back() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let run = temp_dir("vcpuset");
+    let name = "xlcpu";
+    let cfg = run.join("cpu.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{name}\"\nmemory = 256\nvcpus = 2\nkernel = \"{}\"\nramdisk = \"{}\"\n\
+             extra = \"console=hvc0 quiet\"\n",
+            cache.join("vmlinuz").display(),
+            cache.join("initramfs-shell.cpio.gz").display()
+        ),
+    )
+    .unwrap();
+    let o = xenkvm(&run, &["create", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut c = Attached::start(&run, name);
+    assert!(
+        c.wait_for("XENKVM-SHELL", Duration::from_secs(300)),
+        "{}",
+        c.text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let vcpu1_state = || -> String {
+        let v = ok_out(&run, &["vcpu-list", name]);
+        let r: Vec<String> = v
+            .lines()
+            .nth(2)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        r.get(4).cloned().unwrap_or_default()
+    };
+    let wait_state = |want: &[&str], c: &Attached| {
+        let start = Instant::now();
+        loop {
+            let s = vcpu1_state();
+            if want.contains(&s.as_str()) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "vCPU 1 is {s:?}, not {want:?}:\n{}",
+                c.text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_state(&["r--", "-b-"], &c);
+    let o = xenkvm(&run, &["vcpu-set", name, "3"]);
+    assert!(!o.status.success(), "3 of 2 vCPUs accepted");
+    assert!(text(&o).contains("1 to 2"), "{}", text(&o));
+
+    let o = xenkvm(&run, &["vcpu-set", name, "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_state(&["--p"], &c);
+    assert_eq!(row(&list(&run), name).unwrap()[3], "1");
+    c.send(b"echo cpus-$(cat /sys/devices/system/cpu/online)-end\n");
+    assert!(
+        c.wait_for("cpus-0-end", Duration::from_secs(30)),
+        "{}",
+        c.text()
+    );
+
+    // Available again; the guest onlines it as udev would.
+    let o = xenkvm(&run, &["vcpu-set", name, "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::thread::sleep(Duration::from_millis(500));
+    c.send(b"echo 1 > /sys/devices/system/cpu/cpu1/online; echo up-$(cat /sys/devices/system/cpu/online)-end\n");
+    assert!(
+        c.wait_for("up-0-1-end", Duration::from_secs(30)),
+        "{}",
+        c.text()
+    );
+    wait_state(&["r--", "-b-"], &c);
+    assert_eq!(row(&list(&run), name).unwrap()[3], "2");
+    // The resumed vCPU runs guest code: a task pinned to it finishes.
+    c.send(b"taskset -c 1 sh -c 'echo on-cpu1-$((6*7))'\n");
+    assert!(
+        c.wait_for("on-cpu1-42", Duration::from_secs(30)),
+        "{}",
+        c.text()
+    );
+    c.send(b"\x1d");
+    assert_eq!(c.wait_exit(Duration::from_secs(10)), Some(0));
+    let o = xenkvm(&run, &["destroy", name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _ = std::fs::remove_dir_all(&run);
+}

@@ -31,7 +31,8 @@ pub enum CreateError {
 console on this terminal (Ctrl-] stops it)."
 )]
 pub struct CreateArgs {
-    /// Parse the config and print it as JSON; do not start the guest.
+    /// Check the config as create would (same parse, same paths, same
+    /// refusals) and print it as JSON; do not start the guest.
     #[arg(short = 'n', long)]
     dry_run: bool,
     /// Stay in the foreground until the domain dies, console on this terminal.
@@ -40,41 +41,61 @@ pub struct CreateArgs {
     /// Attach to the guest console once the domain is started (Ctrl-] detaches).
     #[arg(short = 'c')]
     console: bool,
+    /// Leave the domain paused once it is built; `xenkvm unpause` runs it.
+    #[arg(short = 'p')]
+    paused: bool,
+    /// Quiet: print nothing but errors and warnings.
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// The xl.cfg file.
     cfg: PathBuf,
     /// Settings that override the file's, e.g. `memory=1024 'extra="quiet"'`.
     overrides: Vec<String>,
 }
 
-pub fn create(args: &CreateArgs, run: &RunDir, verbose: u8) -> anyhow::Result<ExitCode> {
+/// The config of `args`, parsed, checked against this host and with its
+/// paths resolved: what both `create` and `create -n` use.
+fn load(args: &CreateArgs) -> anyhow::Result<Result<(DomainConfig, PathBuf), String>> {
     let text = std::fs::read_to_string(&args.cfg)
         .with_context(|| format!("cannot read {}", args.cfg.display()))?;
     let file = args.cfg.display().to_string();
-    let (cfg, warnings) = match xlcfg::load(&text, &file, &args.overrides) {
+    let limits = crate::memory::limits();
+    let (mut cfg, warnings) = match xlcfg::load_checked(&text, &file, &args.overrides, &limits) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let dir = args.cfg.parent().unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    // Refuse what cannot run before starting anything.
+    if let Err(e) = run_args(&cfg, &dir) {
+        return Ok(Err(e.to_string()));
+    }
+    resolve_paths(&mut cfg, &dir);
+    Ok(Ok((cfg, dir)))
+}
+
+pub fn create(args: &CreateArgs, run: &RunDir, verbose: u8) -> anyhow::Result<ExitCode> {
+    if !args.quiet && !args.dry_run {
+        eprintln!("Parsing config from {}", args.cfg.display());
+    }
+    let (cfg, dir) = match load(args)? {
         Ok(v) => v,
         Err(e) => {
             eprintln!("xenkvm: {e}");
             return Ok(ExitCode::from(1));
         }
     };
-    for w in &warnings {
-        eprintln!("{w}");
-    }
     if args.dry_run {
         println!("{}", xlcfg::to_json(&cfg));
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("Parsing config from {file}");
-    let dir = args.cfg.parent().unwrap_or(Path::new("."));
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    // Refuse what cannot run before starting anything.
-    if let Err(e) = run_args(&cfg, &dir) {
-        eprintln!("xenkvm: {e}");
-        return Ok(ExitCode::from(1));
-    }
     let req = CreateRequest {
         config: cfg,
         config_dir: Some(dir.display().to_string()),
+        paused: args.paused,
     };
     if args.foreground {
         return match crate::control::monitor::run_foreground(run.clone(), req) {
@@ -85,7 +106,23 @@ pub fn create(args: &CreateArgs, run: &RunDir, verbose: u8) -> anyhow::Result<Ex
             }
         };
     }
-    crate::control::verbs::create_background(run, &req, args.console, verbose)
+    crate::control::verbs::create_background(run, &req, args.console, args.quiet, verbose)
+}
+
+/// Make the config's paths the ones create uses: `kernel` and `ramdisk`
+/// next to the config file when they exist there, disk images too (where
+/// xl would have made a relative target `/dev/PATH`).
+fn resolve_paths(cfg: &mut DomainConfig, dir: &Path) {
+    let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p).display().to_string();
+    if let Some(k) = &cfg.kernel {
+        cfg.kernel = Some(abs(resolve(k, dir)));
+    }
+    if let Some(r) = &cfg.ramdisk {
+        cfg.ramdisk = Some(abs(resolve(r, dir)));
+    }
+    for d in &mut cfg.disks {
+        d.target = d.target.as_deref().map(|t| disk_target(t, dir));
+    }
 }
 
 /// A path from the config: relative to the config's directory when it exists
@@ -101,17 +138,22 @@ fn resolve(path: &str, dir: &Path) -> PathBuf {
     p
 }
 
-/// A disk as a `--disk` spec, its image looked up next to the config file
-/// when a relative path was given (xl would have made it `/dev/PATH`).
-fn disk_arg(d: &api::xlcfg::DiskSpec, dir: &Path) -> String {
-    let mut target = d.target.clone().unwrap_or_default();
+/// A disk target, its image looked up next to the config file when a
+/// relative path was given (xl would have made it `/dev/PATH`).
+fn disk_target(target: &str, dir: &Path) -> String {
     if let Some(rel) = target.strip_prefix("/dev/") {
         let in_dir = dir.join(rel);
-        if !Path::new(&target).exists() && in_dir.exists() {
+        if !Path::new(target).exists() && in_dir.exists() {
             let abs = std::path::absolute(&in_dir).unwrap_or(in_dir);
-            target = abs.display().to_string();
+            return abs.display().to_string();
         }
     }
+    target.to_string()
+}
+
+/// A disk as a `--disk` spec.
+fn disk_arg(d: &api::xlcfg::DiskSpec, dir: &Path) -> String {
+    let target = disk_target(d.target.as_deref().unwrap_or_default(), dir);
     use api::xlcfg::{Access, DiskFormat};
     let format = match d.format {
         DiskFormat::Raw => "raw",
@@ -201,6 +243,27 @@ mod tests {
         assert_eq!(a.name, "g");
         assert!(a.cmdline.contains("console=hvc0"));
         assert!(a.on_reboot == OnReboot::Exit);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 17: what `create -n` shows is what create runs.
+    #[test]
+    fn resolved_paths_are_what_create_runs() {
+        let dir = std::env::temp_dir().join(format!("xenkvm-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vmlinuz"), b"").unwrap();
+        std::fs::write(dir.join("web02.img"), b"").unwrap();
+        let mut c = cfg("name = 'g'\nkernel = 'vmlinuz'\n\
+                         disk = ['file:web02.img,xvda,w', 'phy:sdz9,xvdb,r']\n");
+        let before = run_args(&c, &dir).unwrap();
+        resolve_paths(&mut c, &dir);
+        let img = dir.join("web02.img").display().to_string();
+        assert_eq!(c.kernel, Some(dir.join("vmlinuz").display().to_string()));
+        assert_eq!(c.disks[0].target.as_deref(), Some(img.as_str()));
+        assert_eq!(c.disks[1].target.as_deref(), Some("/dev/sdz9"));
+        let after = run_args(&c, &dir).unwrap();
+        assert_eq!(before.disks, after.disks);
+        assert_eq!(before.kernel, after.kernel);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -65,6 +65,9 @@ enum Cmd {
     },
     /// Ask the guest to power off (xenstore control/shutdown).
     Shutdown {
+        /// Every domain (Domain-0, the host, excepted).
+        #[arg(short = 'a', long, conflicts_with = "domain")]
+        all: bool,
         /// Wait until the domain has shut down.
         #[arg(short = 'w', long)]
         wait: bool,
@@ -73,7 +76,8 @@ enum Cmd {
         #[arg(short = 't', long, value_name = "SECS", default_value_t = control::verbs::SHUTDOWN_WAIT_S, requires = "wait")]
         timeout: u64,
         /// Domain name or id.
-        domain: String,
+        #[arg(required_unless_present = "all")]
+        domain: Option<String>,
     },
     /// Ask the guest to reboot (xenstore control/shutdown).
     Reboot {
@@ -97,6 +101,53 @@ enum Cmd {
     },
     /// Host information as `key : value` lines, like `xl info`.
     Info,
+    /// Print a domain's id.
+    Domid {
+        /// Domain name.
+        name: String,
+    },
+    /// Print a domain's name.
+    Domname {
+        /// Domain id.
+        id: String,
+    },
+    /// How long domains have been up, as `xl uptime`.
+    Uptime {
+        /// Short format: ` HH:MM:SS up TIME, NAME (ID)`.
+        #[arg(short = 's')]
+        short: bool,
+        /// Only these domains (names or ids).
+        domains: Vec<String>,
+    },
+    /// The domains' vCPUs: host CPU, state, CPU time, affinity.
+    #[command(name = "vcpu-list")]
+    VcpuList {
+        /// Only these domains (names or ids).
+        domains: Vec<String>,
+    },
+    /// The domain monitors' logs (xenkvm's "hypervisor" log; the guest's
+    /// kernel log is on its console).
+    Dmesg {
+        /// Only these domains (names or ids); all, prefixed by name, if none.
+        domains: Vec<String>,
+    },
+    /// Set how many vCPUs the guest has online (CPU hotplug through xenstore).
+    #[command(name = "vcpu-set")]
+    VcpuSet {
+        /// Domain name or id.
+        domain: String,
+        /// vCPUs to have online: 1 to the domain's `vcpus`.
+        count: u32,
+    },
+    /// One screen of `xentop -b -i 1`: CPU, memory, vCPUs and devices per domain.
+    Top,
+    /// Send a magic SysRq key to the guest (xenstore control/sysrq).
+    Sysrq {
+        /// Domain name or id.
+        domain: String,
+        /// The key, e.g. `h` (help), `s` (sync), `b` (reboot now).
+        key: String,
+    },
     /// Serve the control API for one domain, waiting for `POST /v1/domains`
     /// (what `create` starts in the background).
     Monitor {
@@ -204,12 +255,13 @@ fn main() -> ExitCode {
         Cmd::List { long, domains } => control::verbs::list(&rd, long, &domains),
         Cmd::Console { domain } => control::verbs::console(&rd, &domain),
         Cmd::Shutdown {
+            all: _,
             wait,
             timeout,
             domain,
         } => control::verbs::shutdown(
             &rd,
-            &domain,
+            domain.as_deref(),
             wait,
             (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
         ),
@@ -218,6 +270,14 @@ fn main() -> ExitCode {
         Cmd::Pause { domain } => control::verbs::pause(&rd, &domain, true),
         Cmd::Unpause { domain } => control::verbs::pause(&rd, &domain, false),
         Cmd::Info => control::verbs::info(&rd),
+        Cmd::Domid { name } => control::inspect::domid(&rd, &name),
+        Cmd::Domname { id } => control::inspect::domname(&rd, &id),
+        Cmd::Uptime { short, domains } => control::inspect::uptime(&rd, short, &domains),
+        Cmd::VcpuList { domains } => control::inspect::vcpu_list(&rd, &domains),
+        Cmd::Dmesg { domains } => control::inspect::dmesg(&rd, &domains),
+        Cmd::Top => control::top::top(&rd),
+        Cmd::VcpuSet { domain, count } => control::inspect::vcpu_set(&rd, &domain, count),
+        Cmd::Sysrq { domain, key } => control::inspect::sysrq(&rd, &domain, &key),
         Cmd::Monitor { api_socket, log } => {
             Ok(control::monitor::serve_empty(rd.clone(), api_socket, log))
         }

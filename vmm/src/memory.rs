@@ -17,6 +17,30 @@ pub enum MemoryError {
     Alloc(u64, String),
 }
 
+/// The least memory a PV guest boots with, MiB.
+pub const MIN_GUEST_MIB: u64 = 64;
+
+/// The host's memory (MemTotal in /proc/meminfo), MiB.
+pub fn host_total_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_total(&text)
+}
+
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib >> 10)
+}
+
+/// What this host and monitor can run, for checking xl.cfg files.
+pub fn limits() -> api::xlcfg::Limits {
+    api::xlcfg::Limits {
+        max_vcpus: crate::layout::MAX_VCPUS,
+        min_memory_mib: MIN_GUEST_MIB,
+        host_memory_mib: host_total_mib().unwrap_or(u64::MAX),
+    }
+}
+
 impl Memory {
     pub fn new(size: u64) -> Result<Memory, MemoryError> {
         let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
@@ -74,5 +98,18 @@ impl GuestMem for Memory {
         Ok(self
             .atomic(gpa)?
             .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_in_mib() {
+        let text = "MemFree:  100 kB\nMemTotal:       24576000 kB\n";
+        assert_eq!(parse_mem_total(text), Some(24000));
+        assert_eq!(parse_mem_total("nothing"), None);
+        assert!(host_total_mib().is_some_and(|m| m > 0));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
 use xen_shim::domain::{Domain, Platform};
@@ -30,6 +30,9 @@ pub struct VcpuSignal {
     /// page (crate::ring0_fast): the timer thread kicks once per published
     /// deadline, not at every look until the vCPU takes it.
     pub fast_taken: AtomicU64,
+    /// Linux thread id of the vCPU thread while it runs (0 otherwise), for
+    /// `xenkvm vcpu-list` (its CPU, time and affinity in /proc).
+    pub tid: AtomicU32,
 }
 
 pub const KICK_SIGNAL: i32 = 34; // SIGRTMIN

@@ -49,8 +49,23 @@ impl Starter {
             .insert(id, ctx);
     }
 
-    /// VCPUOP_up: start vCPU `id` with its initialised context.
+    /// VCPUOP_up: start vCPU `id` with its initialised context, or resume
+    /// it where VCPUOP_down left it.
     pub fn up(self: &Arc<Self>, id: u32) {
+        {
+            let mut p = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = p.get_mut(id as usize);
+            if let Some(slot) = slot.filter(|s| s.as_ref().is_some_and(|v| v.down_regs.is_some())) {
+                let Some(mut vcpu) = slot.take() else { return };
+                drop(p);
+                let Some(regs) = vcpu.down_regs.take() else {
+                    return;
+                };
+                vcpu.pv.dom.online.fetch_or(1 << id, Ordering::SeqCst);
+                self.spawn(vcpu, regs);
+                return;
+            }
+        }
         let ctx = self
             .contexts
             .lock()
@@ -82,6 +97,7 @@ impl Starter {
     pub fn spawn(self: &Arc<Self>, mut vcpu: Vcpu, regs: Regs) {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let me = self.clone();
+        let me2 = self.clone();
         let id = vcpu.pv.id;
         let h = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -104,14 +120,24 @@ impl Starter {
                             .or_insert(0) += n;
                     }
                 }
-                let _ = tx.send(VcpuReport {
+                let report = VcpuReport {
                     id,
                     dump: vcpu.dump(),
                     end,
                     exits_by_reason: std::mem::take(&mut vcpu.pv.exits_by_reason),
-                    exits: vcpu.exits,
-                    reg_ioctls: vcpu.regs.ioctls,
-                });
+                    exits: std::mem::take(&mut vcpu.exits),
+                    reg_ioctls: std::mem::take(&mut vcpu.regs.ioctls),
+                };
+                if report.end == VcpuEnd::Down && id < 64 {
+                    // Offline, and parked for a later VCPUOP_up (CPU
+                    // hot-unplug, `xenkvm vcpu-set`).
+                    vcpu.pv.dom.online.fetch_and(!(1 << id), Ordering::SeqCst);
+                    let mut p = me2.parked.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(slot) = p.get_mut(id as usize) {
+                        *slot = Some(vcpu);
+                    }
+                }
+                let _ = tx.send(report);
             });
         match h {
             Ok(h) => self

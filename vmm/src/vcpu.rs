@@ -93,6 +93,9 @@ pub struct Vcpu {
     /// its data page last told them: kernel mode, the vcpu_info address.
     fast: bool,
     fast_told: Option<(bool, u64)>,
+    /// After VCPUOP_down: where VCPUOP_up resumes it (returning from the
+    /// hypercall, as Xen does).
+    pub down_regs: Option<Regs>,
 }
 
 /// A KVM segment register loaded from descriptor `d` (accessed bit set).
@@ -165,6 +168,7 @@ impl Vcpu {
             sregs: None,
             upcall_irq: false,
             starter: None,
+            down_regs: None,
             exits: 0,
             regs,
             fast: profile.ring0().fast_paths,
@@ -485,16 +489,18 @@ impl Vcpu {
         }
     }
 
-    /// Hypercalls done in ring 0, for the monitor's counts.
+    /// Hypercalls done in ring 0 since the last call, for the monitor's
+    /// counts (the vCPU is stopped: nothing counts behind our back).
     pub fn fast_path_counts(&self) -> [(&'static str, u64); 2] {
         let d = ring0_fast::data_gpa(&self.mon, self.pv.id);
         let mem = &*self.pv.dom.mem;
         let n = |o| {
-            if self.fast {
-                mem.read_u64(d + o).unwrap_or(0)
-            } else {
-                0
+            if !self.fast {
+                return 0;
             }
+            let v = mem.read_u64(d + o).unwrap_or(0);
+            let _ = mem.write_u64(d + o, 0);
+            v
         };
         [
             ("iret (ring 0)", n(ring0_fast::N_IRET)),
@@ -639,7 +645,11 @@ impl Vcpu {
         // SAFETY: pthread_self has no preconditions.
         *self.signal.thread.lock().unwrap_or_else(|e| e.into_inner()) =
             unsafe { libc::pthread_self() } as u64;
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        self.signal.tid.store(tid as u32, Ordering::SeqCst);
         let end = self.run_inner(g);
+        self.signal.tid.store(0, Ordering::SeqCst);
         *self.signal.thread.lock().unwrap_or_else(|e| e.into_inner()) = 0;
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
         end
@@ -731,6 +741,10 @@ impl Vcpu {
                     if let Err(a) = self.pv.deliver_events(&mut regs) {
                         return self.end(a);
                     }
+                }
+                Action::Down => {
+                    self.down_regs = Some(regs);
+                    return VcpuEnd::Down;
                 }
                 other => return self.end(other),
             }

@@ -19,7 +19,7 @@ use xen_shim::vcpu::PvVcpu;
 
 use crate::builder::{self, BuildInput, PvLayout};
 use crate::layout::*;
-use crate::memory::Memory;
+use crate::memory::{Memory, MIN_GUEST_MIB};
 use crate::platform::{Host, VcpuSignal};
 use crate::ring0;
 use crate::ring0_fast;
@@ -48,10 +48,12 @@ pub enum VmError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0} MiB is too little memory for a PV guest (at least 64 MiB)")]
+    #[error("{0} MiB is too little memory for a PV guest (at least {MIN_GUEST_MIB} MiB)")]
     TooLittleMemory(u64),
-    #[error("--vcpus must be between 1 and {MAX_VCPUS}")]
-    Vcpus,
+    #[error("{0} MiB of memory is more than this host's memory ({1} MiB)")]
+    TooMuchMemory(u64, u64),
+    #[error("{0} vCPUs: xenkvm runs 1 to {MAX_VCPUS} vCPUs per domain")]
+    Vcpus(u32),
     #[error(transparent)]
     Xenstore(#[from] crate::xs::XsError),
     #[error(transparent)]
@@ -107,11 +109,16 @@ const CONSOLE_PORT: u32 = 2;
 
 impl Vm {
     pub fn create(cfg: &VmConfig) -> Result<Vm, VmError> {
-        if cfg.memory_mib < 64 {
+        if cfg.memory_mib < MIN_GUEST_MIB {
             return Err(VmError::TooLittleMemory(cfg.memory_mib));
         }
+        if let Some(host) = crate::memory::host_total_mib() {
+            if cfg.memory_mib > host {
+                return Err(VmError::TooMuchMemory(cfg.memory_mib, host));
+            }
+        }
         if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
-            return Err(VmError::Vcpus);
+            return Err(VmError::Vcpus(cfg.vcpus));
         }
         let kernel = crate::loader::load_pv_kernel_file(cfg.kernel)?;
         let initrd = match cfg.initrd {
@@ -370,12 +377,8 @@ impl Vm {
                 VcpuEnd::Crash(m) => {
                     Some(Outcome::Crash(format!("vCPU {}: {m}\n{}", r.id, r.dump)))
                 }
-                VcpuEnd::Down => {
-                    self.dom
-                        .online
-                        .fetch_and(!(1 << r.id), std::sync::atomic::Ordering::SeqCst);
-                    None
-                }
+                // Its thread cleared the online bit and parked it.
+                VcpuEnd::Down => None,
                 VcpuEnd::Stopped => host
                     .stop
                     .load(std::sync::atomic::Ordering::SeqCst)

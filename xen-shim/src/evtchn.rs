@@ -255,6 +255,17 @@ fn raise_if_unmasked(mem: &dyn GuestMem, shared_info: u64, vcpu_info: u64, port:
     }
 }
 
+/// Clear `port`'s pending bit, as Xen's evtchn_free does on close: a port
+/// bound again later must not fire at once with an event of its previous
+/// binding.
+pub fn clear_pending(mem: &dyn GuestMem, shared_info: u64, port: u32) {
+    if port == 0 || port >= NR_PORTS {
+        return;
+    }
+    let (pa, bit) = word_addr(shared_info + shinfo::EVTCHN_PENDING, port);
+    let _ = mem.fetch_and_u64(pa, !bit);
+}
+
 /// EVTCHNOP_unmask; returns true when the vCPU must be kicked.
 pub fn unmask(mem: &dyn GuestMem, shared_info: u64, vcpu_info: u64, port: u32) -> bool {
     if port == 0 || port >= NR_PORTS {

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::{ConsoleInfo, CreateRequest, DomainInfo, DomainOp, ErrorBody, VersionInfo};
+use super::{
+    ConsoleInfo, CreateRequest, DomainInfo, DomainOp, ErrorBody, SysrqRequest, VcpuInfo,
+    VcpuSetRequest, VersionInfo,
+};
 
 /// Responses larger than this are refused.
 const MAX_RESPONSE: usize = 16 << 20;
@@ -207,6 +210,32 @@ impl Client {
     pub fn op(&self, dom: &str, op: DomainOp) -> Result<DomainInfo, ClientError> {
         let path = format!("/v1/domains/{}/{}", segment(dom), op.as_str());
         self.call("POST", &path, Some(b"{}"))
+    }
+
+    pub fn vcpus(&self, dom: &str) -> Result<Vec<VcpuInfo>, ClientError> {
+        self.call("GET", &format!("/v1/domains/{}/vcpus", segment(dom)), None)
+    }
+
+    pub fn vcpu_set(&self, dom: &str, count: u32) -> Result<DomainInfo, ClientError> {
+        let body =
+            serde_json::to_vec(&VcpuSetRequest { count }).map_err(|e| ClientError::Decode {
+                path: self.path(),
+                msg: e.to_string(),
+            })?;
+        let path = format!("/v1/domains/{}/vcpus", segment(dom));
+        self.call("POST", &path, Some(&body))
+    }
+
+    pub fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ClientError> {
+        let body = serde_json::to_vec(&SysrqRequest {
+            key: key.to_string(),
+        })
+        .map_err(|e| ClientError::Decode {
+            path: self.path(),
+            msg: e.to_string(),
+        })?;
+        let path = format!("/v1/domains/{}/sysrq", segment(dom));
+        self.call("POST", &path, Some(&body))
     }
 
     pub fn console(&self, dom: &str) -> Result<ConsoleInfo, ClientError> {

@@ -20,6 +20,9 @@
 //! | POST | `/v1/domains/{dom}/reboot` | 202 [`DomainInfo`] |
 //! | POST | `/v1/domains/{dom}/destroy` | 202 [`DomainInfo`] |
 //! | GET | `/v1/domains/{dom}/console` | [`ConsoleInfo`] |
+//! | GET | `/v1/domains/{dom}/vcpus` | `[VcpuInfo]` |
+//! | POST | `/v1/domains/{dom}/vcpus` | [`VcpuSetRequest`] → [`DomainInfo`] |
+//! | POST | `/v1/domains/{dom}/sysrq` | [`SysrqRequest`] → [`DomainInfo`] |
 //! | GET | `/v1/version` | [`VersionInfo`] |
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed request or JSON,
@@ -156,6 +159,58 @@ pub struct CreateRequest {
     /// config file's directory); absolute paths are used as they are.
     #[serde(default)]
     pub config_dir: Option<String>,
+    /// Leave the domain paused once it is built (`xl create -p`);
+    /// `resume` runs it.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// One vCPU in `GET /v1/domains/{dom}/vcpus` (`xl vcpu-list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VcpuInfo {
+    pub id: u32,
+    /// Brought up by the guest (vCPU 0 always is while the domain runs).
+    pub online: bool,
+    /// Running guest code or ready to (not blocked, not paused).
+    pub running: bool,
+    /// Waiting in SCHEDOP_block / SCHEDOP_poll.
+    pub blocked: bool,
+    /// The host CPU its thread last ran on.
+    pub cpu: Option<u32>,
+    /// CPU seconds used by its thread in this boot.
+    pub time_s: f64,
+    /// Host CPUs its thread may run on, as xl prints them (`all`, `0-3`).
+    pub affinity: String,
+}
+
+/// `POST /v1/domains/{dom}/vcpus`: how many vCPUs the guest should have
+/// online (`xl vcpu-set`; through xenstore `cpu/N/availability`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcpuSetRequest {
+    pub count: u32,
+}
+
+/// `POST /v1/domains/{dom}/sysrq`: the magic SysRq key to send
+/// (`xl sysrq`; the guest reads it from xenstore `control/sysrq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysrqRequest {
+    pub key: String,
+}
+
+impl SysrqRequest {
+    /// The key, if it is one printable ASCII character (as xl insists).
+    pub fn key(&self) -> Result<char, ApiError> {
+        let mut c = self.key.chars();
+        match (c.next(), c.next()) {
+            (Some(k), None) if k.is_ascii_graphic() => Ok(k),
+            _ => Err(ApiError::BadRequest(format!(
+                "invalid sysrq key {:?}: one printable character",
+                self.key
+            ))),
+        }
+    }
 }
 
 /// `GET /v1/domains/{dom}/console`: where to attach.
@@ -267,6 +322,20 @@ pub trait Backend: Send + Sync {
     fn info(&self, dom: &str) -> Result<DomainInfo, ApiError>;
     fn op(&self, dom: &str, op: DomainOp) -> Result<DomainInfo, ApiError>;
     fn console(&self, dom: &str) -> Result<ConsoleInfo, ApiError>;
+    /// The domain's vCPUs.
+    fn vcpus(&self, dom: &str) -> Result<Vec<VcpuInfo>, ApiError> {
+        self.info(dom).map(|_| Vec::new())
+    }
+    /// Ask the guest to have `count` vCPUs online.
+    fn vcpu_set(&self, dom: &str, count: u32) -> Result<DomainInfo, ApiError> {
+        let _ = (dom, count);
+        Err(ApiError::NotFound("vcpu-set is not supported here".into()))
+    }
+    /// Send a magic SysRq key to the guest.
+    fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {
+        let _ = (dom, key);
+        Err(ApiError::NotFound("sysrq is not supported here".into()))
+    }
 }
 
 /// Does `dom` (a name or a decimal id) name the domain `(id, name)`?
@@ -315,5 +384,15 @@ mod tests {
         assert!(matches_domain("3", 3, "web"));
         assert!(!matches_domain("4", 3, "web"));
         assert!(!matches_domain("we", 3, "web"));
+    }
+
+    #[test]
+    fn sysrq_keys_are_one_printable_character() {
+        let k = |s: &str| SysrqRequest { key: s.into() }.key();
+        assert_eq!(k("h"), Ok('h'));
+        assert_eq!(k("b"), Ok('b'));
+        for bad in ["", "hh", " ", "\n", "\u{0}", "é"] {
+            assert!(k(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{ApiError, Backend, CreateRequest, DomainOp, ErrorBody, VersionInfo, API_PREFIX};
+use super::{
+    ApiError, Backend, CreateRequest, DomainOp, ErrorBody, SysrqRequest, VcpuSetRequest,
+    VersionInfo, API_PREFIX,
+};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1 << 20;
@@ -104,17 +107,45 @@ pub fn route(backend: &dyn Backend, method: &str, url: &str, body: &[u8]) -> (u1
         }
         (_, ["version"]) => Err(no_method(method, path)),
         ("GET", ["domains"]) => return json(200, &backend.list()),
-        ("POST", ["domains"]) => match serde_json::from_slice::<CreateRequest>(body) {
-            Ok(req) => backend.create(req).map(|i| json(201, &i)),
-            Err(e) => Err(ApiError::BadRequest(format!(
-                "malformed create request: {e}"
+        ("POST", ["domains"]) => match backend.list().first() {
+            // A monitor runs one domain: whatever the body, creating
+            // another here conflicts with it.
+            Some(d) => Err(ApiError::Conflict(format!(
+                "this socket already serves domain '{}' (id {})",
+                d.name, d.id
             ))),
+            None => match serde_json::from_slice::<CreateRequest>(body) {
+                Ok(req) => backend.create(req).map(|i| json(201, &i)),
+                Err(e) => Err(ApiError::BadRequest(format!(
+                    "malformed create request: {e}"
+                ))),
+            },
         },
         (_, ["domains"]) => Err(no_method(method, path)),
         ("GET", ["domains", dom]) => backend.info(dom).map(|i| json(200, &i)),
         (_, ["domains", _]) => Err(no_method(method, path)),
         ("GET", ["domains", dom, "console"]) => backend.console(dom).map(|c| json(200, &c)),
         (_, ["domains", _, "console"]) => Err(no_method(method, path)),
+        ("GET", ["domains", dom, "vcpus"]) => backend.vcpus(dom).map(|v| json(200, &v)),
+        ("POST", ["domains", dom, "vcpus"]) => {
+            match serde_json::from_slice::<VcpuSetRequest>(body) {
+                Ok(req) => backend.vcpu_set(dom, req.count).map(|i| json(200, &i)),
+                Err(e) => Err(ApiError::BadRequest(format!(
+                    "malformed vcpus request: {e}"
+                ))),
+            }
+        }
+        (_, ["domains", _, "vcpus"]) => Err(no_method(method, path)),
+        ("POST", ["domains", dom, "sysrq"]) => match serde_json::from_slice::<SysrqRequest>(body) {
+            Ok(req) => req
+                .key()
+                .and_then(|k| backend.sysrq(dom, k))
+                .map(|i| json(200, &i)),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "malformed sysrq request: {e}"
+            ))),
+        },
+        (_, ["domains", _, "sysrq"]) => Err(no_method(method, path)),
         (m, ["domains", dom, op]) => match DomainOp::parse(op) {
             None => Err(ApiError::NotFound(format!("no such operation: {op}"))),
             Some(_) if m != "POST" => Err(no_method(m, path)),
@@ -240,6 +271,7 @@ mod tests {
     struct Fake {
         dom: Mutex<Option<DomainInfo>>,
         ops: Mutex<Vec<DomainOp>>,
+        keys: Mutex<Vec<char>>,
     }
 
     fn info(name: &str) -> DomainInfo {
@@ -303,12 +335,23 @@ mod tests {
                 clients: 0,
             })
         }
+        fn vcpu_set(&self, dom: &str, count: u32) -> Result<DomainInfo, ApiError> {
+            let mut i = self.find(dom)?;
+            i.vcpus = count;
+            Ok(i)
+        }
+        fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {
+            let i = self.find(dom)?;
+            self.keys.lock().unwrap().push(key);
+            Ok(i)
+        }
     }
 
     fn fake() -> Fake {
         Fake {
             dom: Mutex::new(None),
             ops: Mutex::new(Vec::new()),
+            keys: Mutex::new(Vec::new()),
         }
     }
 
@@ -337,6 +380,13 @@ mod tests {
         let req = format!(r#"{{"config": {cfg}}}"#);
         assert_eq!(route(&f, "POST", "/v1/domains", req.as_bytes()).0, 201);
         assert_eq!(route(&f, "POST", "/v1/domains", req.as_bytes()).0, 409);
+        // Issue 17: on a socket that already serves a domain, any create
+        // is a conflict, not a complaint about the body.
+        for body in [&b"{}"[..], br#"{"config":{"name":"web2"}}"#, b"junk"] {
+            let r = route(&f, "POST", "/v1/domains", body);
+            assert_eq!(r.0, 409, "{r:?}");
+            assert!(err_of(&r).contains("already serves domain 'web'"), "{r:?}");
+        }
         assert_eq!(route(&f, "GET", "/v1/domains/web", b"").0, 200);
         assert_eq!(route(&f, "GET", "/v1/domains/3/", b"").0, 200);
         assert_eq!(route(&f, "POST", "/v1/domains/web/pause", b"").0, 200);
@@ -366,6 +416,36 @@ mod tests {
         assert_eq!(route(&f, "GET", "/v1/version", b"").0, 200);
         assert_eq!(route(&f, "GET", "", b"").0, 404);
         assert_eq!(route(&f, "GET", "/v1/domains/a/b/c/d", b"").0, 404);
+        // sysrq: one key in a JSON body.
+        assert_eq!(
+            route(&f, "POST", "/v1/domains/web/sysrq", br#"{"key":"h"}"#).0,
+            200
+        );
+        assert_eq!(*f.keys.lock().unwrap(), ['h']);
+        for bad in [
+            &b""[..],
+            b"{}",
+            br#"{"key":"hh"}"#,
+            br#"{"key":""}"#,
+            b"[1]",
+        ] {
+            let r = route(&f, "POST", "/v1/domains/web/sysrq", bad);
+            assert_eq!(r.0, 400, "{r:?}");
+        }
+        assert_eq!(
+            route(&f, "POST", "/v1/domains/x/sysrq", br#"{"key":"h"}"#).0,
+            404
+        );
+        assert_eq!(route(&f, "GET", "/v1/domains/web/sysrq", b"").0, 405);
+        assert_eq!(route(&f, "GET", "/v1/domains/web/vcpus", b"").0, 200);
+        assert_eq!(route(&f, "GET", "/v1/domains/x/vcpus", b"").0, 404);
+        let r = route(&f, "POST", "/v1/domains/web/vcpus", br#"{"count":2}"#);
+        assert_eq!(r.0, 200, "{r:?}");
+        for bad in [&b""[..], b"{}", br#"{"count":-1}"#, br#"{"count":"2"}"#] {
+            let r = route(&f, "POST", "/v1/domains/web/vcpus", bad);
+            assert_eq!(r.0, 400, "{r:?}");
+        }
+        assert_eq!(route(&f, "DELETE", "/v1/domains/web/vcpus", b"").0, 405);
         // Arbitrary bytes never panic.
         for junk in ["\u{0}", "/v1/\u{fffd}", "/v1/domains/%00/pause", "//v1//"] {
             let r = route(&f, "GET", junk, &[0xff, 0xfe]);

@@ -9,8 +9,10 @@
 //!   statement on the next line (xm-era Python habit; libxlu rejects it);
 //! - numeric escapes in strings (`\xHH`, `\OOO`) produce the character
 //!   they name (libxlu's own implementation drops them);
-//! - a number token is validated here: `12ab`, `512M`, `08` and `1.5` are
-//!   errors at the line they are on, whichever key they belong to.
+//! - a number token is validated here: `12ab`, `08` and `1.5` are
+//!   errors at the line they are on, whichever key they belong to;
+//! - a size with a unit (`512M`, `1G`, `1.5GiB`, see [`super::size`]) is
+//!   read as a string, so `memory = 1G` needs no quotes.
 
 use super::XlCfgError;
 
@@ -209,6 +211,7 @@ impl<'a> Lexer<'a> {
                 let text: String = self.chars[start..self.pos].iter().collect();
                 match parse_number(&text) {
                     Some(v) => simple(Tok::Num(text, v)),
+                    None if super::size::is_size_word(&text) => simple(Tok::Str(text)),
                     None => Err(XlCfgError::BadNumber {
                         file: self.file.to_string(),
                         line,

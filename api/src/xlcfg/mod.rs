@@ -96,11 +96,14 @@
 
 mod disk;
 mod lexer;
+mod limits;
 pub mod model;
 mod parser;
+pub mod size;
 mod vif;
 
 pub use disk::{Access, BackendType, DevType, DiskFormat, DiskSpec, Specification};
+pub use limits::{load_checked, Limits};
 pub use model::{Action, DomainConfig, DomainType, Warning, WarningKind};
 pub use vif::{NicType, VifRate, VifSpec};
 
@@ -500,19 +503,23 @@ mod tests {
 
     #[test]
     fn malformed_bad_number() {
-        let e = err("name = 'a'\nmemory = 512M\n");
+        let e = err("name = 'a'\nmemory = 512X\n");
         assert_eq!(
             e,
             XlCfgError::BadNumber {
                 file: "bad.cfg".into(),
                 line: 2,
-                text: "512M".into()
+                text: "512X".into()
             }
         );
         assert!(
-            e.to_string().starts_with("bad.cfg:2: bad number `512M`"),
+            e.to_string().starts_with("bad.cfg:2: bad number `512X`"),
             "{e}"
         );
+        // A size with a unit is a string (the model reads it as a size).
+        let raw = parse_str("memory = 512M\nmaxmem = 1.5GiB\n", "ok.cfg").unwrap();
+        assert_eq!(atom(&raw, "memory"), "512M");
+        assert_eq!(atom(&raw, "maxmem"), "1.5GiB");
         assert_eq!(err("\n\nvcpus = 08\n").line(), 3);
         assert_eq!(err("x = [1, 2x]\n").line(), 1);
     }

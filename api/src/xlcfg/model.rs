@@ -511,6 +511,42 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A memory size in MiB (`512`, `512M`, `1G`, see [`super::size`]),
+    /// from 1 MiB to [`MAX_MIB`].
+    fn mib(&self, key: &str) -> Result<Option<(u64, &'a Setting)>, XlCfgError> {
+        let Some(s) = self.get(key) else {
+            return Ok(None);
+        };
+        let v = match &s.value.kind {
+            ValueKind::Number(_, v) if *v < 0 => {
+                return Err(Self::bad(s, s.line, format!("{v} is not a memory size")))
+            }
+            ValueKind::Number(_, v) => *v as u64,
+            ValueKind::String(t) => match parse_number(t) {
+                Some(v) if v >= 0 => v as u64,
+                _ => super::size::parse_mib(t).map_err(|e| Self::bad(s, s.line, e.to_string()))?,
+            },
+            ValueKind::List(_) => {
+                return Err(Self::bad(
+                    s,
+                    s.line,
+                    "expected a size such as 512 (MiB), 512M or 1G, got a list",
+                ))
+            }
+        };
+        if v == 0 {
+            return Err(Self::bad(s, s.line, "0 MiB: a domain needs memory"));
+        }
+        if v > MAX_MIB as u64 {
+            return Err(Self::bad(
+                s,
+                s.line,
+                format!("{} is too large", s.value.describe()),
+            ));
+        }
+        Ok(Some((v, s)))
+    }
+
     /// xl's "defbool": an integer, 0 = false.
     fn boolean(&self, key: &str) -> Result<Option<bool>, XlCfgError> {
         Ok(self.int(key)?.map(|(v, _)| v != 0))
@@ -719,10 +755,10 @@ impl DomainConfig {
             }
         };
 
-        let memory = r.bounded("memory", 1, MAX_MIB, "MiB")?;
-        let maxmem = r.bounded("maxmem", 1, MAX_MIB, "MiB")?;
-        let memory_mib = memory.or(maxmem).map_or(32, |(v, _)| v as u64);
-        let maxmem_mib = maxmem.or(memory).map_or(32, |(v, _)| v as u64);
+        let memory = r.mib("memory")?;
+        let maxmem = r.mib("maxmem")?;
+        let memory_mib = memory.or(maxmem).map_or(32, |(v, _)| v);
+        let maxmem_mib = maxmem.or(memory).map_or(32, |(v, _)| v);
         if let Some((_, s)) = maxmem {
             if maxmem_mib < memory_mib {
                 return Err(Reader::bad(
@@ -1193,10 +1229,10 @@ on_reboot = 'restart'
 
     #[test]
     fn typod_value_fails_with_file_line_and_key() {
-        let e = load_err("name = 'g'\nkernel = '/k'\n\nmemory = '512M'\n");
+        let e = load_err("name = 'g'\nkernel = '/k'\n\nmemory = '512Q'\n");
         assert_eq!(
             e.to_string(),
-            r#"guest.cfg:4: memory: expected an integer, got "512M""#
+            r#"guest.cfg:4: memory: expected a size such as 512 (MiB), 512M or 1G, got "512Q""#
         );
         let e = load_err("name = 'g'\nkernel = '/k'\nvcpus = \"two\"\n");
         assert_eq!(
@@ -1403,7 +1439,48 @@ on_reboot = 'restart'
         let e = DomainConfig::from_raw(&raw).unwrap_err();
         assert_eq!(
             e.to_string(),
-            r#"command line:2: memory: expected an integer, got "lots""#
+            r#"command line:2: memory: expected a size such as 512 (MiB), 512M or 1G, got "lots""#
         );
+    }
+
+    #[test]
+    fn memory_sizes_take_units() {
+        for (v, mib) in [
+            ("512", 512),
+            ("'512'", 512),
+            ("512M", 512),
+            ("'1G'", 1024),
+            ("1G", 1024),
+            ("1.5GiB", 1536),
+            ("0x200", 512),
+        ] {
+            let (c, _) = load(&format!("name='g'\nkernel='/k'\nmemory = {v}\n"));
+            assert_eq!(c.memory_mib, mib, "{v}");
+        }
+        let (c, _) = load("name='g'\nkernel='/k'\nmemory = 1G\nmaxmem = 2G\n");
+        assert_eq!((c.memory_mib, c.maxmem_mib), (1024, 2048));
+        // Overrides too: `memory=2G` on the command line.
+        let mut raw = parse_str("name='g'\nkernel='/k'\n", "guest.cfg").unwrap();
+        apply_overrides(&mut raw, &["memory=2G".into()]).unwrap();
+        assert_eq!(DomainConfig::from_raw(&raw).unwrap().0.memory_mib, 2048);
+        for (v, msg) in [
+            ("0", "guest.cfg:3: memory: 0 MiB: a domain needs memory"),
+            ("'0G'", "guest.cfg:3: memory: 0 MiB: a domain needs memory"),
+            (
+                "'-5'",
+                "guest.cfg:3: memory: expected a size such as 512 (MiB), 512M or 1G, got \"-5\"",
+            ),
+            (
+                "1500K",
+                "guest.cfg:3: memory: 1500K is not a whole number of MiB",
+            ),
+            (
+                "99999999999T",
+                "guest.cfg:3: memory: \"99999999999T\" is too large",
+            ),
+        ] {
+            let e = load_err(&format!("name='g'\nkernel='/k'\nmemory = {v}\n"));
+            assert_eq!(e.to_string(), msg, "{v}");
+        }
     }
 }

@@ -9,15 +9,22 @@
 //!   clients attach to and detach from.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP stop the guest and clean up.
 //! - [`verbs`]: `create` (background), `list`, `console`, `shutdown`,
-//!   `reboot`, `destroy`, `pause`, `unpause`, `info`, all through the API.
+//!   `reboot`, `destroy`, `pause`, `unpause`, `info`, through the API.
+//! - [`inspect`]: `domid`, `domname`, `uptime`, `vcpu-list`, `dmesg`,
+//!   `sysrq`, `vcpu-set`.
+//! - [`vcpus`]: what `vcpu-list` shows of each vCPU thread.
+//! - [`top`]: `top`, one screen of `xentop -b -i 1`.
 //!
 //! [`HostControl`] is the small piece the vCPU threads see: the pause gate,
 //! which vCPUs are blocked, and where console output goes.
 
 pub mod console;
+pub mod inspect;
 pub mod monitor;
 pub mod registry;
 pub mod signals;
+pub mod top;
+pub mod vcpus;
 pub mod verbs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

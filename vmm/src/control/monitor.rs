@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use api::control::{
     matches_domain, server, ApiError, Backend, ConsoleInfo, CreateRequest, DomainInfo, DomainOp,
-    DomainState, ShutdownReason,
+    DomainState, ShutdownReason, VcpuInfo,
 };
 use api::xlcfg::{Action, DomainConfig};
 use xen_shim::domain::Platform;
@@ -52,6 +52,8 @@ struct Running {
     destroy: AtomicBool,
     wake: (Mutex<()>, Condvar),
     log: Option<PathBuf>,
+    /// Created paused (`create -p`): the first boot waits for `unpause`.
+    start_paused: bool,
 }
 
 type Reply = SyncSender<Result<DomainInfo, ApiError>>;
@@ -205,6 +207,16 @@ impl Running {
 
     /// Write `what` to the guest's `control/shutdown`, as xl does.
     fn control_shutdown(&self, what: &str) -> Result<(), ApiError> {
+        self.write_control("shutdown", what)
+    }
+
+    /// Write `value` to the guest's `control/NODE` in its xenstore.
+    fn write_control(&self, node: &str, value: &str) -> Result<(), ApiError> {
+        self.write_domain_node(&format!("control/{node}"), value)
+    }
+
+    /// Write `value` to `/local/domain/<id>/NODE` in the guest's xenstore.
+    fn write_domain_node(&self, node: &str, value: &str) -> Result<(), ApiError> {
         match self.phase() {
             Phase::Running => {}
             Phase::Booting => return Err(ApiError::Conflict("the domain is starting".into())),
@@ -219,12 +231,47 @@ impl Running {
             .xs
             .get()
             .ok_or_else(|| ApiError::Internal("the domain has no xenstore".into()))?;
-        let path = format!("/local/domain/{}/control/shutdown", dom.layout.domid);
+        let path = format!("/local/domain/{}/{node}", dom.layout.domid);
         lock(&xs.store)
-            .write(&path, what)
+            .write(&path, value)
             .map_err(|e| ApiError::Internal(format!("xenstore write {path}: {e:?}")))?;
-        log::info!("wrote {what} to {path}");
+        log::info!("wrote {value} to {path}");
         Ok(())
+    }
+
+    /// `xl vcpu-set`: vCPUs below `count` online, the others offline, in
+    /// xenstore `cpu/N/availability` (the guest's CPU hotplug reads it).
+    fn vcpu_set(&self, count: u32) -> Result<(), ApiError> {
+        let max = self.cfg.vcpus;
+        if count == 0 || count > max {
+            return Err(ApiError::BadRequest(format!(
+                "cannot set {count} vCPUs: the domain has 1 to {max}"
+            )));
+        }
+        for n in 0..max {
+            let state = if n < count { "online" } else { "offline" };
+            self.write_domain_node(&format!("cpu/{n}/availability"), state)?;
+        }
+        Ok(())
+    }
+
+    /// The vCPUs: those of the current boot, or the configured count
+    /// (offline) while there is none.
+    fn vcpus(&self) -> Vec<VcpuInfo> {
+        match (self.phase(), self.current.get()) {
+            (Phase::Running, Some((host, dom))) => super::vcpus::infos(&host, &dom),
+            _ => (0..self.cfg.vcpus)
+                .map(|id| VcpuInfo {
+                    id,
+                    online: false,
+                    running: false,
+                    blocked: false,
+                    cpu: None,
+                    time_s: 0.0,
+                    affinity: "all".into(),
+                })
+                .collect(),
+        }
     }
 
     fn pause(&self, paused: bool) -> Result<(), ApiError> {
@@ -406,6 +453,7 @@ impl Monitor {
             wake: (Mutex::new(()), Condvar::new()),
             log,
             claim,
+            start_paused: req.paused,
         });
         *lock(&self.dom) = Some(running.clone());
         Ok((running, vm, boot))
@@ -437,6 +485,10 @@ impl Monitor {
             }
             if r.destroy.load(Ordering::SeqCst) {
                 break ExitCode::SUCCESS;
+            }
+            if r.start_paused && r.boots.load(Ordering::SeqCst) == 1 {
+                // `create -p`: the vCPUs wait at the pause gate.
+                host.control.set_paused(true);
             }
             r.set_phase(Phase::Running);
             log::info!("domain {name} (id {}) running", r.claim.id);
@@ -552,6 +604,22 @@ impl Backend for Monitor {
             socket: r.claim.console_socket().display().to_string(),
             clients: r.hub.clients(),
         })
+    }
+
+    fn vcpus(&self, dom: &str) -> Result<Vec<VcpuInfo>, ApiError> {
+        self.running(dom).map(|r| r.vcpus())
+    }
+
+    fn vcpu_set(&self, dom: &str, count: u32) -> Result<DomainInfo, ApiError> {
+        let r = self.running(dom)?;
+        r.vcpu_set(count)?;
+        Ok(r.info())
+    }
+
+    fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {
+        let r = self.running(dom)?;
+        r.write_control("sysrq", &key.to_string())?;
+        Ok(r.info())
     }
 }
 

@@ -296,58 +296,102 @@ fn op(run: &RunDir, dom: &str, o: DomainOp) -> anyhow::Result<(Entry, DomainInfo
 /// `XENDOMAINS_STOP_MAXWAIT` (xl itself would wait for ever).
 pub const SHUTDOWN_WAIT_S: u64 = 300;
 
-/// `xenkvm shutdown [-w [-t SECS]] DOM`: with `-w`, wait until the domain
-/// has shut down, at most `timeout` (None: for ever); then say how to stop
-/// it anyway and fail.
+/// Where a domain asked to shut down is.
+enum ShutdownPoll {
+    Done,
+    Waiting,
+    /// Gave up; why (printed).
+    TimedOut(String),
+}
+
+fn poll_shutdown(e: &Entry, elapsed: Duration, timeout: Option<Duration>) -> ShutdownPoll {
+    if !e.alive() {
+        return ShutdownPoll::Done;
+    }
+    match client(e).info(&e.name) {
+        Ok(i) if i.flags.shutdown => ShutdownPoll::Done,
+        Ok(i) if timeout.is_some_and(|t| elapsed >= t) => {
+            let why = if i.flags.paused {
+                format!(
+                    "it is paused (`xenkvm unpause {}` lets it act on the request)",
+                    e.name
+                )
+            } else {
+                "the guest ignored the request (no Xen PV shutdown support, \
+                 or it is busy or hung)"
+                    .to_string()
+            };
+            ShutdownPoll::TimedOut(format!(
+                "xenkvm: domain {} (id {}) did not shut down within {} s: {why}.\n\
+                 xenkvm: `xenkvm destroy {}` stops it at once.",
+                e.name,
+                i.id,
+                elapsed.as_secs(),
+                e.name
+            ))
+        }
+        _ => ShutdownPoll::Waiting,
+    }
+}
+
+/// `xenkvm shutdown [-w [-t SECS]] DOM` or `shutdown -a [-w ...]` (every
+/// domain, as `xl shutdown -a`): with `-w`, wait until the domains have
+/// shut down, at most `timeout` (None: for ever); then say how to stop
+/// those left anyway and fail.
 pub fn shutdown(
     run: &RunDir,
-    dom: &str,
+    dom: Option<&str>,
     wait: bool,
     timeout: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
-    let (e, i) = op(run, dom, DomainOp::Shutdown)?;
-    eprintln!("Shutting down domain {}", i.id);
-    if !wait {
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!("Waiting for 1 domains");
-    let c = client(&e);
-    let start = Instant::now();
-    loop {
-        if !e.alive() {
-            break;
-        }
-        match c.info(&e.name) {
-            Ok(i) if i.flags.shutdown => break,
-            Ok(i) if timeout.is_some_and(|t| start.elapsed() >= t) => {
-                let why = if i.flags.paused {
-                    format!(
-                        "it is paused (`xenkvm unpause {}` lets it act on the request)",
-                        e.name
-                    )
-                } else {
-                    "the guest ignored the request (no Xen PV shutdown support, \
-                     or it is busy or hung)"
-                        .to_string()
-                };
-                eprintln!(
-                    "xenkvm: domain {} (id {}) did not shut down within {} s: {why}.\n\
-                     xenkvm: `xenkvm destroy {}` stops it at once.",
-                    e.name,
-                    i.id,
-                    start.elapsed().as_secs(),
-                    e.name
-                );
-                return Ok(ExitCode::from(1));
+    let entries = match dom {
+        Some(d) => vec![find(run, d)?],
+        None => run.entries(),
+    };
+    let mut failed = false;
+    let mut asked = Vec::new();
+    for e in entries {
+        match client(&e).op(&e.name, DomainOp::Shutdown) {
+            Ok(i) => {
+                eprintln!("Shutting down domain {}", i.id);
+                asked.push((e, i.id));
             }
-            _ => {}
+            // With -a, the others are still asked.
+            Err(err) if dom.is_none() => {
+                eprintln!("xenkvm: domain {}: {err}", e.name);
+                failed = true;
+            }
+            Err(err) => return Err(err.into()),
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    // Let the registry notice.
-    let _ = run.entries();
-    eprintln!("Domain {} has been shut down, reason code 0", i.id);
-    Ok(ExitCode::SUCCESS)
+    if wait {
+        eprintln!("Waiting for {} domains", asked.len());
+        let start = Instant::now();
+        while !asked.is_empty() {
+            asked.retain(|(e, id)| match poll_shutdown(e, start.elapsed(), timeout) {
+                ShutdownPoll::Done => {
+                    eprintln!("Domain {id} has been shut down, reason code 0");
+                    false
+                }
+                ShutdownPoll::Waiting => true,
+                ShutdownPoll::TimedOut(msg) => {
+                    eprintln!("{msg}");
+                    failed = true;
+                    false
+                }
+            });
+            if !asked.is_empty() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // Let the registry notice.
+        let _ = run.entries();
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `xenkvm reboot DOM`.
@@ -469,6 +513,7 @@ pub fn create_background(
     run: &RunDir,
     req: &CreateRequest,
     attach_console: bool,
+    quiet: bool,
     verbose: u8,
 ) -> anyhow::Result<ExitCode> {
     let staging = run.staging();
@@ -535,10 +580,17 @@ pub fn create_background(
             return Ok(ExitCode::from(1));
         }
     };
-    eprintln!(
-        "xenkvm: domain {} (id {}) started; log: {}",
-        info.name, info.id, info.log
-    );
+    if !quiet {
+        let how = if req.paused {
+            format!("created paused (`xenkvm unpause {}` runs it)", info.name)
+        } else {
+            "started".to_string()
+        };
+        eprintln!(
+            "xenkvm: domain {} (id {}) {how}; log: {}",
+            info.name, info.id, info.log
+        );
+    }
     // The monitor runs on after we exit (it is not our session any more).
     drop(child);
     if attach_console {
