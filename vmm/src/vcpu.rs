@@ -280,6 +280,9 @@ impl Vcpu {
         self.pending_tail = Some((cr3_load, pages, g.rax));
         if cr3_load.is_some() {
             self.active_cr3 = cr3;
+            // The stub's CR3 load (CR4.PGE is clear, no PCIDs) flushes the
+            // whole TLB before the guest runs again.
+            self.pv.dom.tlb.note_flush(self.pv.id);
         }
         let mut k = Self::kregs(g);
         k.rsp = frame;
@@ -558,6 +561,11 @@ impl Vcpu {
                 continue;
             }
             self.signal.in_guest.store(true, Ordering::SeqCst);
+            if self.signal.flush.load(Ordering::SeqCst) {
+                // A flush request raced with our way in (see
+                // Host::flush_tlbs): leave at once and take it.
+                self.fd.set_kvm_immediate_exit(1);
+            }
             let exit = self.fd.run();
             self.signal.in_guest.store(false, Ordering::SeqCst);
             self.exits += 1;

@@ -22,6 +22,7 @@ pub mod regs;
 pub mod stats;
 pub mod testing;
 pub mod time;
+pub mod tlb;
 pub mod traps;
 pub mod vcpu;
 pub mod vcpuctx;

@@ -15,6 +15,8 @@ use crate::time::{Clock, TimeScale};
 pub struct TestPlatform {
     pub kicks: Mutex<Vec<u32>>,
     pub notified: Mutex<Vec<(u32, u32)>>,
+    /// Masks of the TLB flushes the Xen core asked for.
+    pub flushes: Mutex<Vec<u64>>,
 }
 
 impl Platform for TestPlatform {
@@ -33,6 +35,12 @@ impl Platform for TestPlatform {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((backend, port));
+    }
+    fn flush_tlbs(&self, mask: u64) {
+        self.flushes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(mask);
     }
 }
 
