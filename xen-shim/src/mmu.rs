@@ -143,6 +143,11 @@ impl Mmu {
         }
     }
 
+    /// How many type references a frame holds (0 when untyped or not RAM).
+    pub fn type_count(&self, mfn: u64) -> u32 {
+        self.frames.get(mfn as usize).map_or(0, |f| f.count)
+    }
+
     pub fn is_pinned(&self, mfn: u64) -> bool {
         self.frames.get(mfn as usize).is_some_and(|f| f.pinned)
     }
