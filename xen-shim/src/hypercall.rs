@@ -107,7 +107,7 @@ fn set_trap_table(v: &mut PvVcpu, va: u64) -> Result<i64, i64> {
     }
     for i in 0..256u64 {
         let mut b = [0u8; 16];
-        v.copy_from(va + i * 16, &mut b)?;
+        v.copy_from(va.wrapping_add(i * 16), &mut b)?;
         let address = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
         if address == 0 {
             break;
@@ -167,7 +167,7 @@ fn xen_version(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
                 return Err(-EINVAL);
             }
             let feats: u32 = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 17);
-            v.copy_to(arg + 4, &feats.to_le_bytes())?;
+            v.copy_to(crate::guestva::field(arg, 4)?, &feats.to_le_bytes())?;
             Ok(0)
         }
         7 => Ok(4096),
@@ -188,7 +188,7 @@ fn memory_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
             if nr < 1 {
                 return Err(-EINVAL);
             }
-            let buf = v.read_u64(arg + 8)?;
+            let buf = v.read_u64(crate::guestva::field(arg, 8)?)?;
             let mut e = [0u8; 20];
             e[8..16].copy_from_slice(&(v.dom.layout.nr_pages * 4096).to_le_bytes());
             e[16..20].copy_from_slice(&1u32.to_le_bytes());
@@ -221,7 +221,7 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
         return (-EINVAL, Action::Resume);
     }
     for i in 0..count {
-        let va = list + i * 64;
+        let va = list.wrapping_add(i * 64);
         // Preempt between entries once the page-table log is large (Xen
         // preempts on `i && hypercall_preempt_check()`): continue from here.
         if i > 0 && v.pt_log.len() >= crate::mmu::PT_LOG_PREEMPT {
@@ -241,7 +241,7 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
             dispatch(v, op, [w(2), w(3), w(4), w(5), w(6), w(7)], true)
         };
         let sub = v.continuation.take();
-        if v.copy_to(va + 8, &ret.to_le_bytes()).is_err() {
+        if v.copy_to(va.wrapping_add(8), &ret.to_le_bytes()).is_err() {
             return (-EFAULT, Action::Resume);
         }
         if let Some(args) = sub {
@@ -249,7 +249,7 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
             // in the entry and run the multicall again from it (Xen's
             // xlat_multicall_entry + copy of the sub-call continuation).
             let b: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
-            if v.copy_to(va + 16, &b).is_err() {
+            if v.copy_to(va.wrapping_add(16), &b).is_err() {
                 return (-EFAULT, Action::Resume);
             }
             v.continuation = Some([va, count - i, 0, 0, 0, 0]);

@@ -28,3 +28,6 @@ pub mod vcpu;
 pub mod vcpuctx;
 pub mod vcpuop;
 pub mod xenstore;
+
+#[cfg(test)]
+mod tests_overflow;
