@@ -68,6 +68,8 @@ pub struct Domain {
     /// vCPUs with a context (bit per vCPU): the boot vCPU and those given
     /// one by VCPUOP_initialise (Xen's `is_initialised`).
     pub initialised: AtomicU64,
+    /// console_io byte budget.
+    pub console_budget: crate::conio::ConsoleBudget,
     /// Guest-triggered log lines: once per static key, rate-limited.
     pub guest_log: crate::guestlog::GuestLog,
     pub hypercall_counts: Mutex<BTreeMap<&'static str, u64>>,
@@ -108,6 +110,7 @@ impl Domain {
             vcpu_info,
             online: AtomicU64::new(1),
             initialised: AtomicU64::new(1),
+            console_budget: Default::default(),
             guest_log: crate::guestlog::GuestLog::new(),
             hypercall_counts: Mutex::new(BTreeMap::new()),
             grants: Mutex::new(Default::default()),

@@ -78,7 +78,7 @@ pub fn dispatch(v: &mut PvVcpu, nr: u64, a: [u64; 6], in_multicall: bool) -> (i6
             r(Ok(0))
         }
         hc::XEN_VERSION => r(xen_version(v, a[0], a[1])),
-        hc::CONSOLE_IO => r(console_io(v, a[0], a[1], a[2])),
+        hc::CONSOLE_IO => r(crate::conio::console_io(v, a[0], a[1], a[2])),
         hc::GRANT_TABLE_OP => r(crate::gnttab::grant_table_op(v, a[0], a[1], a[2])),
         hc::VM_ASSIST => r(vm_assist(v, a[0], a[1])),
         hc::VCPU_OP => crate::vcpuop::vcpu_op(v, a[0], a[1], a[2]),
@@ -260,19 +260,6 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
         }
     }
     (0, Action::Resume)
-}
-
-fn console_io(v: &mut PvVcpu, cmd: u64, count: u64, buf: u64) -> Result<i64, i64> {
-    match cmd {
-        0 => {
-            let n = count.min(16384) as usize;
-            let mut b = vec![0u8; n];
-            v.copy_from(buf, &mut b)?;
-            v.dom.platform.console_write(&b);
-            Ok(n as i64)
-        }
-        _ => Err(-ENOSYS),
-    }
 }
 
 fn vm_assist(v: &mut PvVcpu, cmd: u64, ty: u64) -> Result<i64, i64> {

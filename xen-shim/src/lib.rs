@@ -4,6 +4,7 @@
 //! that it can be unit-tested without `/dev/kvm`.
 
 pub mod abi;
+pub mod conio;
 pub mod cpuid;
 pub mod descriptors;
 pub mod domain;
