@@ -101,7 +101,8 @@ pub fn lookup(v: &PvVcpu, sel: u16) -> Option<u64> {
             return None;
         }
         let mut b = [0u8; 8];
-        v.copy_from(v.ldt_base.wrapping_add(idx as u64 * 8), &mut b).ok()?;
+        v.copy_from(v.ldt_base.wrapping_add(idx as u64 * 8), &mut b)
+            .ok()?;
         return check_descriptor(u64::from_le_bytes(b));
     }
     reserved_descriptor(sel).or_else(|| v.gdt.get(idx).copied())

@@ -37,7 +37,10 @@ fn map_top_page(v: &PvVcpu) {
 #[test]
 fn event_channel_status_handle_at_the_top_is_efault() {
     let mut v = vcpu();
-    assert_eq!(call(&mut v, hc::EVENT_CHANNEL_OP, [5, u64::MAX, 0]), -EFAULT);
+    assert_eq!(
+        call(&mut v, hc::EVENT_CHANNEL_OP, [5, u64::MAX, 0]),
+        -EFAULT
+    );
 }
 
 #[test]
@@ -92,7 +95,10 @@ fn mmuext(v: &mut PvVcpu, cmd: u32, arg1: u64, arg2: u64) -> i64 {
 fn ldt_that_wraps_or_enters_the_hypervisor_hole_is_einval() {
     let mut v = vcpu();
     const SET_LDT: u32 = 13;
-    assert_eq!(mmuext(&mut v, SET_LDT, 0xffff_ffff_ffff_f000, 8192), -EINVAL);
+    assert_eq!(
+        mmuext(&mut v, SET_LDT, 0xffff_ffff_ffff_f000, 8192),
+        -EINVAL
+    );
     assert_eq!(mmuext(&mut v, SET_LDT, 0xffff_8000_0000_0000, 1), -EINVAL);
     assert_eq!(mmuext(&mut v, SET_LDT, 0x0000_8000_0000_0000, 1), -EINVAL);
     assert_eq!(v.ldt_ents, 0);

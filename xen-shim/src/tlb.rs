@@ -95,7 +95,10 @@ mod tests {
 
     /// A two-vCPU domain with an L1 at frame 4 (pinned), whose entry 0
     /// maps frame 10 writable.
-    fn setup() -> (std::sync::Arc<crate::domain::Domain>, std::sync::Arc<TestPlatform>) {
+    fn setup() -> (
+        std::sync::Arc<crate::domain::Domain>,
+        std::sync::Arc<TestPlatform>,
+    ) {
         let (dom, p) = test_domain_vcpus(64, 2);
         dom.mem.write_u64(0x4000, 0xa000 | RW).unwrap();
         let mut log = Vec::new();

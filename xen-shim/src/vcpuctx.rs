@@ -135,13 +135,14 @@ pub fn apply_context(v: &mut PvVcpu, ctx: &BootContext) -> Result<Regs, i64> {
     let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
     // References taken so far, released if a later one is refused.
     let mut taken: Vec<u64> = Vec::new();
-    let mut take = |mmu: &mut crate::mmu::Mmu, log: &mut crate::mmu::PtLog, mfn: u64, ty: PageType| {
-        let r = mmu.get_type(mem, log, mfn, ty);
-        if r.is_ok() {
-            taken.push(mfn);
-        }
-        r
-    };
+    let mut take =
+        |mmu: &mut crate::mmu::Mmu, log: &mut crate::mmu::PtLog, mfn: u64, ty: PageType| {
+            let r = mmu.get_type(mem, log, mfn, ty);
+            if r.is_ok() {
+                taken.push(mfn);
+            }
+            r
+        };
     let r = (|| {
         take(&mut mmu, &mut v.pt_log, ctx.cr3, PageType::L4)?;
         if ctx.user_root != 0 {
