@@ -74,6 +74,9 @@ pub struct Vcpu {
     sregs: Option<kvm_sregs>,
     /// An upcall interrupt is queued in KVM.
     upcall_irq: bool,
+    /// A flush request seen on the way into KVM_RUN was acted on (one
+    /// immediate exit, as a kick); cleared when the request is taken.
+    flush_poked: bool,
     /// Starts secondary vCPUs (set while the vCPU thread runs).
     pub starter: Option<Arc<crate::smp::Starter>>,
     pub exits: u64,
@@ -147,6 +150,7 @@ impl Vcpu {
             pending_tail: None,
             sregs: None,
             upcall_irq: false,
+            flush_poked: false,
             starter: None,
             exits: 0,
         }
@@ -217,6 +221,7 @@ impl Vcpu {
         if self.signal.flush.swap(false, Ordering::SeqCst) {
             self.pv.flush = Flush::All;
         }
+        self.flush_poked = false;
         let flush = std::mem::take(&mut self.pv.flush);
         let writes = std::mem::take(&mut self.pv.pt_log);
         let mut s = match self.sregs.take() {
@@ -272,7 +277,15 @@ impl Vcpu {
         }
         s.cs = seg_from_desc(HYPERVISOR_CS, 0x00af_9b00_0000_ffff);
         s.ss = seg_from_desc(HYPERVISOR_DS, 0x00cf_9300_0000_ffff);
-        s.cr3 = self.active_cr3;
+        // The stub runs on the active root; a vCPU that never ran has none
+        // yet and runs it on the new one (every validated L4 maps the
+        // ring-0 area). That happens when a TLB flush was requested of a
+        // vCPU before it first ran.
+        s.cr3 = if self.active_cr3 != 0 {
+            self.active_cr3
+        } else {
+            cr3
+        };
         self.fd
             .set_sregs(&s)
             .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
@@ -561,9 +574,12 @@ impl Vcpu {
                 continue;
             }
             self.signal.in_guest.store(true, Ordering::SeqCst);
-            if self.signal.flush.load(Ordering::SeqCst) {
+            if !self.flush_poked && self.signal.flush.load(Ordering::SeqCst) {
                 // A flush request raced with our way in (see
-                // Host::flush_tlbs): leave at once and take it.
+                // Host::flush_tlbs): leave at once, as if kicked, so that
+                // async_event arranges for it to be taken. Once only: the
+                // guest must then run to take the upcall interrupt.
+                self.flush_poked = true;
                 self.fd.set_kvm_immediate_exit(1);
             }
             let exit = self.fd.run();
