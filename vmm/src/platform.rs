@@ -169,6 +169,42 @@ impl Platform for Host {
         unsafe { core::arch::x86_64::_rdtsc() }
     }
 
+    /// A frame changes type (Xen core, under the MMU lock): the vCPUs in
+    /// `mask` must not run guest code again before a full flush. A vCPU
+    /// inside KVM_RUN is kicked out and waited for; one outside takes the
+    /// request before it runs guest code: it checks the flag after marking
+    /// itself `in_guest` and before KVM_RUN, so one of the two sides sees
+    /// the other. The caller, in the monitor, takes it on its way back.
+    fn flush_tlbs(&self, mask: u64) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as u64;
+        let mut waiting = Vec::new();
+        for (i, s) in self.vcpus.iter().enumerate().take(64) {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            s.flush.store(true, Ordering::SeqCst);
+            let caller = *s.thread.lock().unwrap_or_else(|e| e.into_inner()) == me;
+            if !caller && s.in_guest.load(Ordering::SeqCst) {
+                self.kick(i as u32);
+                waiting.push(s);
+            }
+        }
+        let start = std::time::Instant::now();
+        while waiting
+            .iter()
+            .any(|s| s.flush.load(Ordering::SeqCst) && s.in_guest.load(Ordering::SeqCst))
+        {
+            if self.stop.load(Ordering::SeqCst)
+                || start.elapsed() > std::time::Duration::from_secs(1)
+            {
+                log::warn!("TLB flush on a page type change: a vCPU did not answer within 1 s");
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     fn backend_notify(&self, backend: u32, _port: u32) {
         let Some(dom) = self.domain.get().and_then(Weak::upgrade) else {
             return;

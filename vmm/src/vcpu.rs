@@ -84,6 +84,9 @@ pub struct Vcpu {
     sregs: Option<kvm_sregs>,
     /// An upcall interrupt is queued in KVM.
     upcall_irq: bool,
+    /// A flush request seen on the way into KVM_RUN was acted on (one
+    /// immediate exit, as a kick); cleared when the request is taken.
+    flush_poked: bool,
     /// Starts secondary vCPUs (set while the vCPU thread runs).
     pub starter: Option<Arc<crate::smp::Starter>>,
     pub exits: u64,
@@ -167,6 +170,7 @@ impl Vcpu {
             pending_tail: None,
             sregs: None,
             upcall_irq: false,
+            flush_poked: false,
             starter: None,
             down_regs: None,
             exits: 0,
@@ -244,6 +248,7 @@ impl Vcpu {
         if self.signal.flush.swap(false, Ordering::SeqCst) {
             self.pv.flush = Flush::All;
         }
+        self.flush_poked = false;
         let flush = std::mem::take(&mut self.pv.flush);
         let writes = std::mem::take(&mut self.pv.pt_log);
         let mut s = match self.sregs.take() {
@@ -296,7 +301,15 @@ impl Vcpu {
         }
         s.cs = seg_from_desc(HYPERVISOR_CS, 0x00af_9b00_0000_ffff);
         s.ss = seg_from_desc(HYPERVISOR_DS, 0x00cf_9300_0000_ffff);
-        s.cr3 = self.active_cr3;
+        // The stub runs on the active root; a vCPU that never ran has none
+        // yet and runs it on the new one (every validated L4 maps the
+        // ring-0 area). That happens when a TLB flush was requested of a
+        // vCPU before it first ran.
+        s.cr3 = if self.active_cr3 != 0 {
+            self.active_cr3
+        } else {
+            cr3
+        };
         self.regs
             .set_sregs(&self.fd, &s)
             .map_err(|e| e.to_string())?;
@@ -304,6 +317,9 @@ impl Vcpu {
         self.pending_tail = Some((cr3_load, pages, g.rax));
         if cr3_load.is_some() {
             self.active_cr3 = cr3;
+            // The stub's CR3 load (CR4.PGE is clear, no PCIDs) flushes the
+            // whole TLB before the guest runs again.
+            self.pv.dom.tlb.note_flush(self.pv.id);
         }
         let mut k = Self::kregs(g);
         k.rsp = frame;
@@ -672,6 +688,14 @@ impl Vcpu {
             }
             self.regs.before_run(&mut self.fd);
             self.signal.in_guest.store(true, Ordering::SeqCst);
+            if !self.flush_poked && self.signal.flush.load(Ordering::SeqCst) {
+                // A flush request raced with our way in (see
+                // Host::flush_tlbs): leave at once, as if kicked, so that
+                // async_event arranges for it to be taken. Once only: the
+                // guest must then run to take the upcall interrupt.
+                self.flush_poked = true;
+                self.fd.set_kvm_immediate_exit(1);
+            }
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, _)) => Ok(Exit::Out(port)),
                 Ok(VcpuExit::IoIn(_port, data)) => {

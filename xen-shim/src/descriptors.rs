@@ -27,7 +27,7 @@ pub fn set_gdt(v: &mut PvVcpu, frame_list: u64, entries: u64) -> Result<i64, i64
     let nr_frames = entries.div_ceil(512);
     let mut frames = Vec::with_capacity(nr_frames as usize);
     for i in 0..nr_frames {
-        frames.push(v.read_u64(frame_list + i * 8)?);
+        frames.push(v.read_u64(frame_list.wrapping_add(i * 8))?);
     }
     let dom = v.dom.clone();
     let mut copy = Vec::with_capacity(entries as usize);
@@ -101,7 +101,8 @@ pub fn lookup(v: &PvVcpu, sel: u16) -> Option<u64> {
             return None;
         }
         let mut b = [0u8; 8];
-        v.copy_from(v.ldt_base + idx as u64 * 8, &mut b).ok()?;
+        v.copy_from(v.ldt_base.wrapping_add(idx as u64 * 8), &mut b)
+            .ok()?;
         return check_descriptor(u64::from_le_bytes(b));
     }
     reserved_descriptor(sel).or_else(|| v.gdt.get(idx).copied())

@@ -21,6 +21,11 @@ pub trait Platform: Send + Sync {
     fn tsc(&self) -> u64;
     /// The guest sent an event on an interdomain port bound to backend `backend`.
     fn backend_notify(&self, backend: u32, port: u32);
+    /// Flush the TLBs of the vCPUs in `mask` (bit per vCPU) before
+    /// returning: each either has flushed or takes a full flush (and calls
+    /// [`crate::tlb::TlbClock::note_flush`]) before it runs guest code
+    /// again. The calling vCPU may be in the mask.
+    fn flush_tlbs(&self, mask: u64);
 }
 
 /// Static facts of a domain, fixed by the builder.
@@ -48,6 +53,8 @@ pub struct Domain {
     pub mem: Arc<dyn GuestMem>,
     pub layout: DomainLayout,
     pub mmu: Mutex<Mmu>,
+    /// TLB flush clock: the monitor ticks it for a vCPU at each full flush.
+    pub tlb: Arc<crate::tlb::TlbClock>,
     pub evtchn: Mutex<EventChannels>,
     pub cpuid: CpuidPolicy,
     pub clock: Clock,
@@ -61,6 +68,8 @@ pub struct Domain {
     /// vCPUs with a context (bit per vCPU): the boot vCPU and those given
     /// one by VCPUOP_initialise (Xen's `is_initialised`).
     pub initialised: AtomicU64,
+    /// console_io byte budget.
+    pub console_budget: crate::conio::ConsoleBudget,
     /// Guest-triggered log lines: once per static key, rate-limited.
     pub guest_log: crate::guestlog::GuestLog,
     pub hypercall_counts: Mutex<BTreeMap<&'static str, u64>>,
@@ -74,11 +83,13 @@ impl Domain {
     pub fn new(
         mem: Arc<dyn GuestMem>,
         layout: DomainLayout,
-        mmu: Mmu,
+        mut mmu: Mmu,
         cpuid: CpuidPolicy,
         clock: Clock,
         platform: Arc<dyn Platform>,
     ) -> Domain {
+        let tlb = Arc::new(crate::tlb::TlbClock::new(layout.max_vcpus));
+        mmu.attach_tlb(tlb.clone(), platform.clone());
         let vcpu_info = (0..layout.max_vcpus)
             .map(|i| {
                 layout.shared_info_gpa
@@ -90,6 +101,7 @@ impl Domain {
         Domain {
             mem,
             mmu: Mutex::new(mmu),
+            tlb,
             evtchn: Mutex::new(evtchn),
             cpuid,
             clock,
@@ -98,6 +110,7 @@ impl Domain {
             vcpu_info,
             online: AtomicU64::new(1),
             initialised: AtomicU64::new(1),
+            console_budget: Default::default(),
             guest_log: crate::guestlog::GuestLog::new(),
             hypercall_counts: Mutex::new(BTreeMap::new()),
             grants: Mutex::new(Default::default()),

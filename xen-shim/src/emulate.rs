@@ -27,7 +27,7 @@ fn fetch(v: &PvVcpu, rip: u64) -> Option<Instruction> {
         && guestva::copy_from(
             v.mem(),
             v.current_root(),
-            rip + first as u64,
+            rip.wrapping_add(first as u64),
             &mut bytes[first..],
         )
         .is_ok()
@@ -58,7 +58,7 @@ pub fn forced_cpuid(v: &mut PvVcpu, regs: &mut Regs) -> Option<Action> {
     regs.rbx = r[1].into();
     regs.rcx = r[2].into();
     regs.rdx = r[3].into();
-    regs.rip += 7;
+    regs.rip = regs.rip.wrapping_add(7);
     Some(Action::Resume)
 }
 

@@ -77,6 +77,20 @@ pub fn walk(
     Err(fault(false))
 }
 
+/// The address of a field `off` bytes into a guest structure at `base`:
+/// -EFAULT when it wraps around the address space (a handle near the top
+/// of it), as Xen's copy of the whole structure would fail.
+pub fn field(base: u64, off: u64) -> Result<u64, i64> {
+    base.checked_add(off).ok_or(-crate::abi::errno::EFAULT)
+}
+
+/// Whether `len` bytes at guest-virtual `va` form a range a guest may name
+/// (canonical, no wrap, outside the hypervisor hole): Xen's `__addr_ok`
+/// over a whole range, for tables the monitor reads later (the LDT).
+pub fn range_ok(va: u64, len: u64) -> bool {
+    usize::try_from(len).is_ok_and(|len| access_ok(va, len, false).is_ok())
+}
+
 /// Guest handles may not point into the hypervisor hole (the monitor's own
 /// mappings live there) nor wrap around: Xen's access_ok.
 fn access_ok(va: u64, len: usize, write: bool) -> Result<(), Fault> {

@@ -78,7 +78,7 @@ pub fn dispatch(v: &mut PvVcpu, nr: u64, a: [u64; 6], in_multicall: bool) -> (i6
             r(Ok(0))
         }
         hc::XEN_VERSION => r(xen_version(v, a[0], a[1])),
-        hc::CONSOLE_IO => r(console_io(v, a[0], a[1], a[2])),
+        hc::CONSOLE_IO => r(crate::conio::console_io(v, a[0], a[1], a[2])),
         hc::GRANT_TABLE_OP => r(crate::gnttab::grant_table_op(v, a[0], a[1], a[2])),
         hc::VM_ASSIST => r(vm_assist(v, a[0], a[1])),
         hc::VCPU_OP => crate::vcpuop::vcpu_op(v, a[0], a[1], a[2]),
@@ -107,7 +107,7 @@ fn set_trap_table(v: &mut PvVcpu, va: u64) -> Result<i64, i64> {
     }
     for i in 0..256u64 {
         let mut b = [0u8; 16];
-        v.copy_from(va + i * 16, &mut b)?;
+        v.copy_from(va.wrapping_add(i * 16), &mut b)?;
         let address = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
         if address == 0 {
             break;
@@ -167,7 +167,7 @@ fn xen_version(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
                 return Err(-EINVAL);
             }
             let feats: u32 = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 17);
-            v.copy_to(arg + 4, &feats.to_le_bytes())?;
+            v.copy_to(crate::guestva::field(arg, 4)?, &feats.to_le_bytes())?;
             Ok(0)
         }
         7 => Ok(4096),
@@ -188,7 +188,7 @@ fn memory_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
             if nr < 1 {
                 return Err(-EINVAL);
             }
-            let buf = v.read_u64(arg + 8)?;
+            let buf = v.read_u64(crate::guestva::field(arg, 8)?)?;
             let mut e = [0u8; 20];
             e[8..16].copy_from_slice(&(v.dom.layout.nr_pages * 4096).to_le_bytes());
             e[16..20].copy_from_slice(&1u32.to_le_bytes());
@@ -221,7 +221,7 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
         return (-EINVAL, Action::Resume);
     }
     for i in 0..count {
-        let va = list + i * 64;
+        let va = list.wrapping_add(i * 64);
         // Preempt between entries once the page-table log is large (Xen
         // preempts on `i && hypercall_preempt_check()`): continue from here.
         if i > 0 && v.pt_log.len() >= crate::mmu::PT_LOG_PREEMPT {
@@ -241,7 +241,7 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
             dispatch(v, op, [w(2), w(3), w(4), w(5), w(6), w(7)], true)
         };
         let sub = v.continuation.take();
-        if v.copy_to(va + 8, &ret.to_le_bytes()).is_err() {
+        if v.copy_to(va.wrapping_add(8), &ret.to_le_bytes()).is_err() {
             return (-EFAULT, Action::Resume);
         }
         if let Some(args) = sub {
@@ -249,7 +249,7 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
             // in the entry and run the multicall again from it (Xen's
             // xlat_multicall_entry + copy of the sub-call continuation).
             let b: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
-            if v.copy_to(va + 16, &b).is_err() {
+            if v.copy_to(va.wrapping_add(16), &b).is_err() {
                 return (-EFAULT, Action::Resume);
             }
             v.continuation = Some([va, count - i, 0, 0, 0, 0]);
@@ -260,19 +260,6 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
         }
     }
     (0, Action::Resume)
-}
-
-fn console_io(v: &mut PvVcpu, cmd: u64, count: u64, buf: u64) -> Result<i64, i64> {
-    match cmd {
-        0 => {
-            let n = count.min(16384) as usize;
-            let mut b = vec![0u8; n];
-            v.copy_from(buf, &mut b)?;
-            v.dom.platform.console_write(&b);
-            Ok(n as i64)
-        }
-        _ => Err(-ENOSYS),
-    }
 }
 
 fn vm_assist(v: &mut PvVcpu, cmd: u64, ty: u64) -> Result<i64, i64> {

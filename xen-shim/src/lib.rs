@@ -4,6 +4,7 @@
 //! that it can be unit-tested without `/dev/kvm`.
 
 pub mod abi;
+pub mod conio;
 pub mod cpuid;
 pub mod descriptors;
 pub mod domain;
@@ -22,8 +23,12 @@ pub mod regs;
 pub mod stats;
 pub mod testing;
 pub mod time;
+pub mod tlb;
 pub mod traps;
 pub mod vcpu;
 pub mod vcpuctx;
 pub mod vcpuop;
 pub mod xenstore;
+
+#[cfg(test)]
+mod tests_overflow;

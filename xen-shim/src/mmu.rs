@@ -11,8 +11,12 @@
 //! a [`PtLog`]: on hosts whose KVM shadows guest page tables, the monitor must
 //! replay them through the vCPU so that KVM sees them.
 
+use std::sync::Arc;
+
 use crate::abi::{errno::*, pte, RESERVED_L4_FIRST, RESERVED_L4_LAST};
+use crate::domain::Platform;
 use crate::mem::GuestMem;
+use crate::tlb::TlbClock;
 
 /// Page-table writes that the vCPU must replay (guest-physical address, value).
 pub type PtLog = Vec<(u64, u64)>;
@@ -66,6 +70,10 @@ struct FrameInfo {
     ty: PageType,
     count: u32,
     pinned: bool,
+    /// The type the frame last had, and the TLB clock when its count fell
+    /// to zero (0: never since boot); see [`crate::tlb`].
+    last_ty: PageType,
+    stamp: u64,
 }
 
 /// Flags refused in L1 entries (bit 62 is Xen's grant-mapping marker).
@@ -80,6 +88,15 @@ pub struct Mmu {
     extra_data_frames: Vec<u64>,
     /// Values the monitor keeps in L4 slots 256..=271 of every validated L4.
     reserved_l4: [u64; 16],
+    /// Flush clock and flush requests; absent while the builder lays out
+    /// the domain (no vCPU has run yet).
+    tlb: Option<TlbHook>,
+}
+
+/// How the MMU asks for TLB flushes before a frame changes type.
+struct TlbHook {
+    clock: Arc<TlbClock>,
+    platform: Arc<dyn Platform>,
 }
 
 impl Mmu {
@@ -88,7 +105,14 @@ impl Mmu {
             frames: vec![FrameInfo::default(); nr_ram_frames as usize],
             extra_data_frames: Vec::new(),
             reserved_l4: [0; 16],
+            tlb: None,
         }
+    }
+
+    /// From now on, a frame that changes type first has the vCPUs that may
+    /// still hold stale TLB entries for it flushed (`Platform::flush_tlbs`).
+    pub fn attach_tlb(&mut self, clock: Arc<TlbClock>, platform: Arc<dyn Platform>) {
+        self.tlb = Some(TlbHook { clock, platform });
     }
 
     pub fn nr_frames(&self) -> u64 {
@@ -119,6 +143,11 @@ impl Mmu {
         }
     }
 
+    /// How many type references a frame holds (0 when untyped or not RAM).
+    pub fn type_count(&self, mfn: u64) -> u32 {
+        self.frames.get(mfn as usize).map_or(0, |f| f.count)
+    }
+
     pub fn is_pinned(&self, mfn: u64) -> bool {
         self.frames.get(mfn as usize).is_some_and(|f| f.pinned)
     }
@@ -144,6 +173,18 @@ impl Mmu {
             }
             f.count = f.count.checked_add(1).ok_or(-EINVAL)?;
             return Ok(());
+        }
+        if f.stamp != 0 && f.last_ty != ty {
+            // Xen's get_page_type: on a type change, vCPUs that may still
+            // hold entries from the old use flush before the frame is
+            // validated and used in its new type.
+            if let Some(t) = &self.tlb {
+                let mask = t.clock.stale_mask(f.stamp);
+                if mask != 0 {
+                    log::trace!("mfn {mfn:#x} {:?} -> {ty:?}: flush {mask:#x}", f.last_ty);
+                    t.platform.flush_tlbs(mask);
+                }
+            }
         }
         f.ty = ty;
         f.count = 1;
@@ -173,6 +214,14 @@ impl Mmu {
         }
         let ty = f.ty;
         f.ty = PageType::None;
+        // Descriptor frames are only read by the monitor, which keeps its
+        // own validated copy: nothing stale can reach them.
+        if ty != PageType::Desc {
+            if let Some(t) = &self.tlb {
+                f.last_ty = ty;
+                f.stamp = t.clock.stamp();
+            }
+        }
         if let Some(level) = ty.pt_level() {
             self.release_entries(mem, mfn, level, 512);
         }

@@ -129,7 +129,8 @@ pub fn mmuext_op(
             }
             12 | 18 => Err(-EPERM),
             13 => {
-                if arg1 & 0xfff != 0 || arg2 > 8192 {
+                // Xen: page-aligned, at most 8192 entries, a guest range.
+                if arg1 & 0xfff != 0 || arg2 > 8192 || !crate::guestva::range_ok(arg1, arg2 * 8) {
                     Err(-EINVAL)
                 } else {
                     v.ldt_base = arg1;

@@ -15,6 +15,8 @@ use crate::time::{Clock, TimeScale};
 pub struct TestPlatform {
     pub kicks: Mutex<Vec<u32>>,
     pub notified: Mutex<Vec<(u32, u32)>>,
+    /// Masks of the TLB flushes the Xen core asked for.
+    pub flushes: Mutex<Vec<u64>>,
 }
 
 impl Platform for TestPlatform {
@@ -34,6 +36,12 @@ impl Platform for TestPlatform {
             .unwrap_or_else(|e| e.into_inner())
             .push((backend, port));
     }
+    fn flush_tlbs(&self, mask: u64) {
+        self.flushes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(mask);
+    }
 }
 
 /// Grant-table frames of a test domain.
@@ -47,8 +55,22 @@ pub fn test_domain(nr_pages: u64) -> (Arc<Domain>, Arc<TestPlatform>) {
 
 /// As [`test_domain`], with `max_vcpus` vCPUs (only vCPU 0 online).
 pub fn test_domain_vcpus(nr_pages: u64, max_vcpus: u32) -> (Arc<Domain>, Arc<TestPlatform>) {
-    let total = nr_pages + 1 + u64::from(TEST_GRANT_FRAMES);
-    let mem: Arc<dyn GuestMem> = Arc::new(VecMem::new((total * 4096) as usize));
+    let mem: Arc<dyn GuestMem> = Arc::new(VecMem::new((test_mem_pages(nr_pages) * 4096) as usize));
+    test_domain_with_mem(mem, nr_pages, max_vcpus)
+}
+
+/// Frames of guest memory a test domain with `nr_pages` of RAM needs.
+pub fn test_mem_pages(nr_pages: u64) -> u64 {
+    nr_pages + 1 + u64::from(TEST_GRANT_FRAMES)
+}
+
+/// As [`test_domain_vcpus`], on `mem` (at least [`test_mem_pages`] frames):
+/// for tests that need a guest memory that acts (a hostile guest).
+pub fn test_domain_with_mem(
+    mem: Arc<dyn GuestMem>,
+    nr_pages: u64,
+    max_vcpus: u32,
+) -> (Arc<Domain>, Arc<TestPlatform>) {
     let layout = DomainLayout {
         domid: 1,
         nr_pages,

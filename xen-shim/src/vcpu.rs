@@ -361,8 +361,9 @@ impl PvVcpu {
         }
         if let (Some(p), Some(n)) = (self.periodic_ns, self.periodic_next) {
             if n <= now {
-                let missed = (now - n) / p.max(1) + 1;
-                self.periodic_next = Some(n + missed * p);
+                // Guest-chosen period: saturate rather than overflow.
+                let missed = ((now - n) / p.max(1)).saturating_add(1);
+                self.periodic_next = Some(n.saturating_add(missed.saturating_mul(p)));
                 fire = true;
             }
         }

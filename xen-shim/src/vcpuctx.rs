@@ -2,6 +2,7 @@
 //! applying it to a vCPU that is about to come online.
 
 use crate::abi::{errno::*, FLAT_KERNEL_CS, FLAT_KERNEL_SS};
+use crate::mmu::PageType;
 use crate::regs::{flags, Regs};
 use crate::vcpu::{BootContext, PvVcpu, TrapInfo};
 
@@ -107,23 +108,66 @@ pub fn parse_context(b: &[u8]) -> BootContext {
 }
 
 /// Load `ctx` into a vCPU that is coming online (Xen's arch_set_info_guest).
+///
+/// Everything is checked and every type reference taken before the vCPU
+/// changes: on any error the references taken so far are dropped again and
+/// the vCPU is left as it was. On success the references the vCPU held
+/// before (roots, GDT frames) are dropped.
 pub fn apply_context(v: &mut PvVcpu, ctx: &BootContext) -> Result<Regs, i64> {
-    let dom = v.dom.clone();
+    // The LDT as MMUEXT_SET_LDT would take it (Xen's arch_set_info_guest).
+    if ctx.ldt_base & 0xfff != 0
+        || ctx.ldt_ents > 8192
+        || !crate::guestva::range_ok(ctx.ldt_base, ctx.ldt_ents * 8)
     {
-        let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
-        mmu.get_type(&*dom.mem, &mut v.pt_log, ctx.cr3, crate::mmu::PageType::L4)?;
-        if ctx.user_root != 0 {
-            if let Err(e) = mmu.get_type(
-                &*dom.mem,
-                &mut v.pt_log,
-                ctx.user_root,
-                crate::mmu::PageType::L4,
-            ) {
-                mmu.put_type(&*dom.mem, ctx.cr3);
-                return Err(e);
-            }
-        }
+        return Err(-EINVAL);
     }
+    let dom = v.dom.clone();
+    let mem = &*dom.mem;
+    // The GDT copy first: it takes no reference.
+    let mut copy = Vec::with_capacity(ctx.gdt_ents.min(16 * 512) as usize);
+    for i in 0..ctx.gdt_ents {
+        let f = *ctx.gdt_frames.get((i / 512) as usize).ok_or(-EINVAL)?;
+        let d = mem
+            .read_u64((f << 12).wrapping_add((i % 512) * 8))
+            .map_err(|_| -EFAULT)?;
+        copy.push(crate::descriptors::check_descriptor(d).ok_or(-EINVAL)?);
+    }
+    let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+    // References taken so far, released if a later one is refused.
+    let mut taken: Vec<u64> = Vec::new();
+    let mut take =
+        |mmu: &mut crate::mmu::Mmu, log: &mut crate::mmu::PtLog, mfn: u64, ty: PageType| {
+            let r = mmu.get_type(mem, log, mfn, ty);
+            if r.is_ok() {
+                taken.push(mfn);
+            }
+            r
+        };
+    let r = (|| {
+        take(&mut mmu, &mut v.pt_log, ctx.cr3, PageType::L4)?;
+        if ctx.user_root != 0 {
+            take(&mut mmu, &mut v.pt_log, ctx.user_root, PageType::L4)?;
+        }
+        for &f in &ctx.gdt_frames {
+            take(&mut mmu, &mut v.pt_log, f, PageType::Desc)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        for &mfn in taken.iter().rev() {
+            mmu.put_type(mem, mfn);
+        }
+        return Err(e);
+    }
+    // The references the vCPU held before (a vCPU initialised again).
+    for old in [v.root_kernel, v.root_user]
+        .into_iter()
+        .filter(|&m| m != 0)
+        .chain(v.gdt_frames.iter().copied())
+    {
+        mmu.put_type(mem, old);
+    }
+    drop(mmu);
     v.root_kernel = ctx.cr3;
     v.root_user = ctx.user_root;
     v.kernel_mode = true;
@@ -139,25 +183,69 @@ pub fn apply_context(v: &mut PvVcpu, ctx: &BootContext) -> Result<Regs, i64> {
     v.gs_base_user = ctx.gs_base_user;
     v.iopl = ctx.iopl;
     v.ldt_base = ctx.ldt_base;
-    v.ldt_ents = ctx.ldt_ents.min(8192) as u32;
-    if !ctx.gdt_frames.is_empty() {
-        // set_gdt reads the frame list from guest memory; do it directly here.
-        let mut copy = Vec::with_capacity(ctx.gdt_ents as usize);
-        for i in 0..ctx.gdt_ents {
-            let f = ctx.gdt_frames[(i / 512) as usize];
-            let d = dom
-                .mem
-                .read_u64((f << 12) + (i % 512) * 8)
-                .map_err(|_| -EFAULT)?;
-            copy.push(crate::descriptors::check_descriptor(d).ok_or(-EINVAL)?);
-        }
-        let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
-        for &f in &ctx.gdt_frames {
-            mmu.get_type(&*dom.mem, &mut v.pt_log, f, crate::mmu::PageType::Desc)?;
-        }
-        v.gdt_frames = ctx.gdt_frames.clone();
-        v.gdt = copy;
-        v.gdt_dirty = true;
-    }
+    v.ldt_ents = ctx.ldt_ents as u32;
+    v.gdt_frames = ctx.gdt_frames.clone();
+    v.gdt = copy;
+    v.gdt_dirty = true;
     Ok(ctx.regs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test_domain;
+
+    /// A context whose kernel root (frame 5, an empty L4) and user root
+    /// (frame 7) are valid and whose GDT is frames `gdt` with `ents` entries.
+    fn ctx(gdt: &[u64], ents: u64) -> BootContext {
+        BootContext {
+            cr3: 5,
+            user_root: 7,
+            gdt_frames: gdt.to_vec(),
+            gdt_ents: ents,
+            traps: vec![TrapInfo::default(); 256],
+            ..Default::default()
+        }
+    }
+
+    fn counts(v: &PvVcpu, mfns: &[u64]) -> Vec<u32> {
+        let mmu = v.dom.mmu.lock().unwrap();
+        mfns.iter().map(|&m| mmu.type_count(m)).collect()
+    }
+
+    /// Issue 12 item 13: a refused context leaves no type reference behind.
+    #[test]
+    fn refused_context_releases_every_reference_it_took() {
+        let (dom, _) = test_domain(64);
+        let mut v = PvVcpu::new(1, dom.clone());
+        // A TSS descriptor in the GDT: refused after the roots were typed.
+        dom.mem.write_u64(6 << 12, 0x0000_8900_0000_0067).unwrap();
+        assert_eq!(apply_context(&mut v, &ctx(&[6], 1)), Err(-EINVAL));
+        assert_eq!(counts(&v, &[5, 6, 7]), [0, 0, 0]);
+        // The second GDT frame is a page table: the first frame's Desc
+        // reference and both roots go again.
+        dom.mmu
+            .lock()
+            .unwrap()
+            .pin(&*dom.mem, &mut Vec::new(), 9, 1)
+            .unwrap();
+        assert_eq!(apply_context(&mut v, &ctx(&[8, 9], 513)), Err(-EINVAL));
+        assert_eq!(counts(&v, &[5, 7, 8, 9]), [0, 0, 0, 1]);
+        assert_eq!(v.root_kernel, 0);
+        // A GDT frame outside guest memory.
+        assert_eq!(apply_context(&mut v, &ctx(&[1 << 40], 1)), Err(-EFAULT));
+        assert_eq!(counts(&v, &[5, 7]), [0, 0]);
+    }
+
+    #[test]
+    fn accepted_context_holds_its_references_and_drops_the_old_ones() {
+        let (dom, _) = test_domain(64);
+        let mut v = PvVcpu::new(1, dom.clone());
+        apply_context(&mut v, &ctx(&[8], 1)).unwrap();
+        assert_eq!(counts(&v, &[5, 7, 8]), [1, 1, 1]);
+        assert_eq!((v.root_kernel, v.root_user), (5, 7));
+        // Initialised again with another GDT frame: frame 8 is released.
+        apply_context(&mut v, &ctx(&[10], 1)).unwrap();
+        assert_eq!(counts(&v, &[5, 7, 8, 10]), [1, 1, 0, 1]);
+    }
 }

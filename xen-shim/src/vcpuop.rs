@@ -4,6 +4,9 @@ use crate::abi::{errno::*, shinfo};
 use crate::mmu::PageType;
 use crate::vcpu::{Action, PvVcpu};
 
+/// The longest periodic timer period Xen accepts (its STIME_DELTA_MAX).
+const STIME_DELTA_MAX: u64 = i64::MAX as u64;
+
 fn ok(r: Result<i64, i64>) -> (i64, Action) {
     (r.unwrap_or_else(|e| e), Action::Resume)
 }
@@ -70,9 +73,11 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
                 return ok(Err(-EINVAL));
             }
             match v.read_u64(arg) {
-                Ok(p) if p >= 1_000_000 => {
+                // Xen: at least 1 ms, at most STIME_DELTA_MAX.
+                Ok(p) if (1_000_000..=STIME_DELTA_MAX).contains(&p) => {
                     v.periodic_ns = Some(p);
-                    v.periodic_next = Some(v.dom.clock.now_ns(v.dom.platform.tsc()) + p);
+                    let now = v.dom.clock.now_ns(v.dom.platform.tsc());
+                    v.periodic_next = Some(now.saturating_add(p));
                     ok(Ok(0))
                 }
                 Ok(_) => ok(Err(-EINVAL)),
@@ -229,7 +234,7 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
             }
             let mut ports = Vec::new();
             for i in 0..u64::from(nr) {
-                match v.read_u32(list + i * 4) {
+                match v.read_u32(list.wrapping_add(i * 4)) {
                     Ok(p) => ports.push(p),
                     Err(e) => return (e, Action::Resume),
                 }

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -18,13 +18,25 @@ use crate::console::{push_input, Current};
 pub const HISTORY: usize = 16 << 10;
 /// Output chunks queued for a client before it is dropped as too slow.
 const CLIENT_QUEUE: usize = 4096;
+/// Output bytes queued for a client before it is dropped as too slow
+/// (whatever the size of the chunks).
+pub const CLIENT_BYTES: usize = 1 << 20;
+/// Clients attached at once; more are refused.
+pub const MAX_CLIENTS: usize = 8;
+
+/// One attached client's queue.
+struct Client {
+    tx: SyncSender<Vec<u8>>,
+    /// Bytes queued and not yet written to the client.
+    queued: Arc<AtomicUsize>,
+}
 
 #[derive(Default)]
 struct Inner {
     history: VecDeque<u8>,
     /// Output older than `history` was dropped.
     truncated: bool,
-    clients: Vec<SyncSender<Vec<u8>>>,
+    clients: Vec<Client>,
 }
 
 pub struct ConsoleHub {
@@ -65,13 +77,23 @@ impl ConsoleHub {
             g.truncated = true;
             g.history.drain(..excess);
         }
-        g.clients.retain(|c| match c.try_send(data.to_vec()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                log::warn!("console client too slow; detaching it");
-                false
+        g.clients.retain(|c| {
+            let queued = c.queued.load(Ordering::SeqCst);
+            if queued.saturating_add(data.len()) > CLIENT_BYTES {
+                log::warn!("console client too slow ({queued} bytes queued); detaching it");
+                return false;
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            match c.tx.try_send(data.to_vec()) {
+                Ok(()) => {
+                    c.queued.fetch_add(data.len(), Ordering::SeqCst);
+                    true
+                }
+                Err(TrySendError::Full(_)) => {
+                    log::warn!("console client too slow; detaching it");
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
         });
     }
 
@@ -100,14 +122,28 @@ impl ConsoleHub {
         Ok(())
     }
 
-    fn attach(self: &Arc<Self>, stream: UnixStream) {
+    fn attach(self: &Arc<Self>, mut stream: UnixStream) {
+        // Each client costs two threads and a queue: bound them.
+        if self.attached.load(Ordering::SeqCst) as usize >= MAX_CLIENTS {
+            log::warn!("console: {MAX_CLIENTS} clients attached already; refusing another");
+            let _ = writeln!(
+                stream,
+                "xenkvm: {MAX_CLIENTS} console clients attached already\r"
+            );
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
         let Ok(mut out) = stream.try_clone() else {
             return;
         };
         let (tx, rx) = sync_channel::<Vec<u8>>(CLIENT_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
         let history: Vec<u8> = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            g.clients.push(tx);
+            g.clients.push(Client {
+                tx,
+                queued: queued.clone(),
+            });
             replay(&g.history, g.truncated)
         };
         self.attached.fetch_add(1, Ordering::SeqCst);
@@ -121,6 +157,7 @@ impl ConsoleHub {
                     if out.write_all(&chunk).is_err() {
                         return;
                     }
+                    queued.fetch_sub(chunk.len(), Ordering::SeqCst);
                 }
             });
         let me = self.clone();
@@ -228,5 +265,44 @@ mod tests {
         }
         assert_eq!(hub.clients(), 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 12 item 13: at most MAX_CLIENTS clients; the next one is told
+    /// so and closed.
+    #[test]
+    fn clients_beyond_the_limit_are_refused() {
+        let hub = ConsoleHub::new(Current::default(), false);
+        let mut ends = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            let (a, b) = UnixStream::pair().unwrap();
+            hub.attach(a);
+            ends.push(b);
+        }
+        assert_eq!(hub.clients() as usize, MAX_CLIENTS);
+        let (a, mut b) = UnixStream::pair().unwrap();
+        hub.attach(a);
+        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut msg = String::new();
+        b.read_to_string(&mut msg).unwrap();
+        assert!(msg.contains("console clients attached already"), "{msg}");
+        assert_eq!(hub.clients() as usize, MAX_CLIENTS);
+        assert_eq!(hub.inner.lock().unwrap().clients.len(), MAX_CLIENTS);
+    }
+
+    /// Issue 12 item 13: a client that does not read is detached once
+    /// CLIENT_BYTES are queued for it, however few chunks that is.
+    #[test]
+    fn a_client_that_does_not_read_is_detached_by_bytes() {
+        let hub = ConsoleHub::new(Current::default(), false);
+        let (a, _b) = UnixStream::pair().unwrap();
+        hub.attach(a);
+        let chunk = vec![b'x'; 16 << 10];
+        // Past the socket's own buffer and CLIENT_BYTES, far below
+        // CLIENT_QUEUE chunks.
+        for _ in 0..(4 * CLIENT_BYTES / chunk.len()) {
+            hub.output(&chunk);
+        }
+        assert!(hub.inner.lock().unwrap().clients.is_empty());
     }
 }
