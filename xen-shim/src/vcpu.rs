@@ -405,3 +405,10 @@ pub fn exception_name(v: u8) -> &'static str {
     ];
     N.get(v as usize).copied().unwrap_or("int")
 }
+
+/// Guest-virtual `va + off` for a field or element of a hypercall argument,
+/// or -EFAULT when that passes the top of the address space (a hostile
+/// pointer: plain `+` panics in debug builds and wraps in release ones).
+pub fn field(va: u64, off: u64) -> Result<u64, i64> {
+    va.checked_add(off).ok_or(-EFAULT)
+}

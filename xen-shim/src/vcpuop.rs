@@ -2,7 +2,7 @@
 
 use crate::abi::{errno::*, shinfo};
 use crate::mmu::PageType;
-use crate::vcpu::{Action, PvVcpu};
+use crate::vcpu::{field, Action, PvVcpu};
 
 fn ok(r: Result<i64, i64>) -> (i64, Action) {
     (r.unwrap_or_else(|e| e), Action::Resume)
@@ -229,7 +229,7 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
             }
             let mut ports = Vec::new();
             for i in 0..u64::from(nr) {
-                match v.read_u32(list + i * 4) {
+                match field(list, i * 4).and_then(|va| v.read_u32(va)) {
                     Ok(p) => ports.push(p),
                     Err(e) => return (e, Action::Resume),
                 }
