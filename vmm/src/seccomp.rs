@@ -87,11 +87,14 @@ pub fn install() -> Result<(), SeccompError> {
         log::warn!("seccomp: {ENV}=log: calls off the list are allowed and logged by the kernel");
     }
     let prog = program(mode)?;
+    let no_clone3 = clone3_enosys()?;
     install_sigsys_handler()?;
+    // The allow-list last: it refuses seccomp(2) itself.
+    seccompiler::apply_filter_all_threads(&no_clone3)?;
     seccompiler::apply_filter_all_threads(&prog)?;
     log::info!(
         "seccomp: filter installed on all threads ({} system calls allowed)",
-        syscalls::ALLOWED.len() + 2
+        syscalls::ALLOWED.len() + 3
     );
     Ok(())
 }
@@ -105,6 +108,18 @@ pub fn program(mode: Mode) -> Result<BpfProgram, SeccompError> {
     rules.insert(
         libc::SYS_ioctl,
         arg_in(1, ioctls::ALLOWED.iter().map(|i| i.0))?,
+    );
+    // clone only for threads: a new process (fork) is refused. clone3's
+    // flags are in memory, out of a filter's reach: it is allowed here and
+    // answered ENOSYS by `clone3_enosys`, so that libc falls back to clone.
+    rules.insert(
+        libc::SYS_clone,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+            libc::CLONE_THREAD as u64,
+        )?])?],
     );
     // Unix sockets (API, console, xenstore) and the AF_INET datagram socket
     // for interface ioctls (netback's taps).
@@ -120,6 +135,18 @@ pub fn program(mode: Mode) -> Result<BpfProgram, SeccompError> {
             SeccompAction::Trap
         },
         SeccompAction::Allow,
+        TargetArch::x86_64,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// A second filter: clone3 fails with ENOSYS (everything else passes on
+/// to the allow-list).
+pub fn clone3_enosys() -> Result<BpfProgram, SeccompError> {
+    let filter = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
         TargetArch::x86_64,
     )?;
     Ok(filter.try_into()?)

@@ -137,3 +137,22 @@ fn log_mode_lets_an_unlisted_call_through() {
     assert!(out.status.success(), "{:?}\n{err}", out.status);
     assert!(err.contains("CHILD-CONTINUED"), "{err}");
 }
+
+#[test]
+fn fork_is_blocked_and_threads_still_start() {
+    if std::env::var_os(CHILD).is_some() {
+        super::install().unwrap();
+        // pthread_create: clone3 gets ENOSYS, libc falls back to clone.
+        assert_eq!(std::thread::spawn(|| 7).join().unwrap(), 7);
+        eprintln!("CHILD-THREAD-OK");
+        // SAFETY: fork in a child test process; it never returns here.
+        let pid = unsafe { libc::fork() };
+        eprintln!("CHILD-NOT-STOPPED {pid}");
+        return;
+    }
+    let out = in_child("seccomp::tests::fork_is_blocked_and_threads_still_start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CHILD-THREAD-OK"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{err}");
+    assert!(err.contains("blocked system call 56 (clone)"), "{err}");
+}
