@@ -21,6 +21,7 @@ mod platform;
 mod pvdev;
 mod ring0;
 mod ring0_fast;
+mod seccomp;
 mod smp;
 mod vcpu;
 mod vm;
@@ -40,6 +41,10 @@ struct Cli {
     /// $XENKVM_RUN_DIR, $XDG_RUNTIME_DIR/xenkvm, /run/xenkvm for root).
     #[arg(long, global = true, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// Run the monitor without its seccomp system-call filter (also:
+    /// XENKVM_SECCOMP=0); see docs/sandbox.md.
+    #[arg(long, global = true)]
+    no_seccomp: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -233,6 +238,10 @@ fn main() -> ExitCode {
     if let Some(dir) = &cli.run_dir {
         // Seen by xs::run_dir() and by the monitors we start.
         std::env::set_var("XENKVM_RUN_DIR", dir);
+    }
+    if cli.no_seccomp {
+        // Seen by seccomp::install() and by the monitors we start.
+        std::env::set_var(seccomp::ENV, "0");
     }
     let rd = control::registry::RunDir::from_env();
     let level = match cli.verbose {

@@ -333,6 +333,14 @@ impl Vm {
     /// Run the guest until it shuts down.
     pub fn run(self) -> Outcome {
         install_kick_handler();
+        // Set-up is over: from here on (and for the boots after a reboot)
+        // every thread of the monitor runs under the system-call filter.
+        if let Err(e) = crate::seccomp::install() {
+            log::error!("{e}");
+            return Outcome::Crash(format!(
+                "{e} (--no-seccomp or XENKVM_SECCOMP=0 runs without it)"
+            ));
+        }
         let host = self.host.clone();
         let timer_host = Arc::downgrade(&host);
         let profile = crate::host_profile::get(&self._kvm).ok();

@@ -3,7 +3,7 @@
 
 use crate::abi::{errno::*, FIRST_RESERVED_GDT_ENTRY};
 use crate::mmu::PageType;
-use crate::vcpu::PvVcpu;
+use crate::vcpu::{field, PvVcpu};
 
 /// Xen's checks for a guest descriptor; returns it with DPL raised to 3.
 pub fn check_descriptor(d: u64) -> Option<u64> {
@@ -27,7 +27,7 @@ pub fn set_gdt(v: &mut PvVcpu, frame_list: u64, entries: u64) -> Result<i64, i64
     let nr_frames = entries.div_ceil(512);
     let mut frames = Vec::with_capacity(nr_frames as usize);
     for i in 0..nr_frames {
-        frames.push(v.read_u64(frame_list.wrapping_add(i * 8))?);
+        frames.push(v.read_u64(field(frame_list, i * 8)?)?);
     }
     let dom = v.dom.clone();
     let mut copy = Vec::with_capacity(entries as usize);

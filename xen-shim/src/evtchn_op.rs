@@ -2,7 +2,7 @@
 
 use crate::abi::errno::*;
 use crate::evtchn::{self, PortState};
-use crate::vcpu::PvVcpu;
+use crate::vcpu::{field, PvVcpu};
 
 pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
     let dom = v.dom.clone();
@@ -22,19 +22,19 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .alloc_unbound(remote)?;
-            v.copy_to(crate::guestva::field(arg, 4)?, &port.to_le_bytes())?;
+            v.copy_to(field(arg, 4)?, &port.to_le_bytes())?;
             Ok(0)
         }
         // bind_virq {virq, vcpu, OUT port}
         1 => {
             let virq = v.read_u32(arg)?;
-            let vcpu = v.read_u32(crate::guestva::field(arg, 4)?)?;
+            let vcpu = v.read_u32(field(arg, 4)?)?;
             let port = dom
                 .evtchn
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .bind_virq(virq, vcpu)?;
-            v.copy_to(crate::guestva::field(arg, 8)?, &port.to_le_bytes())?;
+            v.copy_to(field(arg, 8)?, &port.to_le_bytes())?;
             Ok(0)
         }
         // bind_ipi {vcpu, OUT port}
@@ -45,7 +45,7 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .bind_ipi(vcpu)?;
-            v.copy_to(crate::guestva::field(arg, 4)?, &port.to_le_bytes())?;
+            v.copy_to(field(arg, 4)?, &port.to_le_bytes())?;
             Ok(0)
         }
         // close {port}
@@ -76,7 +76,7 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
         }
         // status
         5 => {
-            let port = v.read_u32(crate::guestva::field(arg, 4)?)?;
+            let port = v.read_u32(field(arg, 4)?)?;
             let (status, vcpu, a, b) = dom
                 .evtchn
                 .lock()
@@ -87,13 +87,13 @@ pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> 
             out[4..8].copy_from_slice(&vcpu.to_le_bytes());
             out[8..12].copy_from_slice(&a.to_le_bytes());
             out[12..16].copy_from_slice(&b.to_le_bytes());
-            v.copy_to(crate::guestva::field(arg, 8)?, &out)?;
+            v.copy_to(field(arg, 8)?, &out)?;
             Ok(0)
         }
         // bind_vcpu {port, vcpu}
         8 => {
             let port = v.read_u32(arg)?;
-            let vcpu = v.read_u32(crate::guestva::field(arg, 4)?)?;
+            let vcpu = v.read_u32(field(arg, 4)?)?;
             dom.evtchn
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -2,7 +2,7 @@
 //! for Linux's grant-table driver, ready for the monitor's backends.
 
 use crate::abi::errno::*;
-use crate::vcpu::PvVcpu;
+use crate::vcpu::{field, PvVcpu};
 
 const GNTTABOP_SETUP_TABLE: u64 = 2;
 const GNTTABOP_QUERY_SIZE: u64 = 6;
@@ -46,11 +46,11 @@ pub fn grant_table_op(v: &mut PvVcpu, cmd: u64, arg: u64, count: u64) -> Result<
             } else {
                 for i in 0..u64::from(nr) {
                     let mfn = (dom.layout.grant_gpa >> 12) + i;
-                    v.copy_to(list.wrapping_add(i * 8), &mfn.to_le_bytes())?;
+                    v.copy_to(field(list, i * 8)?, &mfn.to_le_bytes())?;
                 }
                 GNTST_OKAY
             };
-            v.copy_to(crate::guestva::field(arg, 8)?, &status.to_le_bytes())?;
+            v.copy_to(field(arg, 8)?, &status.to_le_bytes())?;
             Ok(0)
         }
         GNTTABOP_QUERY_SIZE => {
@@ -58,7 +58,7 @@ pub fn grant_table_op(v: &mut PvVcpu, cmd: u64, arg: u64, count: u64) -> Result<
             out[..4].copy_from_slice(&max.to_le_bytes());
             out[4..8].copy_from_slice(&max.to_le_bytes());
             out[8..10].copy_from_slice(&GNTST_OKAY.to_le_bytes());
-            v.copy_to(crate::guestva::field(arg, 4)?, &out)?;
+            v.copy_to(field(arg, 4)?, &out)?;
             Ok(0)
         }
         GNTTABOP_SET_VERSION => {
@@ -70,7 +70,7 @@ pub fn grant_table_op(v: &mut PvVcpu, cmd: u64, arg: u64, count: u64) -> Result<
             Ok(0)
         }
         GNTTABOP_GET_VERSION => {
-            v.copy_to(crate::guestva::field(arg, 4)?, &1u32.to_le_bytes())?;
+            v.copy_to(field(arg, 4)?, &1u32.to_le_bytes())?;
             Ok(0)
         }
         _ => {

@@ -3,7 +3,7 @@
 
 use crate::abi::{errno::*, hc, hypercall_name};
 use crate::regs::Regs;
-use crate::vcpu::{Action, Flush, PvVcpu, TrapInfo};
+use crate::vcpu::{field, Action, Flush, PvVcpu, TrapInfo};
 
 /// Handle the hypercall in `regs` (a SYSCALL from guest kernel mode).
 pub fn hypercall(v: &mut PvVcpu, regs: &mut Regs) -> Action {
@@ -107,7 +107,7 @@ fn set_trap_table(v: &mut PvVcpu, va: u64) -> Result<i64, i64> {
     }
     for i in 0..256u64 {
         let mut b = [0u8; 16];
-        v.copy_from(va.wrapping_add(i * 16), &mut b)?;
+        v.copy_from(field(va, i * 16)?, &mut b)?;
         let address = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
         if address == 0 {
             break;
@@ -167,7 +167,7 @@ fn xen_version(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
                 return Err(-EINVAL);
             }
             let feats: u32 = (1 << 5) | (1 << 6) | (1 << 7) | (1 << 17);
-            v.copy_to(crate::guestva::field(arg, 4)?, &feats.to_le_bytes())?;
+            v.copy_to(field(arg, 4)?, &feats.to_le_bytes())?;
             Ok(0)
         }
         7 => Ok(4096),
@@ -188,7 +188,7 @@ fn memory_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
             if nr < 1 {
                 return Err(-EINVAL);
             }
-            let buf = v.read_u64(crate::guestva::field(arg, 8)?)?;
+            let buf = v.read_u64(field(arg, 8)?)?;
             let mut e = [0u8; 20];
             e[8..16].copy_from_slice(&(v.dom.layout.nr_pages * 4096).to_le_bytes());
             e[16..20].copy_from_slice(&1u32.to_le_bytes());
@@ -221,7 +221,9 @@ fn multicall(v: &mut PvVcpu, list: u64, count: u64) -> (i64, Action) {
         return (-EINVAL, Action::Resume);
     }
     for i in 0..count {
-        let va = list.wrapping_add(i * 64);
+        let Ok(va) = field(list, i * 64) else {
+            return (-EFAULT, Action::Resume);
+        };
         // Preempt between entries once the page-table log is large (Xen
         // preempts on `i && hypercall_preempt_check()`): continue from here.
         if i > 0 && v.pt_log.len() >= crate::mmu::PT_LOG_PREEMPT {
@@ -422,6 +424,23 @@ mod tests {
             assert_eq!(dom.mem.read_u32(0x7f000 + i * 4).unwrap(), 1024, "done {i}");
         }
         assert_eq!(dom.mem.read_u64(50 << 12).unwrap(), 1023);
+    }
+
+    /// Found by fuzz/ (hypercall target): EVTCHNOP_status read its port at
+    /// `arg + 4` with plain `+`, so a guest pointer near the top of the
+    /// address space panicked the monitor (debug builds; release wrapped
+    /// and read low memory). Every `arg + field` is now checked: -EFAULT.
+    #[test]
+    fn hostile_pointers_at_the_top_of_memory_are_efault_not_a_panic() {
+        let (dom, _) = test_domain(64);
+        let mut v = PvVcpu::new(0, dom.clone());
+        v.root_kernel = map_low_memory(&dom);
+        for arg in [u64::MAX, u64::MAX - 1, u64::MAX - 3] {
+            let (rc, _) = dispatch(&mut v, hc::EVENT_CHANNEL_OP, [5, arg, 0, 0, 0, 0], false);
+            assert_eq!(rc, -EFAULT, "EVTCHNOP_status at {arg:#x}");
+        }
+        assert_eq!(crate::vcpu::field(u64::MAX - 3, 4), Err(-EFAULT));
+        assert_eq!(crate::vcpu::field(0x1000, 8), Ok(0x1008));
     }
 
     /// Issue 12 item 5: log_once remembered every distinct message, so

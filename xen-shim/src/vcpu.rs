@@ -406,3 +406,7 @@ pub fn exception_name(v: u8) -> &'static str {
     ];
     N.get(v as usize).copied().unwrap_or("int")
 }
+
+/// Guest-virtual `va + off` for a field or element of a hypercall argument,
+/// or -EFAULT when that passes the top of the address space.
+pub use crate::guestva::field;

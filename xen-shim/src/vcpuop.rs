@@ -2,7 +2,7 @@
 
 use crate::abi::{errno::*, shinfo};
 use crate::mmu::PageType;
-use crate::vcpu::{Action, PvVcpu};
+use crate::vcpu::{field, Action, PvVcpu};
 
 /// The longest periodic timer period Xen accepts (its STIME_DELTA_MAX).
 const STIME_DELTA_MAX: u64 = i64::MAX as u64;
@@ -234,7 +234,7 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
             }
             let mut ports = Vec::new();
             for i in 0..u64::from(nr) {
-                match v.read_u32(list.wrapping_add(i * 4)) {
+                match field(list, i * 4).and_then(|va| v.read_u32(va)) {
                     Ok(p) => ports.push(p),
                     Err(e) => return (e, Action::Resume),
                 }

@@ -134,13 +134,24 @@ impl Tap {
         if_ioctl(&self.name, SIOCSIFMTU, |r| r.set_i32(mtu as i32)).map(drop)
     }
 
+    /// Bring the link up; a link already up is left alone (so that a
+    /// tap pre-created and brought up by root serves an unprivileged
+    /// monitor, which may not set interface flags).
     pub fn up(&self) -> io::Result<()> {
         let flags = if_ioctl(&self.name, SIOCGIFFLAGS, |_| {})?.i16();
+        if flags & IFF_UP != 0 {
+            return Ok(());
+        }
         if_ioctl(&self.name, SIOCSIFFLAGS, |r| r.set_i16(flags | IFF_UP)).map(drop)
     }
 
-    /// Add the tap to `bridge` (SIOCBRADDIF).
+    /// Add the tap to `bridge` (SIOCBRADDIF), unless it is in it already
+    /// (pre-created for an unprivileged monitor: `ip link set NAME master BR`).
     pub fn attach(&self, bridge: &str) -> io::Result<()> {
+        if master_of(std::path::Path::new("/sys/class/net"), &self.name).as_deref() == Some(bridge)
+        {
+            return Ok(());
+        }
         let index = if_ioctl(&self.name, SIOCGIFINDEX, |_| {})?.i32();
         if_ioctl(bridge, SIOCBRADDIF, |r| r.set_i32(index)).map(drop)
     }
@@ -210,7 +221,31 @@ impl Link for Tap {
     }
 }
 
+/// The bridge (or other master) that link `name` belongs to, from
+/// `<sys_net>/<name>/master`.
+fn master_of(sys_net: &std::path::Path, name: &str) -> Option<String> {
+    let target = std::fs::read_link(sys_net.join(name).join("master")).ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
 /// The default host-side name, as Xen's hotplug names it.
 pub fn default_name(domid: u32, devid: u32) -> String {
     format!("vif{domid}.{devid}")
+}
+
+#[cfg(test)]
+mod master_tests {
+    #[test]
+    fn master_is_read_from_sysfs_links() {
+        let dir = std::env::temp_dir().join(format!("xenkvm-master-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("vif1.0")).unwrap();
+        std::fs::create_dir_all(dir.join("vif2.0")).unwrap();
+        std::os::unix::fs::symlink("../../../virtual/net/xenbr0", dir.join("vif1.0/master"))
+            .unwrap();
+        assert_eq!(super::master_of(&dir, "vif1.0").as_deref(), Some("xenbr0"));
+        assert_eq!(super::master_of(&dir, "vif2.0"), None);
+        assert_eq!(super::master_of(&dir, "vif3.0"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -168,6 +168,28 @@ impl Options {
     }
 }
 
+/// The parsers on their own, for the fuzz targets (`fuzz/`): each takes
+/// hostile input and must return, never panic.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::disk::DiskImage;
+
+    /// Parse `text` as a GRUB 2 `grub.cfg`; the number of entries found.
+    pub fn grub_cfg(text: &str) -> Option<usize> {
+        super::grub2::parse(text).ok().map(|m| m.entries.len())
+    }
+
+    /// Parse `text` as a GRUB legacy `menu.lst`; the number of entries found.
+    pub fn menu_lst(text: &str) -> Option<usize> {
+        super::legacy::parse(text).ok().map(|m| m.entries.len())
+    }
+
+    /// The partitions pygrub would search on `img`.
+    pub fn partitions(img: &dyn DiskImage) -> Option<usize> {
+        super::partition::scan(img).ok().map(|p| p.len())
+    }
+}
+
 /// Finds the boot file system on `img` and loads the default entry (or the one
 /// pygrub-style `args` select).
 pub fn load_default(img: &dyn DiskImage, args: &[String]) -> Result<BootEntry, PygrubError> {

@@ -495,6 +495,7 @@ pub fn info(run: &RunDir) -> anyhow::Result<ExitCode> {
         ("virt_caps", "pv".into()),
         ("hypervisor", "kvm (/dev/kvm)".into()),
         ("kvm_available", Path::new("/dev/kvm").exists().to_string()),
+        ("seccomp", crate::seccomp::describe()),
         ("host_profile", profile),
         ("host_profile_why", why),
         ("xenkvm_version", env!("CARGO_PKG_VERSION").into()),
