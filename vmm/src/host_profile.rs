@@ -88,6 +88,16 @@ impl HostProfile {
         }
     }
 
+    /// How the ring-0 area is built on this host for a domain of `vcpus`.
+    /// The ring-0 fast paths run on 1-vCPU domains only for now: a 2-vCPU
+    /// boot on the nested standard host stalled with them (CPU0 in fork,
+    /// RCU starved on CPU1) on a loaded machine, not yet understood.
+    pub fn ring0_for(&self, vcpus: u32) -> Ring0Opts {
+        let mut o = self.ring0();
+        o.fast_paths &= vcpus == 1;
+        o
+    }
+
     /// How the ring-0 area is built on this host.
     pub fn ring0(&self) -> Ring0Opts {
         match self.kind {
@@ -283,7 +293,7 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
         evidence.push(if fast_disabled {
             "ring-0 fast paths turned off by XENKVM_FAST_PATHS=0".into()
         } else {
-            "iret and timer hypercalls handled in ring 0".into()
+            "iret and timer hypercalls handled in ring 0 (1-vCPU domains)".into()
         });
     }
     evidence.extend(host_facts());

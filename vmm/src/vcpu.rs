@@ -154,6 +154,7 @@ impl Vcpu {
         host: Arc<Host>,
         mon: Arc<MonitorLayout>,
         profile: &'static HostProfile,
+        vcpus: u32,
     ) -> Vcpu {
         let signal = host.vcpus[pv.id as usize].clone();
         let regs = RegSync::new(&mut fd, profile.sync_regs);
@@ -175,7 +176,7 @@ impl Vcpu {
             down_regs: None,
             exits: 0,
             regs,
-            fast: profile.ring0().fast_paths,
+            fast: profile.ring0_for(vcpus).fast_paths,
             fast_told: None,
         }
     }

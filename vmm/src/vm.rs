@@ -145,7 +145,7 @@ impl Vm {
             })
             .map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        let slots = ring0::build(&*mem, &mon, cfg.vcpus, profile.ring0())?;
+        let slots = ring0::build(&*mem, &mon, cfg.vcpus, profile.ring0_for(cfg.vcpus))?;
         let nr_pages = ram / PAGE;
         let mut mmu = Mmu::new(nr_pages);
         mmu.set_reserved_l4(slots);
@@ -284,14 +284,15 @@ impl Vm {
                 s.edx = r[3];
             }
             fd.set_cpuid2(&cpuid).map_err(kerr("KVM_SET_CPUID2"))?;
-            let mut msrs: Vec<kvm_msr_entry> = ring0::syscall_msrs(i as u32, profile.ring0())
-                .iter()
-                .map(|&(index, data)| kvm_msr_entry {
-                    index,
-                    data,
-                    ..Default::default()
-                })
-                .collect();
+            let mut msrs: Vec<kvm_msr_entry> =
+                ring0::syscall_msrs(i as u32, profile.ring0_for(cfg.vcpus))
+                    .iter()
+                    .map(|&(index, data)| kvm_msr_entry {
+                        index,
+                        data,
+                        ..Default::default()
+                    })
+                    .collect();
             msrs.push(kvm_msr_entry {
                 index: 0x277,
                 data: xen_shim::emulate::XEN_PAT,
@@ -306,7 +307,14 @@ impl Vm {
                 pv.root_kernel = layout.pt_pfn;
                 pv.kernel_sp = layout.rsp;
             }
-            vcpus.push(Vcpu::new(fd, pv, host.clone(), mon.clone(), profile));
+            vcpus.push(Vcpu::new(
+                fd,
+                pv,
+                host.clone(),
+                mon.clone(),
+                profile,
+                cfg.vcpus,
+            ));
         }
         let boot_regs = Regs {
             rip: layout.entry,
@@ -348,7 +356,7 @@ impl Vm {
         // Where vCPUs set their timers in ring 0, the timer thread reads
         // their data pages too.
         let fast = profile
-            .filter(|p| p.ring0().fast_paths)
+            .filter(|p| p.ring0_for(self.vcpus.len() as u32).fast_paths)
             .and_then(|_| self.vcpus.first().map(|v| v.mon.clone()));
         let timer = std::thread::spawn(move || timer_thread(timer_host, slop, fast));
         let (tx, rx) = std::sync::mpsc::channel::<VcpuReport>();
