@@ -11,6 +11,14 @@
 //! until KVM has taken it, and reads see it first.
 //!
 //! Without sync regs every access is the classic ioctl.
+//!
+//! `kvm_sregs::interrupt_bitmap` never travels: KVM queues the interrupt a
+//! written bitmap names, and the monitor queues the upcall interrupt itself
+//! (KVM_INTERRUPT) and tracks it. KVM also only ever sets bits in the sync
+//! area's copy (it does not clear the area before it stores the special
+//! registers), so a bit that was true at one exit stays there: written back,
+//! it re-queued the upcall at every entry, and a vCPU took nothing but
+//! upcall interrupts for ever (the 2-vCPU boot stall).
 
 use kvm_bindings::{
     kvm_regs, kvm_sregs, kvm_vcpu_events, KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS,
@@ -78,7 +86,9 @@ impl RegSync {
             return Ok(fd.sync_regs().sregs);
         }
         self.ioctls += 1;
-        fd.get_sregs().map_err(kerr("KVM_GET_SREGS"))
+        fd.get_sregs()
+            .map(without_interrupts)
+            .map_err(kerr("KVM_GET_SREGS"))
     }
 
     /// The pending/injected events of the last exit.
@@ -102,6 +112,7 @@ impl RegSync {
     }
 
     pub fn set_sregs(&mut self, fd: &VcpuFd, s: &kvm_sregs) -> Result<(), RegError> {
+        let s = &without_interrupts(*s);
         if self.on {
             // Loading special registers is the costly part of an entry
             // (segment and MMU state): skip it when nothing changed.
@@ -134,6 +145,8 @@ impl RegSync {
             return;
         }
         self.valid = true;
+        let area = &mut fd.sync_regs_mut().sregs;
+        *area = without_interrupts(*area);
         let dirty = fd.get_kvm_run().kvm_dirty_regs;
         if dirty & u64::from(KVM_SYNC_X86_REGS) == 0 {
             self.regs = None;
@@ -161,5 +174,57 @@ impl RegSync {
             }
         });
         (r, s)
+    }
+}
+
+/// `s` with no interrupt queued through it (see the module text).
+fn without_interrupts(mut s: kvm_sregs) -> kvm_sregs {
+    s.interrupt_bitmap = [0; 4];
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vcpu() -> Option<(kvm_ioctls::VmFd, VcpuFd)> {
+        let kvm = kvm_ioctls::Kvm::new().ok()?;
+        let vm = kvm.create_vm().ok()?;
+        let fd = vm.create_vcpu(0).ok()?;
+        Some((vm, fd))
+    }
+
+    #[test]
+    fn no_interrupt_is_queued_through_written_special_registers() {
+        let mut s = kvm_sregs::default();
+        s.interrupt_bitmap[3] = 1 << 48; // vector 240, the upcall
+        s.cr3 = 0x1000;
+        let w = without_interrupts(s);
+        assert_eq!(w.interrupt_bitmap, [0; 4]);
+        assert_eq!(w.cr3, 0x1000);
+    }
+
+    /// The sync area's stale bit (KVM never clears it) is dropped after
+    /// every KVM_RUN, and never handed back with a write.
+    #[test]
+    fn a_stale_bit_in_the_sync_area_is_not_written_back() {
+        let Some((_vm, mut fd)) = vcpu() else {
+            if std::env::var_os("CI").is_some() {
+                panic!("no /dev/kvm with CI set");
+            }
+            return;
+        };
+        let mut rs = RegSync::new(&mut fd, true);
+        fd.sync_regs_mut().sregs.interrupt_bitmap[3] = 1 << 48;
+        rs.after_run(&mut fd);
+        assert_eq!(fd.sync_regs().sregs.interrupt_bitmap, [0; 4]);
+        let mut s = rs.get_sregs(&fd).unwrap();
+        assert_eq!(s.interrupt_bitmap, [0; 4]);
+        s.interrupt_bitmap[3] = 1 << 48;
+        s.cr3 = 0x2000;
+        rs.set_sregs(&fd, &s).unwrap();
+        rs.before_run(&mut fd);
+        assert_eq!(fd.sync_regs().sregs.interrupt_bitmap, [0; 4]);
+        assert_eq!(fd.sync_regs().sregs.cr3, 0x2000);
     }
 }
