@@ -125,8 +125,8 @@ fn pv_guest_boots_on_one_vcpu_of_a_standard_kvm_host() {
     smoke_boot(1);
 }
 
-/// About 9 minutes on the emulated host when the machine is otherwise idle
-/// (L1 has one CPU for both vCPUs; an exit costs about 1 ms there).
+/// About 2 minutes on the emulated host with L1's boot (L1 has one CPU for
+/// both vCPUs; an exit costs about 0.3 ms there).
 #[test]
 fn pv_guest_boots_on_two_vcpus_of_a_standard_kvm_host() {
     smoke_boot(2);

@@ -88,14 +88,10 @@ impl HostProfile {
         }
     }
 
-    /// How the ring-0 area is built on this host for a domain of `vcpus`.
-    /// The ring-0 fast paths run on 1-vCPU domains only for now: a 2-vCPU
-    /// boot on the nested standard host stalled with them (CPU0 in fork,
-    /// RCU starved on CPU1) on a loaded machine, not yet understood.
-    pub fn ring0_for(&self, vcpus: u32) -> Ring0Opts {
-        let mut o = self.ring0();
-        o.fast_paths &= vcpus == 1;
-        o
+    /// How the ring-0 area is built on this host for a domain of `vcpus`
+    /// (the same for any number: kept as the one place to decide it).
+    pub fn ring0_for(&self, _vcpus: u32) -> Ring0Opts {
+        self.ring0()
     }
 
     /// How the ring-0 area is built on this host.
