@@ -289,7 +289,7 @@ pub fn probe(kvm: &Kvm) -> Result<HostProfile, ProbeError> {
         evidence.push(if fast_disabled {
             "ring-0 fast paths turned off by XENKVM_FAST_PATHS=0".into()
         } else {
-            "iret and timer hypercalls handled in ring 0 (1-vCPU domains)".into()
+            "iret and timer hypercalls handled in ring 0".into()
         });
     }
     evidence.extend(host_facts());
