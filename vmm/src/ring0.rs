@@ -40,23 +40,28 @@ pub struct Ring0Opts {
 /// The vectors that get the IST stack when [`Ring0Opts::ist`] is set.
 const IST_VECTORS: [u8; 3] = [2, 8, 18];
 /// The vectors that get the IST2 stack with [`Ring0Opts::fast_paths`].
-const IST2_VECTORS: [u8; 3] = [12, 13, 14];
+/// (#NP too: the IRETQ to guest user mode runs on the data page, where a
+/// fault must not push its frame.)
+const IST2_VECTORS: [u8; 4] = [11, 12, 13, 14];
 
 /// STAR, LSTAR, CSTAR and FMASK for vCPU `v`: SYSCALL enters the stub (or
 /// the vCPU's fast paths) with Xen's hypervisor selectors, IF/TF/DF/AC/NT/
-/// IOPL cleared. SYSRETQ returns with CS 0xe033 and SS 0xe02b.
+/// IOPL cleared. SYSRETQ returns with CS 0xe033 and SS 0xe02b. SYSCALL
+/// from 32-bit code (CSTAR) always takes the stub: the fast paths bounce to
+/// the 64-bit syscall callback only.
 pub fn syscall_msrs(v: u32, opts: Ring0Opts) -> [(u32, u64); 4] {
-    let stub = if opts.fast_paths {
+    let stub = MonitorLayout::r0_va(R0_STUBS) + STUB_SYSCALL_OFF;
+    let lstar = if opts.fast_paths {
         crate::ring0_fast::code_va(v)
     } else {
-        MonitorLayout::r0_va(R0_STUBS) + STUB_SYSCALL_OFF
+        stub
     };
     [
         (
             0xc000_0081,
             (0xe023u64 << 48) | (u64::from(HYPERVISOR_CS) << 32),
         ),
-        (0xc000_0082, stub),
+        (0xc000_0082, lstar),
         (0xc000_0083, stub),
         (0xc000_0084, 0x4_7700),
     ]

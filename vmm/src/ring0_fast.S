@@ -1,14 +1,33 @@
 # xenkvm: the per-vCPU SYSCALL entry on hardware hosts (VT-x / AMD-V).
 # Runs in ring 0 on the guest's stack, IF=0 (FMASK). RCX = guest RIP,
 # R11 = guest RFLAGS, RAX = hypercall number. The data page follows at +0x1000.
+#
+# A path changes the guest's mode (kernel <-> user: CR3, GS base, kmode) only
+# after everything that can fault is done, and `kmode` is written last: the
+# monitor reads it after every exit as the vCPU's mode. A fault before that
+# point is redone the slow way from the registers saved on entry.
         .code64
+# The upcall mask follows the IF of the frame at (%rsp); RCX = vcpu_info.
+# Events pending after an unmask: slow (the monitor delivers them).
+        .macro iret_mask
+        testl $0x200, 48(%rsp)     # events enabled after the return?
+        jz 8f
+        xor %eax, %eax
+        xchg %al, 1(%rcx)          # evtchn_upcall_mask = 0 (locked: a full barrier)
+        cmpb $0, (%rcx)            # evtchn_upcall_pending
+        jne slow
+        jmp 9f
+8:      movb $1, 1(%rcx)           # evtchn_upcall_mask = 1
+9:
+        .endm
 entry:
         mov %rcx, save_rcx(%rip)
         mov %r11, save_r11(%rip)
         mov %rsp, save_rsp(%rip)
         mov %rax, save_rax(%rip)
+        mov %rdx, save_rdx(%rip)
         cmpb $0, kmode(%rip)
-        je slow
+        je user_syscall            # guest user mode's own SYSCALL
         cmp $23, %rax              # __HYPERVISOR_iret
         je iret
         cmp $24, %rax              # __HYPERVISOR_vcpu_op
@@ -18,6 +37,7 @@ slow:
         mov save_r11(%rip), %r11
         mov save_rsp(%rip), %rsp
         mov save_rax(%rip), %rax
+        mov save_rdx(%rip), %rdx
         out %al, $0xf0             # exit: the monitor handles the SYSCALL
         ud2
 iret:   # frame at (%rsp): rax r11 rcx flags rip cs rflags rsp ss
@@ -26,22 +46,15 @@ iret:   # frame at (%rsp): rax r11 rcx flags rip cs rflags rsp ss
         movabs $0x80000000047, %rax
         cmp %rax, %rcx             # frame [rsp, rsp+72) touches slots 256-271: slow
         jb slow                    # (this code must never read or write the monitor's area)
-        testb $3, 40(%rsp)         # to guest user mode: slow
-        jnz slow
-        testl $0x100, 24(%rsp)     # VGCF_in_syscall: slow
-        jnz slow
         mov vcpu_info(%rip), %rcx
         test %rcx, %rcx
         jz slow
-        testl $0x200, 48(%rsp)     # events enabled after the return?
-        jz 1f
-        xor %eax, %eax
-        xchg %al, 1(%rcx)          # evtchn_upcall_mask = 0 (locked: a full barrier)
-        cmpb $0, (%rcx)            # evtchn_upcall_pending: the monitor delivers
-        jne slow
-        jmp 2f
-1:      movb $1, 1(%rcx)           # evtchn_upcall_mask = 1
-2:      orq $3, 40(%rsp)           # CS RPL 3
+        testb $3, 40(%rsp)         # to guest user mode
+        jnz iret_user
+        testl $0x100, 24(%rsp)     # VGCF_in_syscall to kernel mode: slow
+        jnz slow
+        iret_mask
+        orq $3, 40(%rsp)           # CS RPL 3
         orq $3, 64(%rsp)           # SS RPL 3
         mov 48(%rsp), %r11
         and $0x3d4fd7, %r11        # the architectural flags less IOPL and VM, as the slow path
@@ -52,6 +65,133 @@ iret:   # frame at (%rsp): rax r11 rcx flags rip cs rflags rsp ss
         mov 16(%rsp), %rcx
         mov (%rsp), %rax
         add $32, %rsp
+        iretq
+iret_user:  # to guest user mode: user page tables and GS base, as Xen's toggle_guest_mode
+        cmpq $0, user_cr3(%rip)    # no user page table yet: slow (the monitor refuses it)
+        je slow
+        movzwl 40(%rsp), %eax      # only the flat user selectors
+        or $3, %eax
+        cmp $0x33, %eax            # __USER_CS
+        je 1f
+        cmp $0xe033, %eax          # FLAT_RING3_CS64
+        jne slow
+1:      mov %rax, if_cs(%rip)
+        movzwl 64(%rsp), %eax
+        or $3, %eax
+        cmp $0x2b, %eax            # __USER_DS
+        je 2f
+        cmp $0xe02b, %eax          # FLAT_RING3_SS64
+        jne slow
+2:      mov %rax, if_ss(%rip)
+        mov 32(%rsp), %rax
+        mov %rax, if_rip(%rip)
+        mov 56(%rsp), %rax
+        mov %rax, if_rsp(%rip)
+        mov 48(%rsp), %rax
+        and $0x3d4fd7, %rax
+        or $0x202, %rax
+        mov %rax, if_rflags(%rip)
+        mov (%rsp), %rax           # the registers to return with
+        mov %rax, ret_rax(%rip)
+        mov 8(%rsp), %rax
+        mov %rax, ret_r11(%rip)
+        mov 16(%rsp), %rax
+        mov %rax, ret_rcx(%rip)
+        testl $0x100, 24(%rsp)     # VGCF_in_syscall: RCX and R11 stay the hypercall's own
+        jz 3f
+        mov save_rcx(%rip), %rax
+        mov %rax, ret_rcx(%rip)
+        mov save_r11(%rip), %rax
+        mov %rax, ret_r11(%rip)
+3:      iret_mask
+        mov user_cr3(%rip), %rax   # no guest memory is touched from here on
+        mov %rax, %cr3
+        mov $0xc0000101, %ecx      # MSR_GS_BASE: keep the kernel's, load the user's
+        rdmsr
+        mov %eax, gs_kernel(%rip)
+        mov %edx, gs_kernel+4(%rip)
+        mov gs_user(%rip), %eax
+        mov gs_user+4(%rip), %edx
+        wrmsr
+        movb $0, kmode(%rip)       # committed: guest user mode
+        incq n_iret_user(%rip)
+        mov save_rdx(%rip), %rdx
+        mov ret_rax(%rip), %rax
+        mov ret_rcx(%rip), %rcx
+        mov ret_r11(%rip), %r11
+        lea if_rip(%rip), %rsp
+user_iretq:
+        iretq
+user_syscall:   # bounce to the guest kernel's syscall callback, as Xen's create_bounce_frame
+        cmpq $0, syscall_cb(%rip)
+        je slow
+        cmpq $0, kernel_cr3(%rip)
+        je slow
+        mov vcpu_info(%rip), %rcx
+        test %rcx, %rcx
+        jz slow
+        movzbl 1(%rcx), %eax       # the mask now (0 or 1), saved in the frame
+        test %eax, %eax
+        jz 2f
+        mov $1, %eax
+        jmp 1f
+2:
+        cmpb $0, masks(%rip)       # events stay enabled in the callback and one is pending:
+        jne 1f
+        cmpb $0, (%rcx)            # slow (the monitor delivers it)
+        jne slow
+1:      mov kernel_sp(%rip), %rsp  # the guest kernel stack (stack_switch), 16-byte aligned
+        and $-16, %rsp
+        sub $56, %rsp              # frame [rsp, rsp+56)
+        movabs $0x800000000037, %rdx   # rdx = rsp - (0xffff800000000000 - 55)
+        add %rsp, %rdx
+        movabs $0x80000000037, %rcx
+        cmp %rcx, %rdx             # touches slots 256-271: slow
+        jb slow
+        mov kernel_cr3(%rip), %rcx # the kernel's page tables map its stack
+        mov %rcx, %cr3
+        mov save_rcx(%rip), %rcx
+        mov %rcx, (%rsp)           # RCX
+        mov %rcx, 16(%rsp)         # RIP
+        mov save_r11(%rip), %rdx
+        mov %rdx, 8(%rsp)          # R11
+        movq $0xe033, 24(%rsp)     # CS (FLAT_KERNEL_CS, as Xen's syscall entry) ...
+        mov %eax, 28(%rsp)         # ... with the saved upcall mask in bits 32-39
+        and $-0x3201, %rdx         # RFLAGS less IF and IOPL ...
+        xor $1, %eax
+        shl $9, %eax
+        or %rax, %rdx              # ... IF = events were enabled
+        mov %rdx, 32(%rsp)
+        mov save_rsp(%rip), %rdx
+        mov %rdx, 40(%rsp)         # RSP
+        movq $0xe02b, 48(%rsp)     # SS
+        mov syscall_cb(%rip), %rax # the return frame, in the data page
+        mov %rax, if_rip(%rip)
+        movq $0xe033, if_cs(%rip)
+        mov save_r11(%rip), %rax
+        and $-0x77501, %rax        # less TF NT RF VM AC IOPL DF
+        or $0x202, %rax            # IF, bit 1
+        mov %rax, if_rflags(%rip)
+        mov %rsp, if_rsp(%rip)
+        movq $0xe02b, if_ss(%rip)
+        mov $0xc0000101, %ecx      # MSR_GS_BASE: keep the user's, load the kernel's
+        rdmsr
+        mov %eax, gs_user(%rip)
+        mov %edx, gs_user+4(%rip)
+        mov gs_kernel(%rip), %eax
+        mov gs_kernel+4(%rip), %edx
+        wrmsr
+        cmpb $0, masks(%rip)       # CALLBACKF_mask_events
+        je 3f
+        mov vcpu_info(%rip), %rcx
+        movb $1, 1(%rcx)
+3:      movb $1, kmode(%rip)       # committed: guest kernel mode
+        incq n_bounce(%rip)
+        mov save_rcx(%rip), %rcx
+        mov save_r11(%rip), %r11
+        mov save_rax(%rip), %rax
+        mov save_rdx(%rip), %rdx
+        lea if_rip(%rip), %rsp
         iretq
 vcpu_op:
         cmp $8, %rdi               # VCPUOP_set_singleshot_timer
@@ -78,8 +218,8 @@ vcpu_op:
         sysretq
 code_end:
         .org 0x1000                # the data page (per vCPU, supervisor, no-execute)
-vcpu_info: .quad 0       # direct-map VA of this vCPU's vcpu_info; 0: iret fast path off
-kmode: .quad 0       # u8: the guest vCPU is in kernel mode
+vcpu_info: .quad 0       # direct-map VA of this vCPU's vcpu_info; 0: iret and bounce paths off
+kmode: .quad 0       # u8: the guest vCPU is in kernel mode (written last by a mode change)
 deadline: .quad 0       # singleshot deadline set here; ~0: none
 armed: .quad 0       # the timer thread looks again at this time; ~0: timer fast path off
 save_rcx: .quad 0
@@ -89,3 +229,21 @@ save_rax: .quad 0
 n_iret: .quad 0
 n_timer: .quad 0
 vcpu_id: .quad 0
+user_cr3: .quad 0       # the guest's user page tables; 0: none (returns to user mode slow)
+kernel_cr3: .quad 0       # its kernel page tables
+kernel_sp: .quad 0       # stack_switch's kernel stack
+syscall_cb: .quad 0       # the syscall callback; 0: none (user SYSCALLs slow)
+masks: .quad 0       # u8: the syscall callback masks events
+gs_user: .quad 0       # the GS base of the mode not running (the running one is in the MSR)
+gs_kernel: .quad 0
+save_rdx: .quad 0
+ret_rax: .quad 0
+ret_rcx: .quad 0
+ret_r11: .quad 0
+n_bounce: .quad 0
+n_iret_user: .quad 0
+if_rip: .quad 0       # an IRETQ frame: rip cs rflags rsp ss
+if_cs: .quad 0
+if_rflags: .quad 0
+if_rsp: .quad 0
+if_ss: .quad 0

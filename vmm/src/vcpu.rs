@@ -92,10 +92,8 @@ pub struct Vcpu {
     pub exits: u64,
     /// Register access (through `kvm_run` where the host allows).
     pub regs: RegSync,
-    /// The ring-0 fast paths run on this vCPU (crate::ring0_fast), and what
-    /// its data page last told them: kernel mode, the vcpu_info address.
+    /// The ring-0 fast paths run on this vCPU (crate::ring0_fast).
     fast: bool,
-    fast_told: Option<(bool, u64)>,
     /// After VCPUOP_down: where VCPUOP_up resumes it (returning from the
     /// hypercall, as Xen does).
     pub down_regs: Option<Regs>,
@@ -177,7 +175,6 @@ impl Vcpu {
             exits: 0,
             regs,
             fast: profile.ring0_for(vcpus).fast_paths,
-            fast_told: None,
         }
     }
 
@@ -447,7 +444,15 @@ impl Vcpu {
         vector: u8,
         rip: u64,
     ) -> Result<(Entry, Regs), String> {
-        let [rax, rcx, r11, rsp] =
+        if rip == ring0_fast::code_va(self.pv.id) + ring0_fast::USER_IRETQ_OFF {
+            // The return to user mode was committed; the CPU refused the
+            // guest's user selectors (as loading them would on the slow path).
+            return Err(format!(
+                "{} returning to guest user mode: the guest's user code or stack selector is unusable",
+                xen_shim::vcpu::exception_name(vector)
+            ));
+        }
+        let [rax, rcx, r11, rsp, rdx] =
             ring0_fast::saved_entry(&*self.pv.dom.mem, &self.mon, self.pv.id)
                 .map_err(|e| e.to_string())?;
         log::trace!(
@@ -460,6 +465,7 @@ impl Vcpu {
         g.rcx = rcx;
         g.r11 = r11;
         g.rsp = rsp;
+        g.rdx = rdx;
         (g.cs, g.ss) = if self.pv.kernel_mode {
             (0xe033, 0xe02b)
         } else {
@@ -468,31 +474,54 @@ impl Vcpu {
         Ok((Entry::Syscall, g))
     }
 
-    /// Tell the fast paths what changed since the last entry: the mode
-    /// (they only run for the guest kernel) and where vcpu_info is (in
-    /// RAM, through the ring-0 direct map; in shared_info, through its
-    /// ring-0 mapping; elsewhere the iret path is off).
+    /// Tell the fast paths the guest's state before every entry: the mode,
+    /// where vcpu_info is (in RAM, through the ring-0 direct map; in
+    /// shared_info, through its ring-0 mapping; elsewhere the iret and
+    /// bounce paths are off), the page tables, kernel stack, syscall
+    /// callback and the GS base of each mode. The code changes the mode
+    /// and the GS bases itself: [`Self::take_fast_mode`] reads them back.
     fn tell_fast_paths(&mut self) -> Result<(), String> {
         let info = self.pv.vcpu_info();
         let shinfo = self.mon.shared_info;
-        let info_va = if info + 64 <= self.mon.ram {
+        let vcpu_info = if info + 64 <= self.mon.ram {
             DIRECTMAP_VA + info
         } else if (shinfo..shinfo + PAGE - 63).contains(&info) {
             MonitorLayout::r0_va(R0_SHINFO) + (info - shinfo)
         } else {
             0
         };
-        let now = (self.pv.kernel_mode, info_va);
-        if self.fast_told == Some(now) {
-            return Ok(());
+        let pv = &self.pv;
+        let t = ring0_fast::Told {
+            vcpu_info,
+            kernel_mode: pv.kernel_mode,
+            user_cr3: pv.root_user << 12,
+            kernel_cr3: pv.root_kernel << 12,
+            kernel_sp: pv.kernel_sp,
+            syscall_cb: pv.syscall_callback,
+            masks_events: pv.syscall_masks_events,
+            gs_user: pv.gs_base_user,
+            gs_kernel: pv.gs_base_kernel,
+        };
+        ring0_fast::tell(&*pv.dom.mem, &self.mon, pv.id, &t).map_err(|e| e.to_string())
+    }
+
+    /// The mode the ring-0 code left the guest in (it returns to user mode
+    /// and bounces user SYSCALLs to the kernel without an exit): the mode
+    /// and the GS base of the mode not running. The running mode's GS base
+    /// and the page tables are read from the vCPU ([`Self::sync_segments`]).
+    fn take_fast_mode(&mut self) {
+        if !self.fast || self.pending_tail.is_some() {
+            return;
         }
-        let d = ring0_fast::data_gpa(&self.mon, self.pv.id);
-        let mem = &*self.pv.dom.mem;
-        mem.write_u64(d + ring0_fast::VCPU_INFO, info_va)
-            .and_then(|()| mem.write_u64(d + ring0_fast::KMODE, u64::from(now.0)))
-            .map_err(|e| e.to_string())?;
-        self.fast_told = Some(now);
-        Ok(())
+        let Ok(m) = ring0_fast::mode(&*self.pv.dom.mem, &self.mon, self.pv.id) else {
+            return;
+        };
+        self.pv.kernel_mode = m.kernel_mode;
+        if m.kernel_mode {
+            self.pv.gs_base_user = m.gs_user;
+        } else {
+            self.pv.gs_base_kernel = m.gs_kernel;
+        }
     }
 
     /// A singleshot timer the guest set in ring 0 since the last exit
@@ -508,7 +537,7 @@ impl Vcpu {
 
     /// Hypercalls done in ring 0 since the last call, for the monitor's
     /// counts (the vCPU is stopped: nothing counts behind our back).
-    pub fn fast_path_counts(&self) -> [(&'static str, u64); 2] {
+    pub fn fast_path_counts(&self) -> [(&'static str, u64); 4] {
         let d = ring0_fast::data_gpa(&self.mon, self.pv.id);
         let mem = &*self.pv.dom.mem;
         let n = |o| {
@@ -525,6 +554,8 @@ impl Vcpu {
                 "vcpu_op set_singleshot_timer (ring 0)",
                 n(ring0_fast::N_TIMER),
             ),
+            ("iret to user mode (ring 0)", n(ring0_fast::N_IRET_USER)),
+            ("guest syscall bounce (ring 0)", n(ring0_fast::N_BOUNCE)),
         ]
     }
 
@@ -593,6 +624,10 @@ impl Vcpu {
     fn sync_segments(&mut self, s: &kvm_sregs) {
         if self.pending_tail.is_some() {
             return;
+        }
+        if self.fast {
+            // The ring-0 code switches page tables with the mode.
+            self.active_cr3 = s.cr3;
         }
         self.pv.fs_base = s.fs.base;
         if self.pv.kernel_mode {
@@ -709,6 +744,7 @@ impl Vcpu {
             };
             self.signal.in_guest.store(false, Ordering::SeqCst);
             self.regs.after_run(&mut self.fd);
+            self.take_fast_mode();
             self.take_fast_deadline();
             self.exits += 1;
             self.pv.note_exit();

@@ -48,6 +48,7 @@ typedef long s64;
 #define HC_vm_assist 21
 #define HC_iret 23
 #define HC_vcpu_op 24
+#define HC_set_segment_base 25
 #define HC_mmuext_op 26
 #define HC_sched_op 29
 #define HC_callback_op 30

@@ -133,10 +133,22 @@ static void kernel_iret_readonly_frame(void)
 #define USER_CODE 0x400000UL
 #define USER_STACK_TOP 0x402000UL
 #define USER_UNMAPPED 0x500000UL
+#define USER_GS 0x403000UL /* the user GS base: a user page with a marker */
+#define USER_GS_MARK 0x5553455247532121UL
+#define KERNEL_GS_MARK 0x4b45524e47532121UL
 
 static u64 u_l4[512] PAGE_ALIGNED, u_l3[512] PAGE_ALIGNED, u_l2[512] PAGE_ALIGNED,
 	u_l1[512] PAGE_ALIGNED;
-static char u_code[4096] PAGE_ALIGNED, u_stack[4096] PAGE_ALIGNED;
+static char u_code[4096] PAGE_ALIGNED, u_stack[4096] PAGE_ALIGNED, u_gs[4096] PAGE_ALIGNED;
+/* The kernel GS base points here. */
+static u64 k_gs[2] __attribute__((aligned(16))) = {KERNEL_GS_MARK, 0};
+
+static u64 read_gs0(void)
+{
+	u64 v;
+	__asm__ volatile("mov %%gs:0, %0" : "=r"(v));
+	return v;
+}
 static char k_stack[16384] __attribute__((aligned(16)));
 
 /* The user program, copied to USER_CODE. */
@@ -155,6 +167,7 @@ __asm__(".text\n"
 	"mov (%rdx), %rax\n"
 	"ublob_pf2_end:\n\t"
 	"pushq $0x99\n\t" /* the user stack is writable */
+	"mov %gs:0, %rsi\n\t" /* the user GS base after the first return to user mode */
 	"mov $2, %eax\n\t"
 	"syscall\n\t"
 	"ud2\n"
@@ -191,7 +204,7 @@ extern char user_return[];
 
 struct ustep {
 	int hits;
-	u64 rax, rdi, rcx, r11, err, cr2, rip, cs, rflags, rsp, ss, base;
+	u64 rax, rdi, rsi, kgs, rcx, r11, err, cr2, rip, cs, rflags, rsp, ss, base;
 	u8 mask;
 } sc1, sc2, pf1, pf2;
 static int unexpected_user_traps;
@@ -202,6 +215,8 @@ static void save(struct ustep *s, struct regs *r)
 	s->hits++;
 	s->rax = r->rax;
 	s->rdi = r->rdi;
+	s->rsi = r->rsi;
+	s->kgs = read_gs0();
 	s->rcx = r->f_rcx;
 	s->r11 = r->f_r11;
 	s->err = regs_has_err(r) ? r->w[0] : ~0UL;
@@ -271,6 +286,8 @@ static void user_mode(void)
 	u_l1[(USER_CODE >> 12) & 511] =
 		(va_to_mfn(u_code) << 12) | _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED;
 	u_l1[((USER_STACK_TOP - 1) >> 12) & 511] = (va_to_mfn(u_stack) << 12) | tflags;
+	u_l1[(USER_GS >> 12) & 511] = (va_to_mfn(u_gs) << 12) | tflags;
+	*(u64 *)u_gs = USER_GS_MARK;
 	make_ro(u_l4);
 	make_ro(u_l3);
 	make_ro(u_l2);
@@ -283,6 +300,10 @@ static void user_mode(void)
 	expect(rc == 0, "register syscall callback = %ld", rc);
 	rc = HC2(HC_stack_switch, FLAT_KERNEL_SS, kstack_top);
 	expect(rc == 0, "stack_switch = %ld", rc);
+	rc = HC2(HC_set_segment_base, 1 /* SEGBASE_GS_USER */, USER_GS);
+	expect(rc == 0, "set_segment_base(GS_USER) = %ld", rc);
+	rc = HC2(HC_set_segment_base, 2 /* SEGBASE_GS_KERNEL */, (u64)k_gs);
+	expect(rc == 0, "set_segment_base(GS_KERNEL) = %ld", rc);
 	int ok = !test_failed();
 	end();
 	if (!ok)
@@ -335,6 +356,14 @@ static void user_mode(void)
 	EXPECT_EQ(shinfo->vcpu_info[0].evtchn_upcall_mask, 1);
 	EXPECT_EQ(HC2(HC_xen_version, 0, 0), (4 << 16) | 17);
 	EXPECT_EQ(*(volatile u64 *)&u_l4[0] & PTE_ADDR_MASK, va_to_mfn(u_l3) << 12);
+	end();
+
+	begin("iret.user_and_kernel_gs_bases");
+	/* Each mode keeps its own GS base across the switches (Xen's swapgs). */
+	EXPECT_EQ(sc1.kgs, KERNEL_GS_MARK);
+	EXPECT_EQ(sc2.kgs, KERNEL_GS_MARK);
+	EXPECT_EQ(sc2.rsi, USER_GS_MARK);
+	EXPECT_EQ(read_gs0(), KERNEL_GS_MARK);
 	end();
 
 	begin("iret.user_root_teardown");
