@@ -9,33 +9,11 @@ mod common;
 #[path = "support/conformance.rs"]
 mod conf;
 
-use conf::{build_guest, check_output, Tally};
+use conf::{build_guest, check_output, prerequisites, Tally};
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// gcc, or None (with a message) when the test must be skipped.
-/// In CI a missing prerequisite is a failure, never a skip.
-fn prerequisites() -> Option<()> {
-    if !Path::new("/dev/kvm").exists() {
-        assert!(!common::in_ci(), "CI=true but /dev/kvm is absent");
-        eprintln!("SKIP: /dev/kvm is absent");
-        return None;
-    }
-    let gcc = Command::new("gcc").arg("--version").output();
-    if !gcc.is_ok_and(|o| o.status.success()) {
-        assert!(
-            !common::in_ci(),
-            "CI=true but gcc is missing: the conformance guests are built with the system gcc"
-        );
-        eprintln!("SKIP: gcc is not installed; the conformance guests need it");
-        return None;
-    }
-    Some(())
-}
 
 fn run_guest(name: &str) {
     if prerequisites().is_none() {

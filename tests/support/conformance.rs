@@ -33,20 +33,66 @@ pub const CFLAGS: &[&str] = &[
     "-Wl,--build-id=none",
 ];
 
+/// /dev/kvm and gcc, or None (with a message) when the test must be skipped.
+/// In CI a missing prerequisite is a failure, never a skip.
+pub fn prerequisites() -> Option<()> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        assert!(!crate::common::in_ci(), "CI=true but /dev/kvm is absent");
+        eprintln!("SKIP: /dev/kvm is absent");
+        return None;
+    }
+    let gcc = Command::new("gcc").arg("--version").output();
+    if !gcc.is_ok_and(|o| o.status.success()) {
+        assert!(
+            !crate::common::in_ci(),
+            "CI=true but gcc is missing: the conformance guests are built with the system gcc"
+        );
+        eprintln!("SKIP: gcc is not installed; the conformance guests need it");
+        return None;
+    }
+    Some(())
+}
+
 pub fn sources() -> PathBuf {
     crate::common::workspace().join("tests/guests/conformance")
 }
 
+/// How a guest is linked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `guest.ld`: at 0xffffffff80000000 + phys, with VIRT_BASE, PADDR_OFFSET
+    /// and ENTRY notes, hypercalls by SYSCALL.
+    Linux,
+    /// `freestanding.ld` with `-DFREESTANDING`: at 1 MiB, virtual = physical,
+    /// no VIRT_BASE, PADDR_OFFSET or ENTRY note, hypercalls through the
+    /// HYPERCALL_PAGE the builder fills.
+    Freestanding,
+}
+
 /// Compile and link guest `name` into the test's temporary directory.
 pub fn build_guest(name: &str) -> PathBuf {
+    build_guest_as(name, Layout::Linux)
+}
+
+/// Compile and link guest `name` with `layout`.
+pub fn build_guest_as(name: &str, layout: Layout) -> PathBuf {
     let src = sources();
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("conformance");
     std::fs::create_dir_all(&out_dir).expect("create the guest build directory");
-    let elf = out_dir.join(name);
+    let (elf, script) = match layout {
+        Layout::Linux => (out_dir.join(name), "guest.ld"),
+        Layout::Freestanding => (out_dir.join(format!("{name}-1m")), "freestanding.ld"),
+    };
     let mut cmd = Command::new("gcc");
-    cmd.args(CFLAGS)
-        .arg(format!("-fmacro-prefix-map={}/=", src.display()))
-        .arg(format!("-Wl,-T,{}", src.join("guest.ld").display()))
+    if layout == Layout::Linux {
+        cmd.args(CFLAGS);
+    } else {
+        // A small code model: the image is in the low 2 GiB, not the top.
+        cmd.args(CFLAGS.iter().filter(|f| !f.starts_with("-mcmodel=")))
+            .args(["-mcmodel=small", "-DFREESTANDING"]);
+    }
+    cmd.arg(format!("-fmacro-prefix-map={}/=", src.display()))
+        .arg(format!("-Wl,-T,{}", src.join(script).display()))
         .arg("-o")
         .arg(&elf);
     for f in RUNTIME {

@@ -23,6 +23,11 @@ pub enum BuildError {
     Validate(i64),
     #[error("command line is {0} bytes; Xen allows at most 1023")]
     CmdlineTooLong(usize),
+    #[error(
+        "the initial mapping {start:#x}..{end:#x} (kernel and boot structures) is not \
+         canonical or overlaps Xen's reserved 0xffff800000000000..0xffff880000000000"
+    )]
+    BadMapping { start: u64, end: u64 },
 }
 
 /// Where the builder put everything (pfns unless noted).
@@ -55,6 +60,17 @@ fn count_tables(start: u64, end: u64) -> (u64, u64, u64) {
     (n(39), n(30), n(21))
 }
 
+/// Is `[start, last]` canonical, in one half, and clear of Xen's hole?
+fn mappable(start: u64, last: u64) -> bool {
+    const LOW_END: u64 = 1 << 47;
+    const HOLE: std::ops::Range<u64> = 0xffff_8000_0000_0000..0xffff_8800_0000_0000;
+    if last < LOW_END {
+        start <= last
+    } else {
+        start >= HOLE.end && start <= last
+    }
+}
+
 /// Compute the layout without touching memory.
 pub fn plan(k: &PvKernel, initrd_len: u64, nr_pages: u64) -> Result<PvLayout, BuildError> {
     let vb = k.notes.virt_base;
@@ -82,10 +98,26 @@ pub fn plan(k: &PvKernel, initrd_len: u64, nr_pages: u64) -> Result<PvLayout, Bu
     let console_pfn = take(1, &mut cursor);
     // Page-table count, iterated as Xen's count_pgtables does.
     let extra = 1 + (512 * 1024) / PAGE;
-    let cur_va = vb + cursor * PAGE;
+    // The kernel's range was checked by the loader, but what follows it may
+    // still run past the top of the address space (a kernel linked there).
+    let past_top = || BuildError::BadMapping {
+        start: vb,
+        end: u64::MAX,
+    };
+    let cur_va = cursor
+        .checked_mul(PAGE)
+        .and_then(|o| vb.checked_add(o))
+        .ok_or_else(past_top)?;
+    if cur_va - vb > 1 << 30 {
+        return Err(BuildError::MappingTooLarge(cur_va - vb));
+    }
     let mut pages = extra;
     let (tables, try_end) = loop {
-        let try_end = (cur_va + pages * PAGE).div_ceil(4 << 20) * (4 << 20) - 1;
+        let try_end = cur_va
+            .checked_add(pages * PAGE)
+            .and_then(|e| e.checked_next_multiple_of(4 << 20))
+            .ok_or_else(past_top)?
+            - 1;
         let (l3, l2, l1) = count_tables(vb, try_end);
         let tables = 1 + l3 + l2 + l1;
         if tables + extra <= pages {
@@ -95,6 +127,12 @@ pub fn plan(k: &PvKernel, initrd_len: u64, nr_pages: u64) -> Result<PvLayout, Bu
     };
     if try_end + 1 - vb > 1 << 30 {
         return Err(BuildError::MappingTooLarge(try_end + 1 - vb));
+    }
+    if !mappable(vb, try_end) {
+        return Err(BuildError::BadMapping {
+            start: vb,
+            end: try_end + 1,
+        });
     }
     let pt_pfn = take(tables, &mut cursor);
     let stack_pfn = take(1, &mut cursor);
@@ -451,6 +489,82 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A freestanding kernel (no VIRT_BASE: 0) linked at 1 MiB: mapped 1:1
+    /// from VA 0, its boot structures after it, its hypercall page filled.
+    #[test]
+    fn freestanding_kernel_at_1_mib() {
+        use crate::loader::testutil::{build_freestanding, freestanding_notes, LOW_TEXT};
+        let k = crate::loader::load_pv_kernel(&build_freestanding(&freestanding_notes(), None))
+            .unwrap();
+        let nr_pages = 0x4000;
+        let mem = VecMem::new((nr_pages * PAGE) as usize);
+        let mut mmu = Mmu::new(nr_pages);
+        let input = BuildInput {
+            initrd: &[],
+            cmdline: "hello",
+            nr_pages,
+            shared_info_gpa: nr_pages * PAGE,
+            console_port: 2,
+            store_port: 1,
+        };
+        let l = build(&mem, &mut mmu, &k, &input).unwrap();
+        assert_eq!(l.virt_base, 0);
+        assert_eq!((l.kernel_pfn, l.kernel_pages), (0x100, 3));
+        // No INIT_P2M: the p2m list follows the kernel, inside the mapping.
+        assert_eq!((l.p2m_pfn, l.p2m_pages, l.p2m_tables), (0x103, 32, 0));
+        assert_eq!(l.p2m_va, 0x10_3000);
+        assert_eq!(l.start_info_pfn, 0x123);
+        assert_eq!(l.entry, LOW_TEXT);
+        assert_eq!(l.rsi, 0x12_3000);
+        assert_eq!(l.rsp, (l.stack_pfn + 1) * PAGE);
+        assert_eq!(l.virt_pgtab_end, 0x40_0000);
+        // The hypercall page: entry 17 is `push rcx; push r11; mov $17, %eax; syscall`.
+        let mut stub = [0u8; 10];
+        mem.read(LOW_TEXT + 0x1000 + 17 * 32, &mut stub).unwrap();
+        assert_eq!(stub, [0x51, 0x41, 0x53, 0xb8, 17, 0, 0, 0, 0x0f, 0x05]);
+        // The kernel's own bytes are at their physical address, mapped 1:1.
+        let w = xen_shim::guestva::walk(&mem, l.pt_pfn, LOW_TEXT + 0x10, false, false).unwrap();
+        assert_eq!(w.gpa, LOW_TEXT + 0x10);
+        assert_eq!(mem.read_u8(LOW_TEXT + 1).unwrap(), 5);
+        // VA 0 maps pfn 0 (Mini-OS uses the page), through L4 slot 0.
+        assert_eq!(
+            xen_shim::guestva::walk(&mem, l.pt_pfn, 0, true, false)
+                .unwrap()
+                .gpa,
+            0
+        );
+        let si = l.start_info_pfn * PAGE;
+        assert_eq!(mem.read_u64(si + 0x58).unwrap(), l.pt_pfn * PAGE);
+        assert_eq!(mem.read_u64(si + 0x68).unwrap(), 0x10_3000);
+        assert_eq!(mem.read_u64(si + 0x480).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_mapping_past_the_top_or_into_the_hole_is_refused() {
+        use crate::loader::testutil::{build_freestanding, freestanding_notes, xen, LOW_TEXT};
+        let with_base = |vb: u64| {
+            let mut n = freestanding_notes();
+            n.extend(xen(3, &vb.to_le_bytes())); // VIRT_BASE
+            n.extend(xen(1, &(vb + LOW_TEXT).to_le_bytes())); // ENTRY
+            n.extend(xen(2, &(vb + LOW_TEXT).to_le_bytes())); // HYPERCALL_PAGE
+            crate::loader::load_pv_kernel(&build_freestanding(&n, None)).unwrap()
+        };
+        // The kernel fits below 2^47, its boot structures do not.
+        let k = with_base(0x7fff_fffe_0000 - LOW_TEXT - 0x3000);
+        assert!(matches!(
+            plan(&k, 0, 0x4000),
+            Err(BuildError::BadMapping { .. })
+        ));
+        // The kernel ends just below 2^64.
+        let k = with_base(0xffff_ffff_fffe_0000 - LOW_TEXT - 0x3000);
+        assert!(matches!(
+            plan(&k, 0, 0x4000),
+            Err(BuildError::BadMapping { .. })
+        ));
+        // An ordinary high base is fine.
+        plan(&with_base(0xffff_ffff_8000_0000), 0, 0x4000).unwrap();
     }
 
     #[test]

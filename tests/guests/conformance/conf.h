@@ -187,7 +187,7 @@ extern char trap_stub_0[], trap_stub_table[], event_stub[], syscall_stub[];
 void *trap_stub(unsigned int vector);
 
 /* Hypercalls: number in rax, args in rdi rsi rdx r10 r8, via SYSCALL. */
-static inline long hypercall(long nr, long a1, long a2, long a3, long a4, long a5)
+static inline long hypercall_syscall(long nr, long a1, long a2, long a3, long a4, long a5)
 {
 	register long r10 __asm__("r10") = a4;
 	register long r8 __asm__("r8") = a5;
@@ -197,6 +197,24 @@ static inline long hypercall(long nr, long a1, long a2, long a3, long a4, long a
 			 : "r9", "memory");
 	return nr;
 }
+
+#ifdef FREESTANDING
+/* The page the domain builder filled (HYPERCALL_PAGE note): call stub nr. */
+extern char hypercall_page[4096];
+static inline long hypercall(long nr, long a1, long a2, long a3, long a4, long a5)
+{
+	register long r10 __asm__("r10") = a4;
+	register long r8 __asm__("r8") = a5;
+	void *stub = hypercall_page + 32 * nr;
+	__asm__ volatile("call *%[stub]"
+			 : "+a"(nr), "+D"(a1), "+S"(a2), "+d"(a3), "+r"(r10), "+r"(r8)
+			 : [stub] "r"(stub)
+			 : "rcx", "r9", "r11", "memory");
+	return nr;
+}
+#else
+#define hypercall hypercall_syscall
+#endif
 #define HC0(n) hypercall((n), 0, 0, 0, 0, 0)
 #define HC1(n, a) hypercall((n), (long)(a), 0, 0, 0, 0)
 #define HC2(n, a, b) hypercall((n), (long)(a), (long)(b), 0, 0, 0)
@@ -207,7 +225,11 @@ static inline long hypercall(long nr, long a1, long a2, long a3, long a4, long a
 extern struct start_info *si;
 extern volatile struct shared_info *shinfo;
 extern u64 *p2m;
+#ifdef FREESTANDING
+#define VIRT_BASE 0UL /* no VIRT_BASE note: Xen's default */
+#else
 #define VIRT_BASE 0xffffffff80000000UL
+#endif
 
 static inline u64 va_to_pfn(const void *va) { return ((u64)va - VIRT_BASE) >> 12; }
 static inline u64 va_to_mfn(const void *va) { return p2m[va_to_pfn(va)]; }

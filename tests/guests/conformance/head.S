@@ -15,6 +15,18 @@
 4:	.balign 4;				\
 	.popsection
 
+#ifdef FREESTANDING
+/*
+ * The freestanding layout (freestanding.ld), as Mini-OS and unikernels use
+ * the notes: no VIRT_BASE (0), no PADDR_OFFSET (0), no ENTRY (e_entry), and
+ * a hypercall page the hypervisor fills.
+ */
+	ELFNOTE(6, .asciz, "xenkvm-freestanding")	/* GUEST_OS */
+	ELFNOTE(8, .asciz, "generic")			/* LOADER */
+	ELFNOTE(5, .asciz, "xen-3.0")			/* XEN_VERSION */
+	ELFNOTE(2, .quad, hypercall_page)		/* HYPERCALL_PAGE */
+	ELFNOTE(10, .asciz, "!writable_page_tables")	/* FEATURES */
+#else
 	ELFNOTE(6, .asciz, "xenkvm-conformance")	/* GUEST_OS */
 	ELFNOTE(8, .asciz, "generic")			/* LOADER */
 	ELFNOTE(5, .asciz, "xen-3.0")			/* XEN_VERSION */
@@ -22,11 +34,17 @@
 	ELFNOTE(4, .quad, 0)				/* PADDR_OFFSET */
 	ELFNOTE(1, .quad, _start)			/* ENTRY */
 	ELFNOTE(10, .asciz, "!writable_page_tables|pae_pgdir_above_4gb") /* FEATURES */
+#endif
 
 	.section .text.head, "ax"
 	.globl _start
 _start:
 	cld
+#ifdef FREESTANDING
+	/* The registers the domain builder chose, for the guest to check. */
+	movq %rsp, boot_rsp(%rip)
+	movq %rsi, boot_rsi(%rip)
+#endif
 	/* rsi = start_info, rsp = the builder's boot stack: switch to ours. */
 	leaq boot_stack_top(%rip), %rsp
 	movq %rsi, %rdi
@@ -125,6 +143,23 @@ xen_iret:
 	movl $23, %eax
 	syscall
 	ud2
+
+#ifdef FREESTANDING
+/* Filled by the domain builder: 128 stubs of 32 bytes, one per hypercall. */
+	.section .text.hypercall_page, "ax"
+	.balign 4096
+	.globl hypercall_page
+hypercall_page:
+	.fill 4096, 1, 0
+
+	.bss
+	.balign 8
+	.globl boot_rsp, boot_rsi
+boot_rsp:
+	.quad 0
+boot_rsi:
+	.quad 0
+#endif
 
 	.bss
 	.balign 16

@@ -327,6 +327,16 @@ u64 l1e_maddr(const void *va)
 
 void runtime_start(struct start_info *start)
 {
+#ifdef FREESTANDING
+	/* Every hypercall goes through the page: the builder must have filled it. */
+	if (hypercall_page[0] != 0x51) {
+		static const char msg[] = "CONFORMANCE runtime: FAIL the hypercall page is empty\n";
+		u32 crash = 3;
+		hypercall_syscall(HC_console_io, 0, sizeof(msg) - 1, (long)msg, 0, 0);
+		for (;;)
+			hypercall_syscall(HC_sched_op, 2, (long)&crash, 0, 0, 0);
+	}
+#endif
 	si = start;
 	p2m = (u64 *)si->mfn_list;
 	/* Catch-all trap table: any unexpected exception is reported, not fatal. */

@@ -27,6 +27,8 @@ pub struct ElfImage {
     pub note_segments: Vec<Range<usize>>,
     /// File ranges of SHT_NOTE sections (fallback when the segments hold no Xen note).
     pub note_sections: Vec<Range<usize>>,
+    /// File range of the first section named `__xen_guest` (the legacy fallback).
+    pub xen_guest_section: Option<Range<usize>>,
 }
 
 pub fn is_elf(bytes: &[u8]) -> bool {
@@ -128,7 +130,9 @@ pub fn parse(bytes: &[u8]) -> Result<ElfImage, LoaderError> {
                     memsz: ph.p_memsz,
                 });
             }
-            PT_NOTE => {
+            // libelf skips a note segment at file offset 0: some binutils
+            // versions leave p_offset unset.
+            PT_NOTE if ph.p_offset != 0 => {
                 note_segments.push(file_range(
                     bytes,
                     ph.p_offset,
@@ -145,11 +149,11 @@ pub fn parse(bytes: &[u8]) -> Result<ElfImage, LoaderError> {
 
     // Section headers only matter as a fallback for notes; a broken table is ignored
     // (the kernel loads from program headers), but reported.
-    let note_sections = match note_sections(bytes, &hdr, ctx) {
+    let (note_sections, xen_guest_section) = match sections(bytes, &hdr, ctx) {
         Ok(v) => v,
         Err(e) => {
             log::debug!("ignoring section headers: {e}");
-            Vec::new()
+            (Vec::new(), None)
         }
     };
 
@@ -160,16 +164,16 @@ pub fn parse(bytes: &[u8]) -> Result<ElfImage, LoaderError> {
         pend,
         note_segments,
         note_sections,
+        xen_guest_section,
     })
 }
 
-fn note_sections(
-    bytes: &[u8],
-    hdr: &goblin::elf::Header,
-    ctx: Ctx,
-) -> Result<Vec<Range<usize>>, LoaderError> {
+/// The SHT_NOTE sections and the `__xen_guest` section.
+type Sections = (Vec<Range<usize>>, Option<Range<usize>>);
+
+fn sections(bytes: &[u8], hdr: &goblin::elf::Header, ctx: Ctx) -> Result<Sections, LoaderError> {
     if hdr.e_shoff == 0 || hdr.e_shnum == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     if hdr.e_shentsize != SIZEOF_SHDR64 {
         return Err(LoaderError::BadElf(format!(
@@ -185,10 +189,11 @@ fn note_sections(
     )?;
     let shdrs = SectionHeader::parse_from(bytes, shtab.start, usize::from(hdr.e_shnum), ctx)
         .map_err(|e| LoaderError::BadElf(format!("section headers: {e}")))?;
-    let mut out = Vec::new();
-    for (i, sh) in shdrs.iter().enumerate() {
+    let mut notes = Vec::new();
+    // Section 0 is the null section; libelf starts at 1.
+    for (i, sh) in shdrs.iter().enumerate().skip(1) {
         if sh.sh_type == SHT_NOTE {
-            out.push(file_range(
+            notes.push(file_range(
                 bytes,
                 sh.sh_offset,
                 sh.sh_size,
@@ -196,7 +201,26 @@ fn note_sections(
             )?);
         }
     }
-    Ok(out)
+    // Section names, for the legacy string; a broken name table only loses it.
+    let names = shdrs
+        .get(usize::from(hdr.e_shstrndx))
+        .and_then(|s| file_range(bytes, s.sh_offset, s.sh_size, "section names").ok())
+        .map_or(&[][..], |r| &bytes[r]);
+    let xen_guest = shdrs
+        .iter()
+        .find(|sh| section_name(names, sh.sh_name) == Some(&b"__xen_guest"[..]))
+        .and_then(|sh| {
+            file_range(bytes, sh.sh_offset, sh.sh_size, "section __xen_guest")
+                .map_err(|e| log::debug!("ignoring __xen_guest: {e}"))
+                .ok()
+        });
+    Ok((notes, xen_guest))
+}
+
+/// The NUL-terminated name at `offset` in the section-name table.
+fn section_name(names: &[u8], offset: usize) -> Option<&[u8]> {
+    let tail = names.get(offset..)?;
+    Some(&tail[..tail.iter().position(|&b| b == 0)?])
 }
 
 #[cfg(test)]

@@ -3,8 +3,11 @@
 //! Accepts what Xen's domain builder accepts for an x86-64 PV guest (pv-boot.md §1):
 //! a bzImage whose payload is a compressed ELF vmlinux, a bare ELF vmlinux, or a
 //! compressed ELF vmlinux (e.g. `vmlinux.gz`). The ELF must carry Xen ELF notes
-//! (`CONFIG_XEN_PV`). The result is a list of segments placed by physical address plus
-//! the parsed notes; laying out guest memory is the domain builder's job.
+//! (Linux's `CONFIG_XEN_PV`, or a freestanding kernel's own) or a legacy `__xen_guest`
+//! section; they are read by libelf's rules, defaults included (`dominfo.rs`:
+//! VIRT_BASE 0, PADDR_OFFSET 0, entry `e_entry` when absent). The result is a list of
+//! segments placed by physical address plus the parsed notes; laying out guest memory
+//! is the domain builder's job.
 //!
 //! All input is treated as hostile: every offset and length is bounds-checked, all
 //! arithmetic is checked, and decompression is capped at [`MAX_DECOMPRESSED`].
@@ -12,13 +15,16 @@
 #![allow(dead_code)] // Parts of the API (bitmaps, raw note fields) are for later users.
 
 mod bzimage;
+mod dominfo;
 mod elf;
+mod features;
+mod guest_info;
 mod notes;
 mod payload;
 
 use std::path::{Path, PathBuf};
 
-pub use notes::xen_feature_bit;
+pub use notes::PaeMode;
 pub use payload::Compression;
 
 /// Largest decompressed kernel we accept (Debian's is ~51 MiB).
@@ -43,11 +49,13 @@ pub struct Segment {
 /// The Xen ELF notes of a PV kernel (`xen/include/public/elfnote.h`), validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct XenNotes {
-    /// XEN_ELFNOTE_ENTRY: virtual entry point (`startup_xen`).
+    /// XEN_ELFNOTE_ENTRY: virtual entry point (`startup_xen`); `e_entry` when absent.
     pub entry: u64,
-    /// XEN_ELFNOTE_VIRT_BASE: virtual address where pseudo-physical 0 is mapped.
+    /// XEN_ELFNOTE_VIRT_BASE: virtual address where pseudo-physical 0 is mapped; 0
+    /// when absent (freestanding kernels).
     pub virt_base: u64,
-    /// XEN_ELFNOTE_PADDR_OFFSET (0 when absent).
+    /// XEN_ELFNOTE_PADDR_OFFSET: 0 when absent (VIRT_BASE for a legacy
+    /// `__xen_guest` kernel).
     pub paddr_offset: u64,
     /// XEN_ELFNOTE_HYPERCALL_PAGE: VA of the page the builder fills with hypercall
     /// stubs. `None` for Linux ≥ 6.1.12x (Debian ≥ 6.1.0-29).
@@ -63,8 +71,8 @@ pub struct XenNotes {
     pub features: Vec<String>,
     /// The features marked required (`!`) in XEN_ELFNOTE_FEATURES.
     pub required_features: Vec<String>,
-    /// XEN_ELFNOTE_SUPPORTED_FEATURES as found (a XENFEAT bitmap; 0 when absent). See
-    /// [`XenNotes::supported_bitmap`] for the union with the FEATURES names.
+    /// XEN_ELFNOTE_SUPPORTED_FEATURES as found (the first 32-bit submap; 0 when
+    /// absent). See [`XenNotes::supported_bitmap`] for the union with FEATURES.
     pub supported_features: u32,
     /// XEN_ELFNOTE_XEN_VERSION ("xen-3.0").
     pub xen_version: String,
@@ -74,32 +82,30 @@ pub struct XenNotes {
     pub guest_version: String,
     /// XEN_ELFNOTE_LOADER ("generic").
     pub loader: String,
+    /// XEN_ELFNOTE_PAE_MODE (no effect on a 64-bit guest).
+    pub pae_mode: PaeMode,
+    /// XEN_ELFNOTE_BSD_SYMTAB is "yes" (the symbol table is not loaded).
+    pub bsd_symtab: bool,
     /// XEN_ELFNOTE_SUSPEND_CANCEL.
     pub suspend_cancel: bool,
     /// XEN_ELFNOTE_L1_MFN_VALID as (mask, value).
     pub l1_mfn_valid: Option<(u64, u64)>,
     /// XEN_ELFNOTE_PHYS32_ENTRY (PVH entry; ignored for PV).
     pub phys32_entry: Option<u64>,
+    /// The values came from a legacy `__xen_guest` section, not ELF notes.
+    pub legacy_guest_info: bool,
 }
 
 impl XenNotes {
-    /// Bitmap of all features the kernel declares: SUPPORTED_FEATURES plus every known
-    /// name in FEATURES (Xen's `f_supported`).
+    /// Bitmap of all features the kernel declares: SUPPORTED_FEATURES plus every
+    /// FEATURES name Xen's loader knows (Xen's `f_supported`).
     pub fn supported_bitmap(&self) -> u32 {
-        self.features
-            .iter()
-            .filter_map(|f| xen_feature_bit(f))
-            .filter(|&b| b < 32)
-            .fold(self.supported_features, |acc, b| acc | (1 << b))
+        self.supported_features | features::bitmap_of(&self.features)
     }
 
     /// Bitmap of the features the kernel requires (Xen's `f_required`).
     pub fn required_bitmap(&self) -> u32 {
-        self.required_features
-            .iter()
-            .filter_map(|f| xen_feature_bit(f))
-            .filter(|&b| b < 32)
-            .fold(0, |acc, b| acc | (1 << b))
+        features::bitmap_of(&self.required_features)
     }
 }
 
@@ -176,13 +182,12 @@ pub enum LoaderError {
     #[error("kernel image spans {0:#x} bytes of memory, more than the 1 GiB limit")]
     ImageTooLarge(u64),
     #[error(
-        "kernel has no Xen ELF notes: it is not a Xen PV-capable kernel (needs CONFIG_XEN_PV)"
+        "kernel has no Xen ELF notes (nor a __xen_guest section): it is not a Xen \
+         PV-capable kernel (Linux needs CONFIG_XEN_PV)"
     )]
     NoXenNotes,
     #[error("Xen ELF note {name} is malformed: {msg}")]
     BadNote { name: &'static str, msg: String },
-    #[error("Xen ELF note {0} is missing: it is required for a PV kernel")]
-    MissingNote(&'static str),
     #[error("XEN_VERSION note {0:?} must start with xen-3.0")]
     XenVersion(String),
     #[error(
@@ -190,8 +195,17 @@ pub enum LoaderError {
          GUEST_OS {guest_os:?})"
     )]
     NotGenericOrLinux { loader: String, guest_os: String },
-    #[error("kernel requires unknown Xen feature {0:?}")]
+    #[error(
+        "kernel requires unknown Xen feature {0:?} (Xen's loader accepts only \
+         writable_page_tables, writable_descriptor_tables, auto_translated_physmap, \
+         supervisor_mode_kernel, pae_pgdir_above_4gb, hvm_callback_vector and dom0 \
+         after a `!` in FEATURES)"
+    )]
     UnknownRequiredFeature(String),
+    #[error("kernel requires Xen feature {name}, which xenkvm does not provide: {why}")]
+    UnsupportedRequiredFeature { name: String, why: &'static str },
+    #[error("Xen ELF note PADDR_OFFSET is set but VIRT_BASE is not (Xen refuses this too)")]
+    PaddrOffsetWithoutVirtBase,
     #[error(
         "kernel requires feature dom0: it can only run as Xen's control domain, not as a guest"
     )]
@@ -233,6 +247,8 @@ fn load_elf(bytes: &[u8], compression: Compression) -> Result<PvKernel, LoaderEr
     }
     let image = elf::parse(bytes)?;
     let mut raw = notes::RawXenNotes::default();
+    // Where libelf looks, in its order: PT_NOTE segments, else SHT_NOTE
+    // sections, else the legacy `__xen_guest` section.
     let mut found = false;
     for range in &image.note_segments {
         found |= notes::collect(&bytes[range.clone()], &mut raw);
@@ -243,47 +259,17 @@ fn load_elf(bytes: &[u8], compression: Compression) -> Result<PvKernel, LoaderEr
         }
     }
     if !found {
+        if let Some(range) = &image.xen_guest_section {
+            guest_info::collect(&bytes[range.clone()], &mut raw)?;
+            found = true;
+        }
+    }
+    if !found {
         return Err(LoaderError::NoXenNotes);
     }
-    let mut xen = raw.validate()?;
-
-    // Address computation and checks as libelf's elf_xen_addr_calc_check.
-    let virt_offset = xen.virt_base.wrapping_sub(xen.paddr_offset);
-    let (virt_kstart, virt_kend) = match (
-        image.pstart.checked_add(virt_offset),
-        image.pend.checked_add(virt_offset),
-    ) {
-        (Some(s), Some(e)) => (s, e),
-        _ => {
-            return Err(LoaderError::BadLayout(format!(
-                "physical range {:#x}..{:#x} plus VIRT_BASE {:#x} - PADDR_OFFSET {:#x} \
-                 overflows",
-                image.pstart, image.pend, xen.virt_base, xen.paddr_offset
-            )))
-        }
-    };
-    let entry = xen.entry;
-    if !(xen.virt_base <= virt_kstart && virt_kstart <= entry && entry <= virt_kend) {
-        return Err(LoaderError::BadLayout(format!(
-            "need VIRT_BASE {:#x} <= kernel start {virt_kstart:#x} <= ENTRY {entry:#x} <= \
-             kernel end {virt_kend:#x}",
-            xen.virt_base
-        )));
-    }
-    if let Some(hp) = xen.hypercall_page {
-        if hp % PAGE_SIZE != 0 || hp < virt_kstart || hp >= virt_kend {
-            return Err(LoaderError::BadLayout(format!(
-                "HYPERCALL_PAGE {hp:#x} is not a page inside the kernel \
-                 ({virt_kstart:#x}..{virt_kend:#x})"
-            )));
-        }
-    }
+    let mut xen = raw.validate(image.e_entry)?;
+    let (virt_kstart, virt_kend) = check_addresses(&xen, image.pstart, image.pend)?;
     if let Some(p2m) = xen.init_p2m {
-        if p2m >= virt_kstart && p2m < virt_kend {
-            return Err(LoaderError::BadLayout(format!(
-                "INIT_P2M {p2m:#x} lies inside the kernel ({virt_kstart:#x}..{virt_kend:#x})"
-            )));
-        }
         if p2m % PAGE_SIZE != 0 || p2m >= xen.virt_base {
             log::info!(
                 "ignoring INIT_P2M {p2m:#x}: not page-aligned or not below VIRT_BASE {:#x}",
@@ -292,7 +278,7 @@ fn load_elf(bytes: &[u8], compression: Compression) -> Result<PvKernel, LoaderEr
             xen.init_p2m = None;
         }
     }
-
+    let entry = xen.entry;
     Ok(PvKernel {
         segments: image.segments,
         pstart: image.pstart,
@@ -305,247 +291,75 @@ fn load_elf(bytes: &[u8], compression: Compression) -> Result<PvKernel, LoaderEr
     })
 }
 
-#[cfg(test)]
-pub(crate) mod testutil {
-    //! Builders for synthetic kernels, shared by the loader's tests.
+/// Xen's reserved hole of a 64-bit PV guest (L4 slots 256-271): no kernel
+/// address may fall in it.
+const HYPERVISOR_HOLE: std::ops::Range<u64> = 0xffff_8000_0000_0000..0xffff_8800_0000_0000;
 
-    use super::notes::*;
-
-    pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
-    pub const TEXT_PADDR: u64 = 0x100_0000;
-    pub const ENTRY: u64 = 0xffff_ffff_8100_0040;
-
-    /// One ELF note, padded as the ELF spec (and Xen) expect.
-    pub fn note(name: &str, ntype: u32, desc: &[u8]) -> Vec<u8> {
-        let mut n = Vec::new();
-        let name_z = [name.as_bytes(), &[0]].concat();
-        n.extend_from_slice(&(name_z.len() as u32).to_le_bytes());
-        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
-        n.extend_from_slice(&ntype.to_le_bytes());
-        n.extend_from_slice(&name_z);
-        while n.len() % 4 != 0 {
-            n.push(0);
-        }
-        n.extend_from_slice(desc);
-        while n.len() % 4 != 0 {
-            n.push(0);
-        }
-        n
-    }
-
-    pub fn xen(ntype: u32, desc: &[u8]) -> Vec<u8> {
-        note("Xen", ntype, desc)
-    }
-
-    /// The notes Linux 6.1 emits (arch/x86/xen/xen-head.S), optionally with a hypercall page.
-    pub fn linux_notes(hypercall_page: Option<u64>) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend(note("GNU", 3, &[0xab; 20]));
-        v.extend(xen(XEN_ELFNOTE_GUEST_OS, b"linux\0"));
-        v.extend(xen(XEN_ELFNOTE_GUEST_VERSION, b"2.6\0"));
-        v.extend(xen(XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0"));
-        v.extend(xen(XEN_ELFNOTE_VIRT_BASE, &VIRT_BASE.to_le_bytes()));
-        v.extend(xen(XEN_ELFNOTE_INIT_P2M, &0x80_0000_0000u64.to_le_bytes()));
-        v.extend(xen(XEN_ELFNOTE_ENTRY, &ENTRY.to_le_bytes()));
-        if let Some(hp) = hypercall_page {
-            v.extend(xen(XEN_ELFNOTE_HYPERCALL_PAGE, &hp.to_le_bytes()));
-        }
-        v.extend(xen(
-            XEN_ELFNOTE_FEATURES,
-            b"!writable_page_tables|pae_pgdir_above_4gb",
+/// The kernel's virtual range `[virt_kstart, virt_kend)` by libelf's rules
+/// (`elf_xen_addr_calc_check`), plus what Xen's builder and a 64-bit page
+/// table need: page alignment, canonical addresses, none in the hole.
+fn check_addresses(xen: &XenNotes, pstart: u64, pend: u64) -> Result<(u64, u64), LoaderError> {
+    let bad = |m: String| Err(LoaderError::BadLayout(m));
+    let virt_offset = xen.virt_base.wrapping_sub(xen.paddr_offset);
+    let (Some(virt_kstart), Some(virt_kend)) = (
+        pstart.checked_add(virt_offset),
+        pend.checked_add(virt_offset),
+    ) else {
+        return bad(format!(
+            "physical range {pstart:#x}..{pend:#x} plus VIRT_BASE {:#x} - PADDR_OFFSET {:#x} \
+             overflows",
+            xen.virt_base, xen.paddr_offset
         ));
-        v.extend(xen(
-            XEN_ELFNOTE_SUPPORTED_FEATURES,
-            &0x8801u32.to_le_bytes(),
+    };
+    let entry = xen.entry;
+    if !(xen.virt_base <= virt_kstart && virt_kstart <= entry && entry <= virt_kend) {
+        return bad(format!(
+            "need VIRT_BASE {:#x} <= kernel start {virt_kstart:#x} <= entry {entry:#x} <= \
+             kernel end {virt_kend:#x}",
+            xen.virt_base
         ));
-        v.extend(xen(XEN_ELFNOTE_PAE_MODE, b"yes\0"));
-        let mut l1 = 1u64.to_le_bytes().to_vec();
-        l1.extend_from_slice(&1u64.to_le_bytes());
-        v.extend(xen(XEN_ELFNOTE_L1_MFN_VALID, &l1));
-        v.extend(xen(XEN_ELFNOTE_MOD_START_PFN, &1u32.to_le_bytes()));
-        v.extend(xen(XEN_ELFNOTE_LOADER, b"generic\0"));
-        v.extend(xen(XEN_ELFNOTE_SUSPEND_CANCEL, &1u32.to_le_bytes()));
-        v.extend(xen(
-            XEN_ELFNOTE_HV_START_LOW,
-            &0xffff_8000_0000_0000u64.to_le_bytes(),
+    }
+    if !xen.virt_base.is_multiple_of(PAGE_SIZE) || !virt_kstart.is_multiple_of(PAGE_SIZE) {
+        return bad(format!(
+            "VIRT_BASE {:#x} and the kernel start {virt_kstart:#x} must be page-aligned",
+            xen.virt_base
         ));
-        v.extend(xen(XEN_ELFNOTE_PADDR_OFFSET, &0u64.to_le_bytes()));
-        v.extend(xen(XEN_ELFNOTE_PHYS32_ENTRY, &0x100_0850u64.to_le_bytes()));
-        v.extend(note("Linux", 1, b"6.1.0-test\0"));
-        v
     }
-
-    /// Where to put the notes of a synthetic ELF.
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    pub enum NotesIn {
-        Segment,
-        Section,
-        Nowhere,
+    let canonical = |a: u64| !(1 << 47..0xffff_8000_0000_0000).contains(&a);
+    let last = virt_kend.saturating_sub(1).max(xen.virt_base);
+    if !canonical(xen.virt_base)
+        || !canonical(last)
+        || (xen.virt_base < 1 << 47) != (last < 1 << 47)
+        || (xen.virt_base < HYPERVISOR_HOLE.end && last >= HYPERVISOR_HOLE.start)
+    {
+        return bad(format!(
+            "kernel addresses {:#x}..{virt_kend:#x} are not canonical or overlap Xen's \
+             reserved {:#x}..{:#x}",
+            xen.virt_base, HYPERVISOR_HOLE.start, HYPERVISOR_HOLE.end
+        ));
     }
-
-    /// A small Linux-like x86-64 vmlinux: a text segment at 16 MiB (vaddr
-    /// 0xffffffff81000000), a data segment, a percpu-like segment with vaddr 0, and the
-    /// given notes.
-    pub fn build_elf(notes: &[u8], notes_in: NotesIn) -> Vec<u8> {
-        const EHDR: usize = 64;
-        const PHDR: usize = 56;
-        const SHDR: usize = 64;
-        let text: Vec<u8> = (0..0x300u32).map(|i| (i * 7) as u8).collect();
-        let data: Vec<u8> = (0..0x80u32).map(|i| (i * 3 + 1) as u8).collect();
-        let percpu = vec![0x5au8; 0x40];
-        let nphdr = 3 + usize::from(notes_in == NotesIn::Segment);
-        let notes_off = EHDR + nphdr * PHDR;
-        let text_off = 0x1000usize;
-        let data_off = text_off + text.len();
-        let percpu_off = data_off + data.len();
-        let shdr_off = (percpu_off + percpu.len() + 7) & !7;
-        assert!(notes_off + notes.len() <= text_off, "test notes too long");
-
-        let mut f = vec![0u8; shdr_off];
-        f[..4].copy_from_slice(b"\x7fELF");
-        f[4] = 2; // ELFCLASS64
-        f[5] = 1; // little-endian
-        f[6] = 1; // EV_CURRENT
-        let put16 =
-            |f: &mut Vec<u8>, o: usize, v: u16| f[o..o + 2].copy_from_slice(&v.to_le_bytes());
-        let put32 =
-            |f: &mut Vec<u8>, o: usize, v: u32| f[o..o + 4].copy_from_slice(&v.to_le_bytes());
-        let put64 =
-            |f: &mut Vec<u8>, o: usize, v: u64| f[o..o + 8].copy_from_slice(&v.to_le_bytes());
-        put16(&mut f, 16, 2); // ET_EXEC
-        put16(&mut f, 18, 62); // EM_X86_64
-        put32(&mut f, 20, 1);
-        put64(&mut f, 24, TEXT_PADDR); // e_entry: physical, as in Linux
-        put64(&mut f, 32, EHDR as u64); // e_phoff
-        put16(&mut f, 52, EHDR as u16);
-        put16(&mut f, 54, PHDR as u16);
-        put16(&mut f, 56, nphdr as u16);
-        put16(&mut f, 58, SHDR as u16);
-
-        // (type, flags, offset, vaddr, paddr, filesz, memsz)
-        let mut phdrs: Vec<(u32, u32, u64, u64, u64, u64, u64)> = vec![
-            (
-                1,
-                5,
-                text_off as u64,
-                VIRT_BASE + TEXT_PADDR,
-                TEXT_PADDR,
-                text.len() as u64,
-                0x2000,
-            ),
-            (
-                1,
-                6,
-                data_off as u64,
-                VIRT_BASE + 0x100_2000,
-                0x100_2000,
-                data.len() as u64,
-                0x1000,
-            ),
-            (
-                1,
-                6,
-                percpu_off as u64,
-                0,
-                0x100_3000,
-                percpu.len() as u64,
-                0x1000,
-            ),
-        ];
-        if notes_in == NotesIn::Segment {
-            phdrs.push((
-                4,
-                4,
-                notes_off as u64,
-                VIRT_BASE + 0x100_0200,
-                0x100_0200,
-                notes.len() as u64,
-                notes.len() as u64,
+    if let Some(hp) = xen.hypercall_page {
+        if hp % PAGE_SIZE != 0 || hp < virt_kstart || hp >= virt_kend {
+            return bad(format!(
+                "HYPERCALL_PAGE {hp:#x} is not a page inside the kernel \
+                 ({virt_kstart:#x}..{virt_kend:#x})"
             ));
         }
-        for (i, p) in phdrs.iter().enumerate() {
-            let o = EHDR + i * PHDR;
-            put32(&mut f, o, p.0);
-            put32(&mut f, o + 4, p.1);
-            put64(&mut f, o + 8, p.2);
-            put64(&mut f, o + 16, p.3);
-            put64(&mut f, o + 24, p.4);
-            put64(&mut f, o + 32, p.5);
-            put64(&mut f, o + 40, p.6);
-            put64(&mut f, o + 48, 0x1000);
-        }
-        f[notes_off..notes_off + notes.len()].copy_from_slice(notes);
-        f[text_off..text_off + text.len()].copy_from_slice(&text);
-        f[data_off..data_off + data.len()].copy_from_slice(&data);
-        f[percpu_off..percpu_off + percpu.len()].copy_from_slice(&percpu);
-
-        if notes_in == NotesIn::Section {
-            // Section headers: the null section and one SHT_NOTE.
-            put64(&mut f, 40, shdr_off as u64);
-            put16(&mut f, 60, 2);
-            f.resize(shdr_off + 2 * SHDR, 0);
-            let o = shdr_off + SHDR;
-            put32(&mut f, o + 4, 7); // SHT_NOTE
-            put64(&mut f, o + 8, 2); // SHF_ALLOC
-            put64(&mut f, o + 24, notes_off as u64);
-            put64(&mut f, o + 32, notes.len() as u64);
-            put64(&mut f, o + 48, 4);
-        }
-        f
     }
-
-    /// A bzImage header around `payload` (already compressed and size-appended).
-    pub fn build_bzimage(payload: &[u8], version: u16, setup_sects: u8) -> Vec<u8> {
-        let pm_start = (usize::from(setup_sects) + 1) * 512;
-        let payload_offset = 0x1c0usize;
-        let mut f = vec![0u8; pm_start + payload_offset];
-        f[0x1f1] = setup_sects;
-        f[0x1fe] = 0x55;
-        f[0x1ff] = 0xaa;
-        f[0x202..0x206].copy_from_slice(b"HdrS");
-        f[0x206..0x208].copy_from_slice(&version.to_le_bytes());
-        f[0x248..0x24c].copy_from_slice(&(payload_offset as u32).to_le_bytes());
-        f[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        f.extend_from_slice(payload);
-        f.extend_from_slice(&[0u8; 64]); // trailing setup data / padding, as real images have
-        f
-    }
-
-    /// An LZ4 legacy frame as `lz4 -l` / Linux's `cmd_lz4` makes it, with `block` bytes
-    /// of input per block, plus an extra magic before block `repeat_magic_at` and the
-    /// appended decompressed size.
-    pub fn lz4_legacy(data: &[u8], block: usize, repeat_magic_at: Option<usize>) -> Vec<u8> {
-        let mut out = 0x184c_2102u32.to_le_bytes().to_vec();
-        for (i, chunk) in data.chunks(block).enumerate() {
-            if repeat_magic_at == Some(i) {
-                out.extend_from_slice(&0x184c_2102u32.to_le_bytes());
-            }
-            let c = lz4_flex::block::compress(chunk);
-            out.extend_from_slice(&(c.len() as u32).to_le_bytes());
-            out.extend_from_slice(&c);
-        }
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out
-    }
-
-    /// Deterministic xorshift64* PRNG for the fuzz-style tests.
-    pub struct Rng(pub u64);
-    impl Rng {
-        pub fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        pub fn below(&mut self, n: usize) -> usize {
-            if n == 0 {
-                0
-            } else {
-                (self.next() % n as u64) as usize
-            }
+    if let Some(p2m) = xen.init_p2m {
+        if p2m >= virt_kstart && p2m < virt_kend {
+            return bad(format!(
+                "INIT_P2M {p2m:#x} lies inside the kernel ({virt_kstart:#x}..{virt_kend:#x})"
+            ));
         }
     }
+    Ok((virt_kstart, virt_kend))
 }
+
+#[cfg(test)]
+mod freestanding_tests;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 #[cfg(test)]
 /// The Debian kernel fetched by resources/get-assets.sh (or $XENKVM_KERNEL).
@@ -747,7 +561,12 @@ mod tests {
         let elf = linux_like();
         let elf_sections = build_elf(&linux_notes(Some(VIRT_BASE + 0x100_1000)), NotesIn::Section);
         let bz = build_bzimage(&lz4_legacy(&elf, 700, Some(1)), 0x020f, 2);
-        let seeds: [&[u8]; 3] = [&elf, &elf_sections, &bz];
+        let low = build_freestanding(&freestanding_notes(), None);
+        let legacy = build_freestanding(
+            &[],
+            Some(b"GUEST_OS=linux,XEN_VER=xen-3.0,VIRT_BASE=0x0,HYPERCALL_PAGE=0x101\0"),
+        );
+        let seeds: [&[u8]; 5] = [&elf, &elf_sections, &bz, &low, &legacy];
         let mut ok = 0;
         for i in 0..3000 {
             let input: Vec<u8> = match i % 4 {
