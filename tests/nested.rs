@@ -3,6 +3,11 @@
 //! boots the Debian cloud kernel there. Skipped only when the nested host
 //! cannot be built here (no qemu-system-x86_64 or no prepared root) and
 //! never with CI=true.
+//!
+//! Every check runs in one boot of the emulated host (each boot of it costs
+//! most of a minute), as parts of one job; the test reports every part that
+//! failed. `XENKVM_NESTED_PARTS=smoke1,net` runs only those parts
+//! (conformance, smoke1, smoke2, net).
 
 mod common;
 #[path = "support/conformance.rs"]
@@ -44,16 +49,12 @@ fn xenkvm_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_xenkvm")))
 }
 
-/// Run `job` in L1 with `files` under /job; its exit status and output.
-fn run_l1(job: &str, files: &[PathBuf]) -> (i32, String) {
-    run_l1_with_disks(job, files, &[])
-}
-
-/// [`run_l1`] with raw images attached read-write as /dev/vdb, /dev/vdc, ...
-fn run_l1_with_disks(job: &str, files: &[PathBuf], disks: &[PathBuf]) -> (i32, String) {
+/// Run `job` in L1 with `files` under /job and raw images attached
+/// read-write as /dev/vdb, /dev/vdc, ...; its exit status and output.
+fn run_l1(job: &str, files: &[PathBuf], disks: &[PathBuf]) -> (i32, String) {
     let script = common::workspace().join("resources/nested/run-l1.sh");
     let disks: Vec<String> = disks.iter().map(|d| d.display().to_string()).collect();
-    // A boot takes 10-30 min there, depending on how busy the machine is.
+    // All the parts take 10-30 min there, depending on how busy the machine is.
     let timeout = std::env::var("XENKVM_NESTED_TIMEOUT").unwrap_or_else(|_| "2700".into());
     let out = Command::new("bash")
         .env("XENKVM_NESTED_TIMEOUT", timeout)
@@ -69,80 +70,30 @@ fn run_l1_with_disks(job: &str, files: &[PathBuf], disks: &[PathBuf]) -> (i32, S
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.code().unwrap_or(-1), text)
+    (out.status.code().unwrap_or(-1), text.replace('\r', ""))
 }
 
-/// The Debian 6.1 cloud kernel boots to a busybox init on `vcpus` vCPUs,
-/// forks, fills 64 MiB of tmpfs and powers off with exit 0.
-fn smoke_boot(vcpus: u32) {
-    let Some(cache) = common::assets() else {
-        return;
-    };
-    let Some(_) = nested(&cache) else {
-        return;
-    };
-    let job = format!(
-        "cd /job\n\
-         chroot /root /job/xenkvm -v run --stats --kernel /job/vmlinuz \
-         --initrd /job/initramfs-smoke.cpio.gz --memory 192 --vcpus {vcpus} \
-         --cmdline 'console=hvc0 quiet xenkvm.mem_mib=64' </dev/null 2>&1\n\
-         echo NESTED-RC=$?\n"
-    );
-    let files = [
-        xenkvm_bin(),
-        cache.join("vmlinuz"),
-        cache.join("initramfs-smoke.cpio.gz"),
-    ];
-    let (rc, out) = run_l1(&job, &files);
-    let out = out.replace('\r', "");
-    assert!(
-        out.contains("host profile: hardware"),
-        "xenkvm did not probe a hardware host in L1:\n{out}"
-    );
-    for marker in [
-        format!("XENKVM-CPUS {vcpus}"),
-        "XENKVM-MEM-OK 64".into(),
-        "XENKVM-FORK-OK 100".into(),
-        "XENKVM-INIT-DONE".into(),
-        "NESTED-RC=0".into(),
-    ] {
-        assert!(
-            out.contains(&marker),
-            "{vcpus} vCPU(s): missing {marker:?}:\n{out}"
-        );
-    }
-    if let Some(total) = out
-        .lines()
-        .find(|l| l.starts_with("xenkvm-stats exits_total"))
-    {
-        eprintln!("nested boot, {vcpus} vCPU(s): {total}");
-    }
-    assert_eq!(rc, 0, "L1 job failed:\n{out}");
+/// The job lines of one part, between markers the checks split on.
+fn part(name: &str, lines: &str) -> String {
+    format!(
+        "echo NESTED-PART-BEGIN {name}; date +%s\n{lines}\necho; echo NESTED-PART-END {name}; date +%s\n"
+    )
 }
 
-#[test]
-fn pv_guest_boots_on_one_vcpu_of_a_standard_kvm_host() {
-    smoke_boot(1);
+/// What part `name` printed (None if it did not run to its end), and how
+/// long it took in L1 (s).
+fn part_output<'a>(out: &'a str, name: &str) -> Option<(&'a str, u64)> {
+    let body = out.split(&format!("NESTED-PART-BEGIN {name}\n")).nth(1)?;
+    let (body, rest) = body.split_once(&format!("NESTED-PART-END {name}\n"))?;
+    let t0: u64 = body.lines().next()?.trim().parse().ok()?;
+    let t1: u64 = rest.lines().next()?.trim().parse().ok()?;
+    Some((body, t1.saturating_sub(t0)))
 }
 
-/// About 2 minutes on the emulated host with L1's boot (L1 has one CPU for
-/// both vCPUs; an exit costs about 0.3 ms there).
-#[test]
-fn pv_guest_boots_on_two_vcpus_of_a_standard_kvm_host() {
-    smoke_boot(2);
-}
-
-/// Every conformance guest passes on the standard host (one L1 boot).
-#[test]
-fn conformance_guests_pass_on_a_standard_kvm_host() {
-    let Some(cache) = common::assets() else {
-        return;
-    };
-    let Some(_) = nested(&cache) else {
-        return;
-    };
-    let mut files = vec![xenkvm_bin()];
-    let mut job = String::from("cd /job\n");
+/// Every conformance guest passes: the job lines and the guests' files.
+fn conformance_job() -> (String, Vec<PathBuf>) {
+    let mut files = Vec::new();
+    let mut job = String::new();
     for name in conf::GUESTS {
         files.push(conf::build_guest(name));
         job.push_str(&format!(
@@ -152,13 +103,10 @@ fn conformance_guests_pass_on_a_standard_kvm_host() {
              echo NESTED-GUEST-END {name} rc=$?\n"
         ));
     }
-    let (rc, out) = run_l1(&job, &files);
-    // The console lines come through L1's serial port: drop the CRs.
-    let out = out.replace('\r', "");
-    assert!(
-        out.contains("NESTED-GUEST-END"),
-        "L1 did not run the guests (rc {rc}):\n{out}"
-    );
+    (job, files)
+}
+
+fn check_conformance(out: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for name in conf::GUESTS {
         let Some(part) = out
@@ -166,7 +114,7 @@ fn conformance_guests_pass_on_a_standard_kvm_host() {
             .nth(1)
             .and_then(|p| p.split(&format!("NESTED-GUEST-END {name} ")).next())
         else {
-            problems.push(format!("{name}: did not run"));
+            problems.push(format!("conformance {name}: did not run"));
             continue;
         };
         match conf::check_output(part) {
@@ -174,36 +122,58 @@ fn conformance_guests_pass_on_a_standard_kvm_host() {
                 "nested conformance {name}: {} passed, {} xfail",
                 t.passed, t.xfail
             ),
-            Err(p) => problems.push(format!("{name}: {}", p.join("; "))),
+            Err(p) => problems.push(format!("conformance {name}: {}", p.join("; "))),
         }
         if !out.contains(&format!("NESTED-GUEST-END {name} rc=0")) {
-            problems.push(format!("{name}: xenkvm exit status not 0"));
+            problems.push(format!("conformance {name}: xenkvm exit status not 0"));
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{}\n--- L1 output ---\n{out}",
-        problems.join("\n")
-    );
+    problems
 }
 
-/// On the standard host, in one boot: pygrub boots the test disk (a raw
-/// image that L1 sees as /dev/vdb), the guest writes 1 MiB that the host
-/// then reads back from the image, and over netfront/netback on a bridge in
-/// a network namespace in L1 it pings L1 and sends that 1 MiB, whose md5 both
-/// ends agree on.
-#[test]
-fn pygrub_disk_and_network_on_a_standard_kvm_host() {
-    let Some(cache) = common::assets() else {
-        return;
-    };
-    let Some(_) = nested(&cache) else {
-        return;
-    };
-    let s = disk::Scratch::new("nested");
-    let image = disk::disk_copy(&cache, "disk-root.raw", &s);
-    let job = "cd /job
-# L1's chroot is busybox's, which prefers its own applets: absolute paths.
+/// The Debian 6.1 cloud kernel boots to a busybox init on `vcpus` vCPUs,
+/// forks, fills 64 MiB of tmpfs and powers off with exit 0.
+fn smoke_job(vcpus: u32) -> String {
+    format!(
+        "chroot /root /job/xenkvm -v run --stats --kernel /job/vmlinuz \
+         --initrd /job/initramfs-smoke.cpio.gz --memory 192 --vcpus {vcpus} \
+         --cmdline 'console=hvc0 quiet xenkvm.mem_mib=64' </dev/null 2>&1\n\
+         echo NESTED-RC=$?"
+    )
+}
+
+fn check_smoke(vcpus: u32, out: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !out.contains("host profile: hardware") {
+        problems.push(format!(
+            "smoke {vcpus}: xenkvm did not probe a hardware host in L1"
+        ));
+    }
+    for marker in [
+        format!("XENKVM-CPUS {vcpus}"),
+        "XENKVM-MEM-OK 64".into(),
+        "XENKVM-FORK-OK 100".into(),
+        "XENKVM-INIT-DONE".into(),
+        "NESTED-RC=0".into(),
+    ] {
+        if !out.contains(&marker) {
+            problems.push(format!("smoke {vcpus}: missing {marker:?}"));
+        }
+    }
+    if let Some(total) = out
+        .lines()
+        .find(|l| l.starts_with("xenkvm-stats exits_total"))
+    {
+        eprintln!("nested boot, {vcpus} vCPU(s): {total}");
+    }
+    problems
+}
+
+/// pygrub boots the test disk (a raw image that L1 sees as /dev/vdb), the
+/// guest writes 1 MiB that the host then reads back from the image, and
+/// over netfront/netback on a bridge in a network namespace in L1 it pings
+/// L1 and sends that 1 MiB, whose md5 both ends agree on.
+const NET_JOB: &str = "# L1's chroot is busybox's, which prefers its own applets: absolute paths.
 ip() { chroot /root /usr/bin/ip \"$@\"; }
 ip netns add xk
 ip -n xk link set lo up
@@ -218,30 +188,28 @@ timeout 1500 chroot /root /usr/bin/ip netns exec xk /job/xenkvm run --bootloader
 echo NESTED-RUN-RC=$?
 sync
 sleep 2
-echo \"NESTED-SINK $(/job/busybox md5sum </root/tmp/sink) $(wc -c </root/tmp/sink)\"
-";
-    let files = [xenkvm_bin(), cache.join("busybox")];
-    let (rc, out) = run_l1_with_disks(job, &files, std::slice::from_ref(&image));
-    let out = out.replace('\r', "");
-    // pygrub and the write read back on the host
-    assert!(
-        out.contains("pygrub: booting"),
-        "pygrub did not boot:\n{out}"
-    );
-    assert!(
-        out.contains("XENKVM-WRITE1-DONE "),
-        "the guest did not write:\n{out}"
-    );
-    assert!(out.contains("NESTED-RUN-RC=0"), "xenkvm failed:\n{out}");
-    let got = disk::files_in_image(&image, &["/data1.bin".into()], &s);
+echo \"NESTED-SINK $(/job/busybox md5sum </root/tmp/sink) $(wc -c </root/tmp/sink)\"";
+
+fn check_net(out: &str, image: &Path, s: &disk::Scratch) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (marker, what) in [
+        ("pygrub: booting", "pygrub did not boot"),
+        ("XENKVM-WRITE1-DONE ", "the guest did not write"),
+        ("NESTED-RUN-RC=0", "xenkvm failed"),
+        ("XKNET-PING-OK", "ping failed"),
+    ] {
+        if !out.contains(marker) {
+            problems.push(format!("net: {what}"));
+        }
+    }
+    let got = disk::files_in_image(image, &["/data1.bin".into()], s);
     let want = disk::yes("XENKVMDATA0123456789", 1 << 20);
-    assert!(
-        got[0].as_deref() == Some(&want[..]),
-        "/data1.bin in the image is not what the guest wrote ({:?} bytes)",
-        got[0].as_ref().map(Vec::len)
-    );
-    // the network
-    assert!(out.contains("XKNET-PING-OK"), "ping failed:\n{out}");
+    if got[0].as_deref() != Some(&want[..]) {
+        problems.push(format!(
+            "net: /data1.bin in the image is not what the guest wrote ({:?} bytes)",
+            got[0].as_ref().map(Vec::len)
+        ));
+    }
     let field = |m: &str| {
         out.lines()
             .find_map(|l| l.split_once(m).map(|(_, r)| r.to_string()))
@@ -250,9 +218,73 @@ echo \"NESTED-SINK $(/job/busybox md5sum </root/tmp/sink) $(wc -c </root/tmp/sin
     let guest = field("XKNET-MD5 ");
     let sink = field("NESTED-SINK ");
     let guest_sum = guest.split_whitespace().next().unwrap_or("-");
+    if !(sink.split_whitespace().next() == Some(guest_sum) && sink.ends_with(" 1048576")) {
+        problems.push(format!(
+            "net: guest sent md5 {guest:?}, L1 received {sink:?}"
+        ));
+    }
+    problems
+}
+
+/// On the standard host, in one boot of it: every conformance guest, the
+/// busybox boot on 1 and on 2 vCPUs, and the pygrub disk and network.
+#[test]
+fn a_standard_kvm_host_runs_pv_guests() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let Some(_) = nested(&cache) else {
+        return;
+    };
+    let only = std::env::var("XENKVM_NESTED_PARTS").ok();
+    let want = |p: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == p));
+    let s = disk::Scratch::new("nested");
+    let image = disk::disk_copy(&cache, "disk-root.raw", &s);
+    let mut files = vec![
+        xenkvm_bin(),
+        cache.join("vmlinuz"),
+        cache.join("initramfs-smoke.cpio.gz"),
+        cache.join("busybox"),
+    ];
+    let mut job = String::from("cd /job\n");
+    let mut parts = Vec::new();
+    if want("conformance") {
+        let (j, f) = conformance_job();
+        files.extend(f);
+        job.push_str(&part("conformance", &j));
+        parts.push("conformance");
+    }
+    for (name, vcpus) in [("smoke1", 1), ("smoke2", 2)] {
+        if want(name) {
+            job.push_str(&part(name, &smoke_job(vcpus)));
+            parts.push(name);
+        }
+    }
+    if want("net") {
+        job.push_str(&part("net", NET_JOB));
+        parts.push("net");
+    }
+    let (rc, out) = run_l1(&job, &files, std::slice::from_ref(&image));
+    let mut problems = Vec::new();
+    for name in parts {
+        let Some((o, secs)) = part_output(&out, name) else {
+            problems.push(format!("{name}: did not run to its end"));
+            continue;
+        };
+        eprintln!("nested part {name}: {secs} s");
+        problems.extend(match name {
+            "conformance" => check_conformance(o),
+            "smoke1" => check_smoke(1, o),
+            "smoke2" => check_smoke(2, o),
+            _ => check_net(o, &image, &s),
+        });
+    }
+    if rc != 0 {
+        problems.push(format!("the L1 job exited with {rc}"));
+    }
     assert!(
-        sink.split_whitespace().next() == Some(guest_sum) && sink.ends_with(" 1048576"),
-        "guest sent md5 {guest:?}, L1 received {sink:?}:\n{out}"
+        problems.is_empty(),
+        "{}\n--- L1 output ---\n{out}",
+        problems.join("\n")
     );
-    assert_eq!(rc, 0, "L1 job failed:\n{out}");
 }

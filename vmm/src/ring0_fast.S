@@ -32,6 +32,10 @@ entry:
         je iret
         cmp $24, %rax              # __HYPERVISOR_vcpu_op
         je vcpu_op
+        cmp $3, %rax               # __HYPERVISOR_stack_switch
+        je stack_switch
+        cmp $25, %rax              # __HYPERVISOR_set_segment_base
+        je segbase
 slow:
         mov save_rcx(%rip), %rcx
         mov save_r11(%rip), %r11
@@ -212,8 +216,37 @@ vcpu_op:
         cmp armed(%rip), %rcx      # before the timer thread's next look: slow
         jb slow
         incq n_timer(%rip)
+        jmp ret0
+stack_switch:   # RDI = kernel SS, RSI = kernel stack: kept here, read back by the monitor
+        mov %rdi, kernel_ss(%rip)
+        mov %rsi, kernel_sp(%rip)
+        incq n_stack(%rip)
+        jmp ret0
+segbase:        # RDI = which, RSI = base (canonical, else slow: -EINVAL there)
+        mov %rsi, %rax
+        sar $47, %rax
+        jz 1f
+        cmp $-1, %rax
+        jne slow
+1:      cmp $1, %rdi               # SEGBASE_GS_USER: kept here until the return to user mode
+        je 2f
+        mov $0xc0000100, %ecx      # SEGBASE_FS: MSR_FS_BASE
+        test %rdi, %rdi
+        je 3f
+        mov $0xc0000101, %ecx      # SEGBASE_GS_KERNEL: MSR_GS_BASE (kernel mode runs)
+        cmp $2, %rdi
+        jne slow                   # SEGBASE_GS_USER_SEL and the rest: slow
+3:      mov %esi, %eax
+        mov %rsi, %rdx
+        shr $32, %rdx
+        wrmsr
+        jmp 4f
+2:      mov %rsi, gs_user(%rip)
+4:      incq n_segbase(%rip)
+ret0:   # hypercall result 0, back to the guest kernel after its SYSCALL
         mov save_rcx(%rip), %rcx
         mov save_r11(%rip), %r11
+        mov save_rdx(%rip), %rdx
         xor %eax, %eax
         sysretq
 code_end:
@@ -247,3 +280,6 @@ if_cs: .quad 0
 if_rflags: .quad 0
 if_rsp: .quad 0
 if_ss: .quad 0
+kernel_ss: .quad 0       # stack_switch's kernel SS
+n_stack: .quad 0
+n_segbase: .quad 0

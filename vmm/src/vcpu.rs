@@ -497,6 +497,7 @@ impl Vcpu {
             user_cr3: pv.root_user << 12,
             kernel_cr3: pv.root_kernel << 12,
             kernel_sp: pv.kernel_sp,
+            kernel_ss: pv.kernel_ss,
             syscall_cb: pv.syscall_callback,
             masks_events: pv.syscall_masks_events,
             gs_user: pv.gs_base_user,
@@ -517,6 +518,8 @@ impl Vcpu {
             return;
         };
         self.pv.kernel_mode = m.kernel_mode;
+        self.pv.kernel_sp = m.kernel_sp;
+        self.pv.kernel_ss = m.kernel_ss;
         if m.kernel_mode {
             self.pv.gs_base_user = m.gs_user;
         } else {
@@ -537,7 +540,7 @@ impl Vcpu {
 
     /// Hypercalls done in ring 0 since the last call, for the monitor's
     /// counts (the vCPU is stopped: nothing counts behind our back).
-    pub fn fast_path_counts(&self) -> [(&'static str, u64); 4] {
+    pub fn fast_path_counts(&self) -> [(&'static str, u64); 6] {
         let d = ring0_fast::data_gpa(&self.mon, self.pv.id);
         let mem = &*self.pv.dom.mem;
         let n = |o| {
@@ -556,6 +559,8 @@ impl Vcpu {
             ),
             ("iret to user mode (ring 0)", n(ring0_fast::N_IRET_USER)),
             ("guest syscall bounce (ring 0)", n(ring0_fast::N_BOUNCE)),
+            ("stack_switch (ring 0)", n(ring0_fast::N_STACK)),
+            ("set_segment_base (ring 0)", n(ring0_fast::N_SEGBASE)),
         ]
     }
 

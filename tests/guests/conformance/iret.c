@@ -143,6 +143,15 @@ static char u_code[4096] PAGE_ALIGNED, u_stack[4096] PAGE_ALIGNED, u_gs[4096] PA
 /* The kernel GS base points here. */
 static u64 k_gs[2] __attribute__((aligned(16))) = {KERNEL_GS_MARK, 0};
 
+static u64 k_fs[2] __attribute__((aligned(16))) = {0x4653424153452121UL, 0};
+
+static u64 read_fs0(void)
+{
+	u64 v;
+	__asm__ volatile("mov %%fs:0, %0" : "=r"(v));
+	return v;
+}
+
 static u64 read_gs0(void)
 {
 	u64 v;
@@ -356,6 +365,18 @@ static void user_mode(void)
 	EXPECT_EQ(shinfo->vcpu_info[0].evtchn_upcall_mask, 1);
 	EXPECT_EQ(HC2(HC_xen_version, 0, 0), (4 << 16) | 17);
 	EXPECT_EQ(*(volatile u64 *)&u_l4[0] & PTE_ADDR_MASK, va_to_mfn(u_l3) << 12);
+	end();
+
+	begin("iret.segment_bases");
+	EXPECT_EQ(HC2(HC_set_segment_base, 0 /* SEGBASE_FS */, (u64)k_fs), 0);
+	EXPECT_EQ(read_fs0(), k_fs[0]);
+	EXPECT_EQ(HC2(HC_set_segment_base, 0, 0x0000800000000000UL), -EINVAL);
+	EXPECT_EQ(HC2(HC_set_segment_base, 2 /* SEGBASE_GS_KERNEL */, 0x00007ffffffff000UL),
+		  0);
+	EXPECT_EQ(HC2(HC_set_segment_base, 7, 0), -EINVAL);
+	EXPECT_EQ(HC2(HC_set_segment_base, 2, (u64)k_gs), 0);
+	EXPECT_EQ(read_gs0(), KERNEL_GS_MARK);
+	EXPECT_EQ(HC2(HC_set_segment_base, 0, 0), 0);
 	end();
 
 	begin("iret.user_and_kernel_gs_bases");
