@@ -226,11 +226,9 @@ fn slow_clients_are_cut_off() {
             .cycle()
             .take(300)
         {
+            // Fails (ending the loop) once the server has closed.
             c.write_all(&[*b])?;
             std::thread::sleep(Duration::from_millis(100));
-            if c.peer_addr().is_err() {
-                break;
-            }
         }
         Ok(())
     });
