@@ -4,7 +4,7 @@
 //! (`<run>/domains/<name>/api.sock`); `docs/openapi.yaml` describes the
 //! endpoints. This module holds the request and response types, the error
 //! body, the routing ([`server::route`], independent of any socket), the
-//! server on `tiny_http` ([`server::serve`]) and a small blocking client
+//! bounded HTTP/1.1 server ([`server::serve`]) and a small blocking client
 //! ([`client::Client`]) that the `xenkvm` verbs use.
 //!
 //! Routes (`{dom}` is the domain's name or numeric id):
@@ -26,9 +26,11 @@
 //! | GET | `/v1/version` | [`VersionInfo`] |
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed request or JSON,
-//! invalid config), 404 (unknown domain or path), 405 (wrong method), 409
-//! (conflicting name, domain in the wrong state), 413 (body too large) or
-//! 500.
+//! invalid config), 404 (unknown domain or path), 405 (wrong method), 408
+//! (request not received in time), 409 (conflicting name, domain in the
+//! wrong state), 413 (body too large), 431 (request line and headers too
+//! large), 501 (`Transfer-Encoding`) or 500. One request per connection:
+//! the server answers with `Connection: close` and closes.
 
 pub mod client;
 pub mod server;

@@ -1,9 +1,21 @@
 //! The API server: [`route`] maps a request to a status and a JSON body;
-//! [`serve`] runs it on a unix socket with `tiny_http`.
+//! [`serve`] runs it on a unix socket: HTTP/1.1, one request per connection,
+//! the head read with a byte bound and parsed with `httparse`.
+//!
+//! Nothing a client sends grows the monitor without bound: the request
+//! line and headers are at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`]
+//! fields (431 beyond), the body at most [`MAX_BODY`] bytes (413), the whole
+//! request must arrive within [`Limits::request_timeout`] (408), and at most
+//! [`Limits::max_concurrent`] requests are served at once.
 
-use std::io::Read;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -14,6 +26,10 @@ use super::{
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1 << 20;
+/// The request line and headers together may be at most this long (431).
+pub const MAX_HEAD: usize = 16 << 10;
+/// A request may have at most this many header fields (431).
+pub const MAX_HEADERS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -159,104 +175,439 @@ pub fn route(backend: &dyn Backend, method: &str, url: &str, body: &[u8]) -> (u1
     r.unwrap_or_else(|e| error(&e))
 }
 
-/// A running API server; dropping it does not stop it (see [`ApiServer::stop`]).
-pub struct ApiServer {
-    server: Arc<tiny_http::Server>,
-    pub path: PathBuf,
+/// Limits of a running server (see [`serve_with`]); [`Limits::default`] is
+/// what the monitor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A whole request (head and body) must arrive within this; a client
+    /// that is slower gets 408 and the connection is closed. Writing the
+    /// answer has the same bound.
+    pub request_timeout: Duration,
+    /// Requests served at once, each on its own thread. When all are busy,
+    /// the server accepts no more connections until one finishes: further
+    /// clients wait in the socket's listen backlog (the kernel's, bounded).
+    pub max_concurrent: usize,
 }
 
-impl ApiServer {
-    /// Stop accepting requests (the socket file stays until removed).
-    pub fn stop(&self) {
-        self.server.unblock();
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            request_timeout: Duration::from_secs(10),
+            max_concurrent: 16,
+        }
     }
 }
 
-fn respond(req: tiny_http::Request, status: u16, body: String) {
-    let ct = tiny_http::Header::from_bytes("Content-Type", "application/json")
-        .expect("static header is valid");
-    let resp = tiny_http::Response::from_string(body)
-        .with_status_code(status)
-        .with_header(ct);
-    if let Err(e) = req.respond(resp) {
+/// Why a request could not be read; every variant but [`HttpError::Closed`]
+/// is answered with its status and an [`ErrorBody`] before the connection
+/// is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("request line and headers larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("request body larger than {MAX_BODY} bytes")]
+    BodyTooLarge,
+    #[error("Transfer-Encoding is not supported; send Content-Length")]
+    TransferEncoding,
+    #[error("the request did not arrive within {0:?}")]
+    Timeout(Duration),
+    #[error("the client closed the connection before sending a request")]
+    Closed,
+    #[error("reading the request: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+impl HttpError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
+            HttpError::Malformed(_) | HttpError::Io(_) | HttpError::Closed => 400,
+            HttpError::BodyTooLarge => 413,
+            HttpError::TransferEncoding => 501,
+            HttpError::Timeout(_) => 408,
+        }
+    }
+
+    /// The client may still be sending: drain before closing, so that it
+    /// reads the answer rather than a reset.
+    fn input_pending(&self) -> bool {
+        !matches!(
+            self,
+            HttpError::Timeout(_) | HttpError::Closed | HttpError::Io(_)
+        )
+    }
+}
+
+/// One request as read from the socket.
+#[derive(Debug)]
+struct Request {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+/// After an error answer, discard what the client still sends for at most
+/// this long and this many bytes, then close.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: u64 = 4 * MAX_BODY as u64;
+
+/// Time left before `deadline`, or [`HttpError::Timeout`].
+fn remaining(deadline: Instant, limit: Duration) -> Result<Duration, HttpError> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or(HttpError::Timeout(limit))
+}
+
+/// One `read` that returns by `deadline`.
+fn read_by(
+    s: &mut UnixStream,
+    buf: &mut [u8],
+    deadline: Instant,
+    limit: Duration,
+) -> Result<usize, HttpError> {
+    loop {
+        s.set_read_timeout(Some(remaining(deadline, limit)?))
+            .map_err(HttpError::Io)?;
+        match s.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(HttpError::Timeout(limit))
+            }
+            Err(e) => return Err(HttpError::Io(e)),
+        }
+    }
+}
+
+/// Where the head in `buf` ends (after its empty line), looking only at
+/// the bytes from `from` on for the line feed that ends it.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    (from.max(1)..buf.len()).find_map(|i| {
+        let blank = buf[i] == b'\n'
+            && (buf[i - 1] == b'\n' || (i >= 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n'));
+        blank.then_some(i + 1)
+    })
+}
+
+/// Read one request: a head of at most [`MAX_HEAD`] bytes and
+/// [`MAX_HEADERS`] fields, parsed with `httparse`, then a body of at most
+/// [`MAX_BODY`] bytes (`Content-Length`), all by `deadline`.
+fn read_request(
+    s: &mut UnixStream,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<Request, HttpError> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        let room = MAX_HEAD.saturating_sub(buf.len()).min(chunk.len());
+        if room == 0 {
+            return Err(HttpError::HeadTooLarge);
+        }
+        let n = read_by(s, &mut chunk[..room], deadline, limit)?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                HttpError::Closed
+            } else {
+                HttpError::Malformed("the connection closed inside the request head".into())
+            });
+        }
+        let from = buf.len();
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head_end(&buf, from) {
+            break end;
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&buf[..end]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(HttpError::Malformed("incomplete request head".into()))
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    }
+    let method = req.method.unwrap_or("").to_ascii_uppercase();
+    let path = req.path.unwrap_or("").to_string();
+    let mut length: Option<u64> = None;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let value = || String::from_utf8_lossy(h.value).trim().to_string();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = value();
+            let n = v
+                .parse::<u64>()
+                .ok()
+                .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| HttpError::Malformed(format!("bad Content-Length '{v}'")))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length".into()));
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::TransferEncoding);
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expect_continue = value().eq_ignore_ascii_case("100-continue");
+        }
+    }
+    let length = length.unwrap_or(0);
+    if length > MAX_BODY as u64 {
+        return Err(HttpError::BodyTooLarge);
+    }
+    // At most MAX_BODY from here on.
+    let length = length as usize;
+    let mut body = buf.split_off(end);
+    body.truncate(length);
+    if body.len() < length && expect_continue {
+        let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    while body.len() < length {
+        let want = (length - body.len()).min(chunk.len());
+        let n = read_by(s, &mut chunk[..want], deadline, limit)?;
+        if n == 0 {
+            return Err(HttpError::Malformed(format!(
+                "the connection closed after {} of {length} body bytes",
+                body.len()
+            )));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Request { method, path, body })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        _ => "",
+    }
+}
+
+/// Write the answer (one request per connection: `Connection: close`).
+fn respond(s: &mut UnixStream, status: u16, body: &str) {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        reason(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    if let Err(e) = s.write_all(&out) {
         log::debug!("API client went away: {e}");
     }
 }
 
-fn handle(backend: &dyn Backend, mut req: tiny_http::Request) {
-    let method = req.method().as_str().to_ascii_uppercase();
-    let url = req.url().to_string();
-    if req.body_length().is_some_and(|n| n > MAX_BODY) {
-        let (s, b) = error(&ApiError::TooLarge(format!(
-            "request body larger than {MAX_BODY} bytes"
-        )));
-        return respond(req, s, b);
+/// Close after an error answer without resetting a client that is still
+/// sending: stop writing, discard its input for a bounded time and size.
+fn linger(s: &mut UnixStream, limit: Duration) {
+    let _ = s.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + LINGER.min(limit);
+    let mut chunk = [0u8; 8192];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match read_by(s, &mut chunk, deadline, limit) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n as u64),
+        }
     }
-    let mut body = Vec::new();
-    let read = req
-        .as_reader()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut body);
-    let (status, out) = match read {
-        Err(e) => error(&ApiError::BadRequest(format!("reading the body: {e}"))),
-        Ok(_) if body.len() > MAX_BODY => error(&ApiError::TooLarge(format!(
-            "request body larger than {MAX_BODY} bytes"
-        ))),
-        Ok(_) => route(backend, &method, &url, &body),
-    };
-    log::debug!("API {method} {url} -> {status}");
-    respond(req, status, out);
+}
+
+/// Serve one connection: one request, one answer, then close.
+fn handle(backend: &dyn Backend, mut s: UnixStream, limits: Limits) {
+    let limit = limits.request_timeout;
+    let deadline = Instant::now() + limit;
+    if let Err(e) = s.set_write_timeout(Some(limit)) {
+        log::debug!("API: cannot set a write timeout: {e}");
+        return;
+    }
+    match read_request(&mut s, deadline, limit) {
+        Ok(req) => {
+            let (status, out) = route(backend, &req.method, &req.path, &req.body);
+            log::debug!("API {} {} -> {status}", req.method, req.path);
+            respond(&mut s, status, &out);
+        }
+        Err(HttpError::Closed) => {}
+        Err(e) => {
+            log::debug!("API: refused a request: {e}");
+            let body = serde_json::to_string(&ErrorBody {
+                error: e.to_string(),
+            })
+            .unwrap_or_else(|_| "{\"error\":\"?\"}".into());
+            respond(&mut s, e.status(), &body);
+            if e.input_pending() {
+                linger(&mut s, limit);
+            }
+        }
+    }
+}
+
+/// The request threads in use, and whether the server was stopped.
+struct Slots {
+    busy: Mutex<usize>,
+    freed: Condvar,
+    stopped: AtomicBool,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait for a free slot and take it; `None` once stopped.
+    fn take(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        let mut busy = self.lock();
+        while *busy >= max.max(1) && !self.stopped.load(Ordering::Acquire) {
+            busy = self.freed.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        if self.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        *busy += 1;
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One request thread's place; freed when dropped.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut busy = self.0.lock();
+        *busy = busy.saturating_sub(1);
+        self.0.freed.notify_one();
+    }
+}
+
+/// A running API server; dropping it does not stop it (see [`ApiServer::stop`]).
+pub struct ApiServer {
+    listener: Arc<UnixListener>,
+    slots: Arc<Slots>,
+    pub path: PathBuf,
+}
+
+impl ApiServer {
+    /// Stop accepting requests: connecting fails from now on (the socket
+    /// file stays until removed); requests being served finish.
+    pub fn stop(&self) {
+        self.slots.stopped.store(true, Ordering::Release);
+        {
+            let _busy = self.slots.lock();
+            self.slots.freed.notify_all();
+        }
+        // shutdown(2) on the listening socket wakes the blocked accept (it
+        // fails with EINVAL) and refuses new connections. std has no
+        // shutdown for a listener, so call it through a duplicate of its
+        // descriptor seen as a stream: shutdown acts on the socket.
+        match self.listener.try_clone() {
+            Ok(dup) => {
+                let s = UnixStream::from(OwnedFd::from(dup));
+                if let Err(e) = s.shutdown(Shutdown::Both) {
+                    log::warn!("API: stopping the listener: {e}");
+                }
+            }
+            Err(e) => log::warn!("API: stopping the listener: {e}"),
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &UnixListener,
+    slots: &Arc<Slots>,
+    backend: &Arc<dyn Backend>,
+    limits: Limits,
+) {
+    while let Some(slot) = slots.take(limits.max_concurrent) {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(_) if slots.stopped.load(Ordering::Acquire) => return,
+            Err(e) => {
+                if e.kind() != ErrorKind::ConnectionAborted && e.kind() != ErrorKind::Interrupted {
+                    // Out of descriptors or memory: do not spin.
+                    log::warn!("API: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+        };
+        if slots.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let b = backend.clone();
+        let spawned = std::thread::Builder::new()
+            .name("api-req".into())
+            .spawn(move || {
+                let _slot = slot;
+                handle(&*b, stream, limits);
+            });
+        if let Err(e) = spawned {
+            log::warn!("API: cannot start a request thread: {e}");
+        }
+    }
+}
+
+/// [`serve_with`] the default [`Limits`].
+pub fn serve(path: &Path, backend: Arc<dyn Backend>) -> Result<ApiServer, ServeError> {
+    serve_with(path, backend, Limits::default())
 }
 
 /// Serve `backend` on the unix socket `path` (replacing a stale socket file)
-/// from a background thread; each request runs on its own thread, so a slow
-/// operation never blocks `GET` requests.
-pub fn serve(path: &Path, backend: Arc<dyn Backend>) -> Result<ApiServer, ServeError> {
+/// from a background thread; each request runs on its own thread (at most
+/// `limits.max_concurrent` at once), so a slow operation never blocks `GET`
+/// requests.
+pub fn serve_with(
+    path: &Path,
+    backend: Arc<dyn Backend>,
+    limits: Limits,
+) -> Result<ApiServer, ServeError> {
+    let bind_err = |msg: String| ServeError::Bind {
+        path: path.display().to_string(),
+        msg,
+    };
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ServeError::Bind {
-            path: path.display().to_string(),
-            msg: "another server is listening there".into(),
-        });
+    if UnixStream::connect(path).is_ok() {
+        return Err(bind_err("another server is listening there".into()));
     }
     let _ = std::fs::remove_file(path);
-    let server = tiny_http::Server::http_unix(path).map_err(|e| ServeError::Bind {
-        path: path.display().to_string(),
-        msg: e.to_string(),
-    })?;
+    let listener = UnixListener::bind(path).map_err(|e| bind_err(e.to_string()))?;
     // Only this user may drive the domain, whatever the umask.
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
-            ServeError::Bind {
-                path: path.display().to_string(),
-                msg: e.to_string(),
-            }
-        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| bind_err(e.to_string()))?;
     }
-    let server = Arc::new(server);
-    let s = server.clone();
+    let listener = Arc::new(listener);
+    let slots = Arc::new(Slots {
+        busy: Mutex::new(0),
+        freed: Condvar::new(),
+        stopped: AtomicBool::new(false),
+    });
+    let (l, s) = (listener.clone(), slots.clone());
     std::thread::Builder::new()
         .name("api".into())
-        .spawn(move || {
-            for req in s.incoming_requests() {
-                let b = backend.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("api-req".into())
-                    .spawn(move || handle(&*b, req));
-                if let Err(e) = spawned {
-                    log::warn!("API: cannot start a request thread: {e}");
-                }
-            }
-        })
-        .map_err(|e| ServeError::Bind {
-            path: path.display().to_string(),
-            msg: e.to_string(),
-        })?;
+        .spawn(move || accept_loop(&l, &s, &backend, limits))
+        .map_err(|e| bind_err(e.to_string()))?;
     Ok(ApiServer {
-        server,
+        listener,
+        slots,
         path: path.to_path_buf(),
     })
 }
