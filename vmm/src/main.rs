@@ -16,6 +16,7 @@ mod host_profile;
 mod kvm_regs;
 mod layout;
 mod loader;
+mod logcap;
 mod memory;
 mod platform;
 mod pvdev;
@@ -250,7 +251,14 @@ fn main() -> ExitCode {
         2 => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    let stderr_log = logcap::BoundedLog::stderr();
+    if stderr_log.is_file() {
+        // A background monitor's log file: bounded (logcap).
+        logger.target(env_logger::Target::Pipe(Box::new(stderr_log)));
+    }
+    logger.init();
     // A run directory someone else controls is never used (nor trusted).
     if !matches!(cli.cmd, Cmd::Xenstored { .. }) {
         if let Err(e) = rd.check() {
