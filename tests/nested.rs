@@ -103,12 +103,23 @@ fn conformance_job() -> (String, Vec<PathBuf>) {
              echo NESTED-GUEST-END {name} rc=$?\n"
         ));
     }
+    // A freestanding kernel (linked at 1 MiB, no VIRT_BASE or ENTRY note).
+    files.push(conf::build_guest_as(
+        "freestanding",
+        conf::Layout::Freestanding,
+    ));
+    job.push_str(
+        "echo NESTED-GUEST-BEGIN freestanding\n\
+         timeout 120 chroot /root /job/xenkvm run --kernel /job/freestanding-1m --memory 64 \
+         --cmdline freestanding-test </dev/null 2>&1\n\
+         echo NESTED-GUEST-END freestanding rc=$?\n",
+    );
     (job, files)
 }
 
 fn check_conformance(out: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    for name in conf::GUESTS {
+    for &name in conf::GUESTS.iter().chain(&["freestanding"]) {
         let Some(part) = out
             .split(&format!("NESTED-GUEST-BEGIN {name}\n"))
             .nth(1)
@@ -126,6 +137,9 @@ fn check_conformance(out: &str) -> Vec<String> {
         }
         if !out.contains(&format!("NESTED-GUEST-END {name} rc=0")) {
             problems.push(format!("conformance {name}: xenkvm exit status not 0"));
+        }
+        if name == "freestanding" && !part.contains("FREESTANDING hello from a PV kernel") {
+            problems.push("freestanding: no greeting".into());
         }
     }
     problems
@@ -226,8 +240,9 @@ fn check_net(out: &str, image: &Path, s: &disk::Scratch) -> Vec<String> {
     problems
 }
 
-/// On the standard host, in one boot of it: every conformance guest, the
-/// busybox boot on 1 and on 2 vCPUs, and the pygrub disk and network.
+/// On the standard host, in one boot of it: every conformance guest and a
+/// freestanding kernel, the busybox boot on 1 and on 2 vCPUs, and the
+/// pygrub disk and network.
 #[test]
 fn a_standard_kvm_host_runs_pv_guests() {
     let Some(cache) = common::assets() else {
