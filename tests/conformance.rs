@@ -9,7 +9,7 @@ mod common;
 #[path = "support/conformance.rs"]
 mod conf;
 
-use conf::{build_guest, check_output, prerequisites, Tally};
+use conf::{build_guest, check_output, prerequisites, run_problems, Tally};
 
 use std::time::{Duration, Instant};
 
@@ -31,19 +31,13 @@ fn run_guest(name: &str) {
         "--- conformance guest {name} ({took:.2?}) ---\n{}",
         r.output
     );
-    let mut problems = match check_output(&r.output) {
-        Ok(t) => {
-            eprintln!("conformance {name}: {} passed, {} xfail", t.passed, t.xfail);
-            Vec::new()
-        }
-        Err(p) => p,
-    };
-    if r.timed_out {
-        problems.push(format!("timed out after {GUEST_TIMEOUT:?}"));
-    }
-    if r.status != Some(0) {
-        problems.push(format!("xenkvm exit status {:?}, want 0", r.status));
-    }
+    let problems = run_problems(
+        &format!("conformance {name}"),
+        &r.output,
+        r.timed_out,
+        r.status,
+        GUEST_TIMEOUT,
+    );
     assert!(
         problems.is_empty(),
         "conformance guest {name}:\n  {}\n--- output ---\n{}",

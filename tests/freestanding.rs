@@ -10,7 +10,7 @@ mod common;
 #[path = "support/conformance.rs"]
 mod conf;
 
-use conf::{build_guest_as, check_output, prerequisites, Layout};
+use conf::{build_guest_as, prerequisites, run_problems, Layout};
 
 use std::time::Duration;
 
@@ -71,13 +71,13 @@ fn freestanding_kernel_at_1_mib_boots() {
         GUEST_TIMEOUT,
     );
     eprintln!("--- freestanding guest ---\n{}", r.output);
-    let mut problems = match check_output(&r.output) {
-        Ok(t) => {
-            eprintln!("freestanding: {} passed, {} xfail", t.passed, t.xfail);
-            Vec::new()
-        }
-        Err(p) => p,
-    };
+    let mut problems = run_problems(
+        "freestanding",
+        &r.output,
+        r.timed_out,
+        r.status,
+        GUEST_TIMEOUT,
+    );
     for want in [
         "FREESTANDING hello from a PV kernel at 0x100000",
         // The loader took Xen's defaults (logged at -v).
@@ -88,12 +88,6 @@ fn freestanding_kernel_at_1_mib_boots() {
         if !r.output.contains(want) {
             problems.push(format!("no {want:?} in the output"));
         }
-    }
-    if r.timed_out {
-        problems.push(format!("timed out after {GUEST_TIMEOUT:?}"));
-    }
-    if r.status != Some(0) {
-        problems.push(format!("xenkvm exit status {:?}, want 0", r.status));
     }
     assert!(
         problems.is_empty(),
@@ -123,15 +117,9 @@ fn conformance_guests_in_the_freestanding_layout() {
             GUEST_TIMEOUT,
         );
         eprintln!("--- {name} (freestanding layout) ---\n{}", r.output);
-        if let Err(p) = check_output(&r.output) {
-            problems.extend(p.into_iter().map(|p| format!("{name}: {p}")));
-        }
-        if r.timed_out || r.status != Some(0) {
-            problems.push(format!(
-                "{name}: xenkvm exit status {:?} (timed out: {}), want 0",
-                r.status, r.timed_out
-            ));
-        }
+        let label = format!("{name} (freestanding layout)");
+        let p = run_problems(&label, &r.output, r.timed_out, r.status, GUEST_TIMEOUT);
+        problems.extend(p.into_iter().map(|p| format!("{name}: {p}")));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

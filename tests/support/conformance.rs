@@ -116,6 +116,32 @@ pub struct Tally {
     pub xfail: usize,
 }
 
+/// Everything wrong with one run of a guest: its sub-tests
+/// ([`check_output`]; the tally goes to stderr as `{label}: N passed`),
+/// a timeout after `timeout`, an exit status other than 0.
+pub fn run_problems(
+    label: &str,
+    output: &str,
+    timed_out: bool,
+    status: Option<i32>,
+    timeout: std::time::Duration,
+) -> Vec<String> {
+    let mut problems = match check_output(output) {
+        Ok(t) => {
+            eprintln!("{label}: {} passed, {} xfail", t.passed, t.xfail);
+            Vec::new()
+        }
+        Err(p) => p,
+    };
+    if timed_out {
+        problems.push(format!("timed out after {timeout:?}"));
+    }
+    if status != Some(0) {
+        problems.push(format!("xenkvm exit status {status:?}, want 0"));
+    }
+    problems
+}
+
 /// Check a guest's console output; returns the tally or a list of problems.
 pub fn check_output(output: &str) -> Result<Tally, Vec<String>> {
     let mut problems = Vec::new();

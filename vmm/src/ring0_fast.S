@@ -20,6 +20,17 @@
 8:      movb $1, 1(%rcx)           # evtchn_upcall_mask = 1
 9:
         .endm
+# Xen's swapgs on a mode change: the GS base now running is kept in
+# `keep`, the one in `load` is loaded (MSR_GS_BASE; clobbers RAX RCX RDX).
+        .macro swap_gs keep, load
+        mov $0xc0000101, %ecx
+        rdmsr
+        mov %eax, \keep(%rip)
+        mov %edx, \keep+4(%rip)
+        mov \load(%rip), %eax
+        mov \load+4(%rip), %edx
+        wrmsr
+        .endm
 entry:
         mov %rcx, save_rcx(%rip)
         mov %r11, save_r11(%rip)
@@ -110,13 +121,7 @@ iret_user:  # to guest user mode: user page tables and GS base, as Xen's toggle_
 3:      iret_mask
         mov user_cr3(%rip), %rax   # no guest memory is touched from here on
         mov %rax, %cr3
-        mov $0xc0000101, %ecx      # MSR_GS_BASE: keep the kernel's, load the user's
-        rdmsr
-        mov %eax, gs_kernel(%rip)
-        mov %edx, gs_kernel+4(%rip)
-        mov gs_user(%rip), %eax
-        mov gs_user+4(%rip), %edx
-        wrmsr
+        swap_gs gs_kernel, gs_user # keep the kernel's GS base, load the user's
         movb $0, kmode(%rip)       # committed: guest user mode
         incq n_iret_user(%rip)
         mov save_rdx(%rip), %rdx
@@ -178,13 +183,7 @@ user_syscall:   # bounce to the guest kernel's syscall callback, as Xen's create
         mov %rax, if_rflags(%rip)
         mov %rsp, if_rsp(%rip)
         movq $0xe02b, if_ss(%rip)
-        mov $0xc0000101, %ecx      # MSR_GS_BASE: keep the user's, load the kernel's
-        rdmsr
-        mov %eax, gs_user(%rip)
-        mov %edx, gs_user+4(%rip)
-        mov gs_kernel(%rip), %eax
-        mov gs_kernel+4(%rip), %edx
-        wrmsr
+        swap_gs gs_user, gs_kernel # keep the user's GS base, load the kernel's
         cmpb $0, masks(%rip)       # CALLBACKF_mask_events
         je 3f
         mov vcpu_info(%rip), %rcx
