@@ -222,6 +222,8 @@ stack_switch:   # RDI = kernel SS, RSI = kernel stack: kept here, read back by t
         incq n_stack(%rip)
         jmp ret0
 segbase:        # RDI = which, RSI = base (canonical, else slow: -EINVAL there)
+        cmp $3, %rdi               # SEGBASE_GS_USER_SEL
+        je gs_user_sel
         mov %rsi, %rax
         sar $47, %rax
         jz 1f
@@ -242,6 +244,26 @@ segbase:        # RDI = which, RSI = base (canonical, else slow: -EINVAL there)
         jmp 4f
 2:      mov %rsi, gs_user(%rip)
 4:      incq n_segbase(%rip)
+        jmp ret0
+gs_user_sel:    # RSI = selector: the user GS base becomes the base of the GDT
+                # descriptor it names (null: 0), as xen_shim's set_segment_base
+        movzwl %si, %eax
+        test $4, %al               # an LDT selector: slow
+        jnz slow
+        shr $3, %eax               # the GDT index; 0: a null selector, base 0
+        jz 5f
+        cmp $7168, %eax            # Xen's reserved entries (14 pages on): slow
+        jae slow
+        lea entry-0x19000(%rip), %rcx  # this vCPU's GDT copy: ring-0 page 0, 25 pages below
+        mov (%rcx,%rax,8), %rdx    # the descriptor (validated when it was written)
+        mov %rdx, %rax
+        shr $16, %rax
+        and $0xffffff, %eax        # base 23:0
+        shr $56, %rdx
+        shl $24, %rdx
+        or %rdx, %rax              # base 31:24
+5:      mov %rax, gs_user(%rip)
+        incq n_segbase(%rip)
 ret0:   # hypercall result 0, back to the guest kernel after its SYSCALL
         mov save_rcx(%rip), %rcx
         mov save_r11(%rip), %r11

@@ -11,6 +11,9 @@
  *
  * XKBENCH_SCALE=<factor> in the environment (the kernel passes unknown "VAR=value"
  * command-line words to init as environment) multiplies every iteration count.
+ * XKBENCH_ONLY=<name> runs only the benchmarks whose name contains <name> (e.g. "pipe"),
+ * so that the monitor's totals (`xenkvm run --stats`: hypercalls by name) show one
+ * operation's mix.
  *
  * Monitor exits per operation (getpid, page_fault, pipe_pingpong, fork_exit_wait):
  *
@@ -71,6 +74,13 @@ static void fail(const char *name, const char *what)
 {
 	printf("xkbench: %s failed: %s: %s\n", name, what, strerror(errno));
 	failures++;
+}
+
+/* XKBENCH_ONLY: run only the benchmarks whose name contains it. */
+static int wanted(const char *name)
+{
+	const char *only = getenv("XKBENCH_ONLY");
+	return !only || !*only || strstr(name, only) != NULL;
 }
 
 static void bench_getpid(void)
@@ -378,6 +388,9 @@ static int op_pipe(void *ctx, long k)
 	return 0;
 }
 
+static void exits_page_fault(long b);
+static void exits_pipe(long b);
+
 static void exits_bench(void)
 {
 	if (!xk_available()) {
@@ -388,8 +401,21 @@ static void exits_bench(void)
 	xk_calibrate();
 	long b = iters(30);
 
-	exits_per_op("getpid", op_getpid, NULL, b, 20);
+	if (wanted("getpid"))
+		exits_per_op("getpid", op_getpid, NULL, b, 20);
 
+	if (wanted("page_fault"))
+		exits_page_fault(b);
+	if (wanted("pipe_pingpong"))
+		exits_pipe(b);
+	if (wanted("fork_exit_wait")) {
+		op_fork(NULL, 2); /* warm-up */
+		exits_per_op("fork_exit_wait", op_fork, NULL, iters(20), 1);
+	}
+}
+
+static void exits_page_fault(long b)
+{
 	/* Fresh pages for every batch, one 4 KiB fault each. */
 	struct pages pg = {.size = sysconf(_SC_PAGESIZE), .count = b * 16};
 	size_t len = (size_t)pg.count * (size_t)pg.size;
@@ -401,7 +427,10 @@ static void exits_bench(void)
 		exits_per_op("page_fault", op_touch, &pg, b, 16);
 		munmap((void *)pg.p, len);
 	}
+}
 
+static void exits_pipe(long b)
+{
 	int a[2], c[2]; /* a: parent -> child, c: child -> parent */
 	if (pipe(a) < 0 || pipe(c) < 0) {
 		fail("exits_per_pipe_pingpong", "pipe");
@@ -430,9 +459,6 @@ static void exits_bench(void)
 			waitpid(pid, NULL, 0);
 		}
 	}
-
-	op_fork(NULL, 2); /* warm-up */
-	exits_per_op("fork_exit_wait", op_fork, NULL, iters(20), 1);
 }
 
 int main(void)
@@ -447,11 +473,16 @@ int main(void)
 	CPU_SET(0, &cpu0);
 	if (sched_setaffinity(0, sizeof(cpu0), &cpu0) < 0)
 		printf("xkbench: sched_setaffinity(CPU 0) failed: %s\n", strerror(errno));
-	bench_getpid();
-	bench_clock_gettime();
-	bench_page_fault();
-	bench_pipe();
-	bench_fork();
+	if (wanted("getpid"))
+		bench_getpid();
+	if (wanted("clock_gettime"))
+		bench_clock_gettime();
+	if (wanted("page_fault"))
+		bench_page_fault();
+	if (wanted("pipe_pingpong"))
+		bench_pipe();
+	if (wanted("fork_exit_wait"))
+		bench_fork();
 	exits_bench();
 	printf("xkbench: done, %d failure(s)\n", failures);
 	return failures ? 1 : 0;

@@ -136,6 +136,12 @@ static void kernel_iret_readonly_frame(void)
 #define USER_GS 0x403000UL /* the user GS base: a user page with a marker */
 #define USER_GS_MARK 0x5553455247532121UL
 #define KERNEL_GS_MARK 0x4b45524e47532121UL
+/* A GDT entry whose base is USER_GS: flat DPL-3 data, base bits 31:24 0, 23:16 0x40, 15:0 0x3000. */
+#define USER_GS_SEL ((10 << 3) | 3)
+#define USER_GS_DESC 0x00cff3403000ffffUL
+#define HC_set_gdt 2
+
+static u64 g_gdt[512] PAGE_ALIGNED;
 
 static u64 u_l4[512] PAGE_ALIGNED, u_l3[512] PAGE_ALIGNED, u_l2[512] PAGE_ALIGNED,
 	u_l1[512] PAGE_ALIGNED;
@@ -309,8 +315,20 @@ static void user_mode(void)
 	expect(rc == 0, "register syscall callback = %ld", rc);
 	rc = HC2(HC_stack_switch, FLAT_KERNEL_SS, kstack_top);
 	expect(rc == 0, "stack_switch = %ld", rc);
-	rc = HC2(HC_set_segment_base, 1 /* SEGBASE_GS_USER */, USER_GS);
+	/* The user GS base comes from a GDT selector (SEGBASE_GS_USER_SEL, what
+	 * Linux's load_gs_index does; twice per context switch on AMD CPUs:
+	 * __USER_DS, then the null selector), after a wrong base and a null one. */
+	g_gdt[USER_GS_SEL >> 3] = USER_GS_DESC;
+	make_ro(g_gdt);
+	u64 gdt_frame = va_to_mfn(g_gdt);
+	rc = HC2(HC_set_gdt, &gdt_frame, 512);
+	expect(rc == 0, "set_gdt = %ld", rc);
+	rc = HC2(HC_set_segment_base, 1 /* SEGBASE_GS_USER */, USER_GS + 0x1000);
 	expect(rc == 0, "set_segment_base(GS_USER) = %ld", rc);
+	rc = HC2(HC_set_segment_base, 3 /* SEGBASE_GS_USER_SEL */, 0);
+	expect(rc == 0, "set_segment_base(GS_USER_SEL, null) = %ld", rc);
+	rc = HC2(HC_set_segment_base, 3 /* SEGBASE_GS_USER_SEL */, USER_GS_SEL);
+	expect(rc == 0, "set_segment_base(GS_USER_SEL, %#x) = %ld", USER_GS_SEL, rc);
 	rc = HC2(HC_set_segment_base, 2 /* SEGBASE_GS_KERNEL */, (u64)k_gs);
 	expect(rc == 0, "set_segment_base(GS_KERNEL) = %ld", rc);
 	int ok = !test_failed();
@@ -380,7 +398,8 @@ static void user_mode(void)
 	end();
 
 	begin("iret.user_and_kernel_gs_bases");
-	/* Each mode keeps its own GS base across the switches (Xen's swapgs). */
+	/* Each mode keeps its own GS base across the switches (Xen's swapgs); the
+	 * user's is the GDT descriptor's base (SEGBASE_GS_USER_SEL). */
 	EXPECT_EQ(sc1.kgs, KERNEL_GS_MARK);
 	EXPECT_EQ(sc2.kgs, KERNEL_GS_MARK);
 	EXPECT_EQ(sc2.rsi, USER_GS_MARK);
