@@ -46,6 +46,9 @@ pub const R0_FAST_CODE: u64 = 25;
 /// fault there happens on the guest's stack, which may be the cause.
 pub const R0_IST2: u64 = 27;
 pub const R0_IST2_PAGES: u64 = 1;
+/// The vCPU's own IDT: the shared one, except that with the ring-0 fast
+/// paths vector 14 enters that vCPU's #PF bounce (crate::ring0_fast).
+pub const R0_VCPU_IDT: u64 = 28;
 pub const MAX_VCPUS: u32 = ((512 - R0_PER_VCPU) / R0_VCPU_PAGES) as u32;
 
 /// Exit ports used by the entry stubs.

@@ -138,7 +138,7 @@ pub fn build(
         }
     }
     write_stubs(mem, l)?;
-    write_idt(mem, l, opts)?;
+    write_idt(mem, l, vcpus, opts)?;
     for v in 0..vcpus {
         write_vcpu_tables(mem, l, v, opts)?;
     }
@@ -184,9 +184,37 @@ fn gate(target: u64, dpl: u64, ist: u64) -> (u64, u64) {
     (lo, target >> 32)
 }
 
-fn write_idt(mem: &dyn GuestMem, l: &MonitorLayout, opts: Ring0Opts) -> Result<(), MemError> {
+/// The shared IDT, and each vCPU's copy of it (with the fast paths, its
+/// vector 14 enters that vCPU's #PF bounce, on IST2).
+fn write_idt(
+    mem: &dyn GuestMem,
+    l: &MonitorLayout,
+    vcpus: u32,
+    opts: Ring0Opts,
+) -> Result<(), MemError> {
+    write_one_idt(mem, l.r0_gpa(R0_IDT), None, opts)?;
+    for v in 0..vcpus {
+        let pf = opts
+            .fast_paths
+            .then(|| crate::ring0_fast::code_va(v) + crate::ring0_fast::PF_ENTRY_OFF);
+        let idt = l.r0_gpa(MonitorLayout::vcpu_page(v, R0_VCPU_IDT));
+        write_one_idt(mem, idt, pf, opts)?;
+    }
+    Ok(())
+}
+
+/// Virtual address of vCPU `v`'s IDT.
+pub fn idt_va(v: u32) -> u64 {
+    MonitorLayout::r0_va(MonitorLayout::vcpu_page(v, R0_VCPU_IDT))
+}
+
+fn write_one_idt(
+    mem: &dyn GuestMem,
+    idt: u64,
+    pf_entry: Option<u64>,
+    opts: Ring0Opts,
+) -> Result<(), MemError> {
     let stubs = MonitorLayout::r0_va(R0_STUBS);
-    let idt = l.r0_gpa(R0_IDT);
     for v in 0..=255u8 {
         let (target, dpl) = match v {
             0..=31 => (
@@ -196,6 +224,10 @@ fn write_idt(mem: &dyn GuestMem, l: &MonitorLayout, opts: Ring0Opts) -> Result<(
             0x80 => (stubs + stub_vector_off(0x80), 3),
             UPCALL_VECTOR => (stubs + STUB_UPCALL_OFF, 0),
             _ => (stubs + STUB_SPURIOUS_OFF, 0),
+        };
+        let target = match pf_entry {
+            Some(pf) if v == 14 => pf,
+            _ => target,
         };
         let ist = if opts.ist && IST_VECTORS.contains(&v) {
             1

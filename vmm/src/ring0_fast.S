@@ -196,6 +196,134 @@ user_syscall:   # bounce to the guest kernel's syscall callback, as Xen's create
         mov save_rdx(%rip), %rdx
         lea if_rip(%rip), %rsp
         iretq
+pf_entry:       # #PF, through this vCPU's own IDT, on IST2: err rip cs rflags rsp ss at (%rsp).
+                # Xen's bounce of a guest page fault to its trap handler (the
+                # slow path's xen_shim::traps::exception and create_bounce_frame).
+        testb $3, 16(%rsp)         # taken in ring 0 (a fault in this code): the monitor
+        jz pf_out                  # redoes the first #PF from what is saved below
+        mov %rax, pf_rax(%rip)
+        mov %rcx, pf_rcx(%rip)
+        mov %rdx, pf_rdx(%rip)
+        mov %r11, pf_r11(%rip)
+        mov %cr2, %rax
+        mov %rax, pf_cr2(%rip)
+        mov (%rsp), %rax           # the hardware frame, kept: a fault below overwrites IST2
+        mov %rax, pf_err(%rip)
+        mov 8(%rsp), %rax
+        mov %rax, pf_rip(%rip)
+        mov 16(%rsp), %rax
+        mov %rax, pf_cs(%rip)
+        mov 24(%rsp), %rax
+        mov %rax, pf_rflags(%rip)
+        mov 32(%rsp), %rax
+        mov %rax, pf_rsp(%rip)
+        mov 40(%rsp), %rax
+        mov %rax, pf_ss(%rip)
+        cmpq $0, pf_handler(%rip)  # no trap handler: slow (the monitor reports it)
+        je pf_slow
+        mov vcpu_info(%rip), %rcx
+        test %rcx, %rcx
+        jz pf_slow
+        movzbl 1(%rcx), %r11d      # the mask now (0 or 1), saved in the frame
+        test %r11d, %r11d
+        jz 1f
+        mov $1, %r11d
+        jmp 2f
+1:      cmpb $0, pf_masks(%rip)    # events stay enabled in the handler and one is
+        jne 2f                     # pending: slow (the monitor delivers it)
+        cmpb $0, (%rcx)
+        jne pf_slow
+2:      mov pf_rflags(%rip), %rax  # RFLAGS less IF and IOPL, IF = events were enabled
+        and $-0x3201, %rax
+        mov %r11d, %edx
+        xor $1, %edx
+        shl $9, %edx
+        or %rdx, %rax
+        mov %rax, pf_frfl(%rip)
+        shl $32, %r11              # the saved mask in CS bits 32-39
+        mov pf_err(%rip), %rax
+        cmpb $0, kmode(%rip)
+        je 3f
+        mov %eax, %edx             # guest kernel mode: a write to a present page may be
+        and $3, %edx               # a page-table write to emulate: slow
+        cmp $3, %edx
+        je pf_slow
+        and $-5, %rax              # the error code says kernel mode (U clear)
+        mov %rax, pf_ferr(%rip)
+        mov pf_cs(%rip), %rax
+        and $-4, %rax              # CS with RPL 0
+        mov pf_rsp(%rip), %rdx     # the frame goes on the kernel's own stack
+        jmp 4f
+3:      cmpq $0, kernel_cr3(%rip)  # guest user mode: on the stack_switch stack
+        je pf_slow
+        or $4, %rax                # the error code says user mode
+        mov %rax, pf_ferr(%rip)
+        mov pf_cs(%rip), %rax
+        mov kernel_sp(%rip), %rdx
+4:      or %r11, %rax
+        mov %rax, pf_fcs(%rip)
+        and $-16, %rdx
+        sub $64, %rdx              # frame [rdx, rdx+64)
+        movabs $0x80000000003f, %rax   # rax = rdx - (0xffff800000000000 - 63)
+        add %rdx, %rax
+        movabs $0x8000000003f, %rcx
+        cmp %rcx, %rax             # touches slots 256-271: slow
+        jb pf_slow
+        cmpb $0, kmode(%rip)
+        jne 5f
+        mov kernel_cr3(%rip), %rax # from user mode: the kernel's page tables map its stack
+        mov %rax, %cr3
+5:      mov pf_rcx(%rip), %rax     # the frame: rcx r11 err rip cs rflags rsp ss
+        mov %rax, (%rdx)
+        mov pf_r11(%rip), %rax
+        mov %rax, 8(%rdx)
+        mov pf_ferr(%rip), %rax
+        mov %rax, 16(%rdx)
+        mov pf_rip(%rip), %rax
+        mov %rax, 24(%rdx)
+        mov pf_fcs(%rip), %rax
+        mov %rax, 32(%rdx)
+        mov pf_frfl(%rip), %rax
+        mov %rax, 40(%rdx)
+        mov pf_rsp(%rip), %rax
+        mov %rax, 48(%rdx)
+        mov pf_ss(%rip), %rax
+        mov %rax, 56(%rdx)         # nothing faults from here on
+        mov vcpu_info(%rip), %rcx
+        mov pf_cr2(%rip), %rax
+        mov %rax, 16(%rcx)         # vcpu_info.arch.cr2
+        cmpb $0, pf_masks(%rip)    # a handler with TBF_INTERRUPT runs with events masked
+        je 6f
+        movb $1, 1(%rcx)
+6:      mov pf_handler(%rip), %rax # the return frame, in the data page
+        mov %rax, if_rip(%rip)
+        movq $0xe033, if_cs(%rip)
+        mov pf_rflags(%rip), %rax
+        and $-0x77101, %rax        # less TF NT RF VM AC IOPL
+        or $0x202, %rax            # IF, bit 1
+        mov %rax, if_rflags(%rip)
+        mov %rdx, if_rsp(%rip)
+        movq $0xe02b, if_ss(%rip)
+        cmpb $0, kmode(%rip)
+        jne 7f
+        swap_gs gs_user, gs_kernel # from user mode: keep the user's GS base, load the kernel's
+        movb $1, kmode(%rip)       # committed: guest kernel mode
+7:      incq n_pf(%rip)
+        mov pf_rax(%rip), %rax
+        mov pf_rcx(%rip), %rcx
+        mov pf_rdx(%rip), %rdx
+        mov pf_r11(%rip), %r11
+        lea if_rip(%rip), %rsp
+        iretq
+pf_slow:
+        mov pf_rax(%rip), %rax
+        mov pf_rcx(%rip), %rcx
+        mov pf_rdx(%rip), %rdx
+        mov pf_r11(%rip), %r11
+pf_out:
+        out %al, $14               # exit: the monitor handles the #PF (its frame on IST2)
+        ud2
+pf_end:
 vcpu_op:
         cmp $8, %rdi               # VCPUOP_set_singleshot_timer
         jne slow
@@ -304,3 +432,20 @@ if_ss: .quad 0
 kernel_ss: .quad 0       # stack_switch's kernel SS
 n_stack: .quad 0
 n_segbase: .quad 0
+pf_handler: .quad 0       # the guest's #PF handler (trap table entry 14); 0: #PF slow
+pf_masks: .quad 0       # u8: that entry has TBF_INTERRUPT (events masked in the handler)
+n_pf: .quad 0
+pf_rax: .quad 0       # the registers at the #PF, and its hardware frame and CR2
+pf_rcx: .quad 0
+pf_rdx: .quad 0
+pf_r11: .quad 0
+pf_cr2: .quad 0
+pf_err: .quad 0
+pf_rip: .quad 0
+pf_cs: .quad 0
+pf_rflags: .quad 0
+pf_rsp: .quad 0
+pf_ss: .quad 0
+pf_ferr: .quad 0       # the bounce frame's error code, CS and RFLAGS
+pf_fcs: .quad 0
+pf_frfl: .quad 0

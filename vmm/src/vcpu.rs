@@ -120,6 +120,10 @@ pub fn seg_from_desc(sel: u16, d: u64) -> kvm_segment {
     }
 }
 
+fn canonical(va: u64) -> bool {
+    matches!(va >> 47, 0 | 0x1ffff)
+}
+
 /// Set the architectural state common to every entry of vCPU `id`
 /// (GDT/IDT/TR/CRs): CR0 = PG|AM|WP|NE|ET|MP|PE, CR4 = OSXMMEXCPT|OSFXSR|PAE,
 /// EFER = NXE|LMA|LME|SCE.
@@ -129,7 +133,7 @@ pub fn base_sregs(s: &mut kvm_sregs, id: u32) {
     s.efer = 0xd01;
     s.gdt.base = ring0::gdt_va(id);
     s.gdt.limit = (GDT_PAGES * PAGE - 1) as u16;
-    s.idt.base = MonitorLayout::r0_va(R0_IDT);
+    s.idt.base = ring0::idt_va(id);
     s.idt.limit = 256 * 16 - 1;
     s.tr = kvm_segment {
         base: ring0::tss_va(id),
@@ -379,7 +383,10 @@ impl Vcpu {
         } else {
             0xff
         };
-        if vector != 0xff && at == stubs + stub_vector_off(vector) {
+        let fast_pf_out = self.fast
+            && vector == 14
+            && at == ring0_fast::code_va(self.pv.id) + ring0_fast::PF_OUT_OFF;
+        if vector != 0xff && (at == stubs + stub_vector_off(vector) || fast_pf_out) {
             let err = self.read_frame(&k, &s, &mut g, has_error_code(vector) && vector < 32)?;
             let cs = g.cs;
             if cs & 3 == 0 && self.fast && ring0_fast::may_fault_at(self.pv.id, g.rip) {
@@ -452,6 +459,33 @@ impl Vcpu {
                 xen_shim::vcpu::exception_name(vector)
             ));
         }
+        if ring0_fast::in_pf_code(self.pv.id, rip) {
+            // The #PF bounce could not write the guest's frame: the first
+            // #PF, as the code found it, goes the slow way.
+            let p = ring0_fast::saved_pf(&*self.pv.dom.mem, &self.mon, self.pv.id)
+                .map_err(|e| e.to_string())?;
+            log::trace!(
+                "vCPU {}: {} in the ring-0 #PF bounce at {rip:#x}: slow path",
+                self.pv.id,
+                xen_shim::vcpu::exception_name(vector)
+            );
+            let mut g = Self::gregs(k);
+            g.rax = p.rax;
+            g.rcx = p.rcx;
+            g.rdx = p.rdx;
+            g.r11 = p.r11;
+            g.rip = p.rip;
+            g.cs = p.cs as u16;
+            g.rflags = p.rflags;
+            g.rsp = p.rsp;
+            g.ss = p.ss as u16;
+            let entry = Entry::Exception {
+                vector: 14,
+                error: Some(p.err as u32),
+                cr2: p.cr2,
+            };
+            return Ok((entry, g));
+        }
         let [rax, rcx, r11, rsp, rdx] =
             ring0_fast::saved_entry(&*self.pv.dom.mem, &self.mon, self.pv.id)
                 .map_err(|e| e.to_string())?;
@@ -502,6 +536,12 @@ impl Vcpu {
             masks_events: pv.syscall_masks_events,
             gs_user: pv.gs_base_user,
             gs_kernel: pv.gs_base_kernel,
+            // A handler the final IRETQ would refuse takes the slow path.
+            pf_handler: match pv.traps.get(14) {
+                Some(t) if ring0_fast::pf_bounce_enabled() && canonical(t.address) => t.address,
+                _ => 0,
+            },
+            pf_masks_events: pv.traps.get(14).is_some_and(|t| t.flags & 4 != 0),
         };
         ring0_fast::tell(&*pv.dom.mem, &self.mon, pv.id, &t).map_err(|e| e.to_string())
     }
@@ -540,7 +580,7 @@ impl Vcpu {
 
     /// Hypercalls done in ring 0 since the last call, for the monitor's
     /// counts (the vCPU is stopped: nothing counts behind our back).
-    pub fn fast_path_counts(&self) -> [(&'static str, u64); 6] {
+    pub fn fast_path_counts(&self) -> [(&'static str, u64); 7] {
         let d = ring0_fast::data_gpa(&self.mon, self.pv.id);
         let mem = &*self.pv.dom.mem;
         let n = |o| {
@@ -561,6 +601,7 @@ impl Vcpu {
             ("guest syscall bounce (ring 0)", n(ring0_fast::N_BOUNCE)),
             ("stack_switch (ring 0)", n(ring0_fast::N_STACK)),
             ("set_segment_base (ring 0)", n(ring0_fast::N_SEGBASE)),
+            ("page fault bounce (ring 0)", n(ring0_fast::N_PF)),
         ]
     }
 
