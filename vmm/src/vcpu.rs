@@ -855,6 +855,13 @@ impl Vcpu {
                 }
                 other => return self.end(other),
             }
+            // The checks below answer every kick so far (the events raised,
+            // the timers run here): a KVM_RUN that returned at once for one
+            // of them would be an exit for nothing, on every wake from
+            // SCHEDOP_block. Kicks from here on set it again. (Stop, pause
+            // and TLB-flush requests are checked before KVM_RUN anyway.)
+            self.fd.set_kvm_immediate_exit(0);
+            self.signal.kicked.store(false, Ordering::SeqCst);
             self.timers();
             if self.events_deliverable() {
                 if let Err(a) = self.pv.deliver_events(&mut regs) {
