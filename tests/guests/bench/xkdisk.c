@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static double now(void)
@@ -88,6 +89,8 @@ int main(int argc, char **argv)
     uint64_t x = 88172645463325252ull, blocks = (uint64_t)mib * 256, n = 0;
     int in_guest = prefix[0] == '\0';
     uint64_t e0 = in_guest ? domain_exits() : 0;
+    struct rusage r0, r1;
+    getrusage(RUSAGE_SELF, &r0);
     t0 = now();
     do {
         for (int k = 0; k < 64; k++, n++) {
@@ -99,7 +102,10 @@ int main(int argc, char **argv)
         }
         t = now() - t0;
     } while (t < 3.0);
+    getrusage(RUSAGE_SELF, &r1);
     printf("XBENCH %sblk_rand_read_4k %.0f IOPS\n", prefix, n / t);
+    printf("xkdisk: %sblk_rand_read_4k: %.2f voluntary, %.2f involuntary context switches per read\n",
+           prefix, (double)(r1.ru_nvcsw - r0.ru_nvcsw) / n, (double)(r1.ru_nivcsw - r0.ru_nivcsw) / n);
     if (in_guest) {
         uint64_t e1 = domain_exits();
         if (e1 > e0)
