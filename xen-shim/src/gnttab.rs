@@ -104,7 +104,10 @@ mod tests {
         v.root_kernel = map_low_memory(&dom);
         // {domid_t dom = DOMID_SELF, int16 status}
         dom.mem.write(0xa000, &[0xf0, 0x7f, 0x55, 0x55]).unwrap();
-        assert_eq!(grant_table_op(&mut v, GNTTABOP_DUMP_TABLE, 0xa000, 1), Err(-ENOSYS));
+        assert_eq!(
+            grant_table_op(&mut v, GNTTABOP_DUMP_TABLE, 0xa000, 1),
+            Err(-ENOSYS)
+        );
         assert_eq!(dom.log_once_remembered(), 0);
         // The guest's structure is left alone, as Xen leaves it.
         let mut b = [0u8; 4];
@@ -115,6 +118,9 @@ mod tests {
         assert_eq!(dom.log_once_remembered(), 1);
         // set_version 1 still succeeds.
         dom.mem.write(0xa000, &1u32.to_le_bytes()).unwrap();
-        assert_eq!(grant_table_op(&mut v, GNTTABOP_SET_VERSION, 0xa000, 1), Ok(0));
+        assert_eq!(
+            grant_table_op(&mut v, GNTTABOP_SET_VERSION, 0xa000, 1),
+            Ok(0)
+        );
     }
 }
