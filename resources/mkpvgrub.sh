@@ -66,8 +66,13 @@ if newer_than_inputs "$GRUBBIN"; then
     log "grub-x86_64-xen.bin is up to date"
 else
     log "downloading grub-xen-bin and grub-common (for grub-mkimage)"
-    (cd "$tmp" && apt-get download -q grub-xen-bin grub-common >&2) ||
-        die "apt-get download grub-xen-bin grub-common failed (apt-get update?)"
+    if ! (cd "$tmp" && apt-get download -q grub-xen-bin grub-common >&2); then
+        # Unknown packages or stale lists (as in get-assets.sh): update once, retry.
+        log "apt-get download failed; running apt-get update and trying again"
+        apt-get update -qq >&2 || log "apt-get update failed (not root?)"
+        (cd "$tmp" && apt-get download -q grub-xen-bin grub-common >&2) ||
+            die "apt-get download grub-xen-bin grub-common failed"
+    fi
     mkdir -p "$tmp/x"
     for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/x"; done
     mods="$tmp/x/usr/lib/grub/x86_64-xen"
