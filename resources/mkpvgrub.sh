@@ -11,7 +11,8 @@
 #                         /boot/vmlinuz-<ver> is Debian's kernel as a gzip-compressed
 #                         ELF vmlinux (GRUB's Xen loader reads ELF, or a bzImage with a
 #                         gzip/xz/lzo payload; Debian 12's kernel is a bzImage with an
-#                         LZ4 payload, which it cannot read: "error: not xen image");
+#                         LZ4 payload, which it cannot read: "error: not xen image";
+#                         a kernel with a gzip or xz payload is copied as it is);
 #                         grub.cfg's menu waits 1 s (not 5) and its default entry adds
 #                         xktest=hello to the command line (the disk's init says
 #                         XENKVM-HELLO and powers off).
@@ -115,7 +116,8 @@ if newer_than_inputs "$PVDISK" "$ROOTRAW" "$KERNEL"; then
 else
     log "building disk-pvgrub.raw (disk-root.raw with a gzip ELF kernel for GRUB)"
     # The bzImage's payload (boot protocol: setup_sects at 0x1f1, payload_offset and
-    # payload_length at 0x248) is LZ4 (legacy frame) followed by the 4-byte size.
+    # payload_length at 0x248) is compressed data followed by the 4-byte size; an LZ4
+    # one (a legacy frame: Debian's) is unpacked to the ELF vmlinux and gzipped.
     u8() { od -An -tu1 -j "$2" -N1 "$1" | tr -d ' '; }
     u32() { od -An -tu4 -j "$2" -N4 "$1" | tr -d ' '; }
     setup_sects="$(u8 "$KERNEL" $((0x1f1)))"
@@ -124,12 +126,20 @@ else
     start=$(((setup_sects + 1) * 512 + poff))
     dd if="$KERNEL" of="$tmp/payload" iflag=skip_bytes,count_bytes bs=64K \
         skip="$start" count="$((plen - 4))" status=none
-    [ "$(od -An -tx1 -N4 "$tmp/payload" | tr -d ' ')" = 02214c18 ] ||
-        die "$KERNEL: the payload is not LZ4 (legacy frame); only that is handled here"
-    lz4 -dc "$tmp/payload" >"$tmp/vmlinux" 2>/dev/null || true
-    [ "$(head -c 4 "$tmp/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] ||
-        die "$KERNEL: the decompressed payload is not an ELF vmlinux"
-    gzip -9n -c "$tmp/vmlinux" >"$tmp/vmlinuz.gz"
+    magic="$(od -An -tx1 -N4 "$tmp/payload" | tr -d ' ')"
+    case "$magic" in
+    02214c18)
+        lz4 -dc "$tmp/payload" >"$tmp/vmlinux" 2>/dev/null || true
+        [ "$(head -c 4 "$tmp/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] ||
+            die "$KERNEL: the decompressed payload is not an ELF vmlinux"
+        gzip -9n -c "$tmp/vmlinux" >"$tmp/vmlinuz.gz"
+        ;;
+    1f8b* | fd377a58)
+        # gzip or xz: GRUB reads this bzImage as it is.
+        cp "$KERNEL" "$tmp/vmlinuz.gz"
+        ;;
+    *) die "$KERNEL: payload magic $magic is not LZ4, gzip or xz" ;;
+    esac
     # Partition 1 starts at 1 MiB (mkdisk.sh); edit it with debugfs, then put it back.
     part="$tmp/part.ext4"
     dd if="$ROOTRAW" of="$part" bs=1M skip=1 status=none
