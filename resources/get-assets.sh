@@ -232,6 +232,10 @@ done
 if ! XENKVM_CACHE="$CACHE" XENKVM_REFRESH="$REFRESH" bash "$here/mkdisk.sh" >&2; then
     log "warning: building the test disk images failed (resources/mkdisk.sh); disk tests will skip"
 fi
+# PV-GRUB2 (grub-x86_64-xen.bin from Debian's grub-xen-bin) and its disk; see mkpvgrub.sh.
+if ! XENKVM_CACHE="$CACHE" XENKVM_REFRESH="$REFRESH" bash "$here/mkpvgrub.sh" >&2; then
+    log "warning: building PV-GRUB2 failed (resources/mkpvgrub.sh); tests/pvgrub.rs will skip"
+fi
 
 # ---------------------------------------------------------------- report
 echo "xenkvm guest assets in $CACHE:"

@@ -5,6 +5,7 @@ use crate::abi::errno::*;
 use crate::vcpu::{field, PvVcpu};
 
 const GNTTABOP_SETUP_TABLE: u64 = 2;
+const GNTTABOP_DUMP_TABLE: u64 = 3;
 const GNTTABOP_QUERY_SIZE: u64 = 6;
 const GNTTABOP_SET_VERSION: u64 = 8;
 const GNTTABOP_GET_VERSION: u64 = 10;
@@ -73,11 +74,53 @@ pub fn grant_table_op(v: &mut PvVcpu, cmd: u64, arg: u64, count: u64) -> Result<
             v.copy_to(field(arg, 4)?, &1u32.to_le_bytes())?;
             Ok(0)
         }
+        // A debugging aid (dump the table to Xen's console) that Xen dropped in
+        // 2006: it has answered -ENOSYS since. GRUB's PV disk driver still calls
+        // it once per disk and ignores the result, so this is no gap to report.
+        GNTTABOP_DUMP_TABLE => {
+            log::debug!("grant_table_op dump_table -> -ENOSYS (as Xen)");
+            Err(-ENOSYS)
+        }
         _ => {
             dom.log_once("unimplemented grant_table_op", cmd, || {
                 format!("unimplemented grant_table_op {cmd} -> -ENOSYS")
             });
             Err(-ENOSYS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{map_low_memory, test_domain};
+
+    /// GNTTABOP_dump_table is answered as Xen does (-ENOSYS), without an
+    /// "unimplemented" report; the other ops are unaffected.
+    #[test]
+    fn dump_table_is_enosys_and_not_reported() {
+        let (dom, _) = test_domain(64);
+        let mut v = PvVcpu::new(0, dom.clone());
+        v.root_kernel = map_low_memory(&dom);
+        // {domid_t dom = DOMID_SELF, int16 status}
+        dom.mem.write(0xa000, &[0xf0, 0x7f, 0x55, 0x55]).unwrap();
+        assert_eq!(
+            grant_table_op(&mut v, GNTTABOP_DUMP_TABLE, 0xa000, 1),
+            Err(-ENOSYS)
+        );
+        assert_eq!(dom.log_once_remembered(), 0);
+        // The guest's structure is left alone, as Xen leaves it.
+        let mut b = [0u8; 4];
+        dom.mem.read(0xa000, &mut b).unwrap();
+        assert_eq!(b, [0xf0, 0x7f, 0x55, 0x55]);
+        // A truly unknown op is still reported once.
+        assert_eq!(grant_table_op(&mut v, 99, 0xa000, 1), Err(-ENOSYS));
+        assert_eq!(dom.log_once_remembered(), 1);
+        // set_version 1 still succeeds.
+        dom.mem.write(0xa000, &1u32.to_le_bytes()).unwrap();
+        assert_eq!(
+            grant_table_op(&mut v, GNTTABOP_SET_VERSION, 0xa000, 1),
+            Ok(0)
+        );
     }
 }

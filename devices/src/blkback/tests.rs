@@ -378,4 +378,61 @@ mod handshake {
         }
         drop(vbd);
     }
+
+    /// GRUB's PV disk driver (grub_xendisk_fini) before it boots a kernel: from
+    /// Connected straight to Closed (no Closing), waits for the backend's Closed,
+    /// empties ring-ref and event-channel and closes its port; the kernel's
+    /// blkfront then starts at Initialising and must get the disk again.
+    #[test]
+    fn a_boot_loader_closes_without_closing_and_the_kernel_reconnects() {
+        let (dom, _) = test_domain(128);
+        let mut s = Store::new();
+        populate_dom0(&mut s).unwrap();
+        populate_domain(&mut s, 1, "g", 512 << 10, 1).unwrap();
+        let ctx = BackendCtx {
+            dom: dom.clone(),
+            store: Arc::new(Mutex::new(s)),
+            backends: Default::default(),
+        };
+        let image = Arc::new(MemDisk(Mutex::new(vec![0u8; 1 << 20])));
+        let config = VbdConfig {
+            vdev: "xvda".into(),
+            image,
+            read_only: false,
+            cdrom: false,
+            params: "mem".into(),
+            max_queues: 1,
+            domain_name: "g".into(),
+        };
+        let vbd = spawn(&ctx, 1, config).unwrap();
+        wait_state(&ctx, "2");
+        let connect = |gref: u32, frame: u64| {
+            grant(&dom, gref, 0, frame as u32, false);
+            dom.mem.write(frame << 12, &[0u8; 4096]).unwrap();
+            let port = dom.evtchn.lock().unwrap().alloc_unbound(0).unwrap();
+            write(&ctx, &format!("{FE}/ring-ref"), &gref.to_string());
+            write(&ctx, &format!("{FE}/event-channel"), &port.to_string());
+            write(&ctx, &format!("{FE}/protocol"), "x86_64-abi");
+            write(&ctx, &format!("{FE}/state"), "3");
+            wait_state(&ctx, "4");
+            port
+        };
+        // GRUB's frontend.
+        let port = connect(1, 30);
+        write(&ctx, &format!("{FE}/state"), "6");
+        wait_state(&ctx, "6");
+        assert!(dom.grants.lock().unwrap().is_empty(), "ring still mapped");
+        write(&ctx, &format!("{FE}/ring-ref"), "");
+        write(&ctx, &format!("{FE}/event-channel"), "");
+        dom.evtchn.lock().unwrap().close(port).unwrap();
+        // The kernel's blkfront, on a new ring and port.
+        write(&ctx, &format!("{FE}/state"), "1");
+        wait_state(&ctx, "2");
+        let port = connect(2, 31);
+        assert!(matches!(
+            dom.evtchn.lock().unwrap().state(port),
+            PortState::Interdomain { .. }
+        ));
+        drop(vbd);
+    }
 }
