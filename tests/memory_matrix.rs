@@ -2,7 +2,9 @@
 //! 8 GiB and of 1, 4 and 8 vCPUs boot to busybox init, see the memory and
 //! CPUs they were given, and power off. Not the cross product: three boots
 //! that cover the corners (the smallest guest on one vCPU, the largest on
-//! four, eight vCPUs in between).
+//! four, eight vCPUs in between). Alone, one after the other on this 2-core
+//! PVM-style host: shell after 19 s, 36 s and 46 s (8 GiB: Linux writes its
+//! 2 M direct-map entries by one mmu_update hypercall each).
 
 mod common;
 
@@ -88,17 +90,28 @@ fn boot(memory_mib: u64, vcpus: u32) {
     let _ = std::fs::remove_dir_all(&run);
 }
 
+/// The three boots run at once (each is mostly one guest's vCPUs waiting
+/// on exits; together they take about as long as the slowest alone would
+/// on an idle host). Each reports its own failure.
 #[test]
-fn smallest_guest_on_one_vcpu() {
-    boot(128, 1);
-}
-
-#[test]
-fn one_gib_on_eight_vcpus() {
-    boot(1024, 8);
-}
-
-#[test]
-fn eight_gib_on_four_vcpus() {
-    boot(8192, 4);
+fn matrix_boots() {
+    if common::assets().is_none() {
+        return;
+    }
+    let runs: Vec<_> = [(128, 1), (1024, 8), (8192, 4)]
+        .into_iter()
+        .map(|(mib, vcpus)| ((mib, vcpus), std::thread::spawn(move || boot(mib, vcpus))))
+        .collect();
+    let failed: Vec<_> = runs
+        .into_iter()
+        .filter_map(|((mib, vcpus), t)| {
+            t.join()
+                .is_err()
+                .then_some(format!("{mib} MiB/{vcpus} vCPUs"))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed: {failed:?} (their panics are above)"
+    );
 }

@@ -449,19 +449,22 @@ impl Mmu {
     pub fn find_absent(&mut self, order: u32, limit: u64) -> (Option<u64>, u64) {
         let n = 1u64 << order;
         let limit = limit.min(self.nr_frames());
-        // Skip the populated prefix once and for all.
+        // Skip the populated prefix (counted: a guest that gives back a
+        // low frame makes the next search start there again).
+        let first = self.free_hint;
         while self.free_hint < self.nr_frames() && !self.frames[self.free_hint as usize].absent {
             self.free_hint += 1;
         }
+        let skipped = self.free_hint - first;
         let mut mfn = self.free_hint & !(n - 1);
         let start = mfn;
         while mfn + n <= limit {
             if self.range_absent(mfn, order) {
-                return (Some(mfn), mfn - start + n);
+                return (Some(mfn), skipped + mfn - start + n);
             }
             mfn += n;
         }
-        (None, limit.saturating_sub(start))
+        (None, skipped + limit.saturating_sub(start))
     }
 
     /// Give absent frames `mfn..mfn + 2^order` back to the domain.
