@@ -572,6 +572,29 @@ mod tests {
     }
 
     #[test]
+    fn absent_frames_are_found_populated_and_refused_while_absent() {
+        let (m, mut mmu, mut log) = setup();
+        mmu.set_unpopulated_from(32);
+        assert_eq!(mmu.populated(), 32);
+        assert!(mmu.is_ram(31) && !mmu.is_ram(32));
+        assert_eq!(mmu.pin(&m, &mut log, 40, 1), Err(-EINVAL));
+        // Order 2 lands aligned; a range that is not all absent is refused.
+        assert_eq!(mmu.find_absent(2, 64).0, Some(32));
+        mmu.populate(36, 2).unwrap();
+        assert_eq!(mmu.populate(34, 2), Err(-EINVAL));
+        assert_eq!(mmu.find_absent(2, 64).0, Some(32));
+        assert_eq!(mmu.find_absent(3, 64).0, Some(40));
+        assert_eq!(mmu.find_absent(0, 32).0, None, "limit");
+        // A frame in use as a page table stays; a plain one goes.
+        mmu.pin(&m, &mut log, 5, 1).unwrap();
+        assert_eq!(mmu.depopulate(5), Err(-EINVAL));
+        mmu.depopulate(6).unwrap();
+        assert_eq!(mmu.depopulate(6), Err(-EINVAL));
+        assert_eq!(mmu.find_absent(0, 64).0, Some(6));
+        assert_eq!(mmu.populated(), 32 + 4 - 1);
+    }
+
+    #[test]
     fn self_reference_at_wrong_level_is_refused() {
         let (m, mut mmu, mut log) = setup();
         m.write_u64(0x1000, 0x1000 | 0x67).unwrap();
