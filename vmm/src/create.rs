@@ -196,6 +196,7 @@ pub fn run_args(cfg: &DomainConfig, dir: &Path) -> Result<RunArgs, CreateError> 
         initrd: cfg.ramdisk.as_deref().map(|r| resolve(r, dir)),
         cmdline: cfg.cmdline.clone().unwrap_or_default(),
         memory: cfg.memory_mib,
+        maxmem: Some(cfg.maxmem_mib.max(cfg.memory_mib)),
         vcpus: cfg.vcpus,
         name: cfg.name.clone(),
         xenstore_socket: None,

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::os::unix::fs::FileTypeExt;
 
+mod balloon;
 mod boot;
 mod builder;
 mod console;
@@ -145,6 +146,23 @@ enum Cmd {
         /// vCPUs to have online: 1 to the domain's `vcpus`.
         count: u32,
     },
+    /// Set the guest's memory target: its balloon driver gives memory back
+    /// or takes more, up to its maxmem (xenstore memory/target).
+    #[command(name = "mem-set")]
+    MemSet {
+        /// Domain name or id.
+        domain: String,
+        /// MiB, or with a unit: 512m, 1g.
+        size: String,
+    },
+    /// Set the domain's maximum memory (at most its maxmem at creation).
+    #[command(name = "mem-max")]
+    MemMax {
+        /// Domain name or id.
+        domain: String,
+        /// MiB, or with a unit: 512m, 1g.
+        size: String,
+    },
     /// One screen of `xentop -b -i 1`: CPU, memory, vCPUs and devices per domain.
     Top,
     /// Send a magic SysRq key to the guest (xenstore control/sysrq).
@@ -187,6 +205,10 @@ struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     memory: u64,
+    /// Most memory the guest may balloon up to, MiB (xl's `maxmem`;
+    /// default: `--memory`).
+    #[arg(long)]
+    maxmem: Option<u64>,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
@@ -294,6 +316,8 @@ fn main() -> ExitCode {
         Cmd::Dmesg { domains } => control::inspect::dmesg(&rd, &domains),
         Cmd::Top => control::top::top(&rd),
         Cmd::VcpuSet { domain, count } => control::inspect::vcpu_set(&rd, &domain, count),
+        Cmd::MemSet { domain, size } => control::inspect::memory(&rd, &domain, &size, false),
+        Cmd::MemMax { domain, size } => control::inspect::memory(&rd, &domain, &size, true),
         Cmd::Sysrq { domain, key } => control::inspect::sysrq(&rd, &domain, &key),
         Cmd::Monitor { api_socket, log } => {
             Ok(control::monitor::serve_empty(rd.clone(), api_socket, log))
@@ -387,6 +411,7 @@ impl Prepared {
             initrd: self.boot.initrd.as_deref(),
             cmdline: &self.boot.cmdline,
             memory_mib: args.memory,
+            maxmem_mib: args.maxmem.unwrap_or(args.memory).max(args.memory),
             vcpus: args.vcpus,
             domid: args.domid.unwrap_or(1),
             disks: &self.disks,

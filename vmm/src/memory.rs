@@ -83,6 +83,33 @@ impl GuestMem for Memory {
                 len: data.len(),
             })
     }
+    /// Frames handed back by the guest (XENMEM_decrease_reservation): the
+    /// host takes the pages back; the anonymous mapping reads zeros after.
+    fn discard(&self, gpa: u64, len: u64) -> Result<(), MemError> {
+        let bad = MemError {
+            gpa,
+            len: len as usize,
+        };
+        if !gpa.is_multiple_of(4096) || !len.is_multiple_of(4096) {
+            return Err(bad);
+        }
+        if gpa.checked_add(len).is_none_or(|e| e > self.size) {
+            return Err(bad);
+        }
+        // SAFETY: the range is inside our private anonymous mapping;
+        // MADV_DONTNEED only replaces its pages with zero pages.
+        let rc = unsafe {
+            libc::madvise(
+                self.host_base().add(gpa as usize).cast(),
+                len as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(bad);
+        }
+        Ok(())
+    }
     fn fetch_or_u64(&self, gpa: u64, v: u64) -> Result<u64, MemError> {
         Ok(self.atomic(gpa)?.fetch_or(v, Ordering::SeqCst))
     }

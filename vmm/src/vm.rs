@@ -69,6 +69,9 @@ pub struct VmConfig<'a> {
     pub initrd: Option<&'a Path>,
     pub cmdline: &'a str,
     pub memory_mib: u64,
+    /// The RAM region, MiB (xl's `maxmem`, at least `memory_mib`): the
+    /// frames above `memory_mib` start unpopulated, for the balloon.
+    pub maxmem_mib: u64,
     pub vcpus: u32,
     pub name: &'a str,
     /// Serve the domain's xenstore on this unix socket.
@@ -112,9 +115,10 @@ impl Vm {
         if cfg.memory_mib < MIN_GUEST_MIB {
             return Err(VmError::TooLittleMemory(cfg.memory_mib));
         }
+        let maxmem_mib = cfg.maxmem_mib.max(cfg.memory_mib);
         if let Some(host) = crate::memory::host_total_mib() {
-            if cfg.memory_mib > host {
-                return Err(VmError::TooMuchMemory(cfg.memory_mib, host));
+            if maxmem_mib > host {
+                return Err(VmError::TooMuchMemory(maxmem_mib, host));
             }
         }
         if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
@@ -131,7 +135,8 @@ impl Vm {
         let kvm = Kvm::new().map_err(VmError::NoKvm)?;
         let profile = crate::host_profile::get(&kvm).map_err(VmError::Kvm)?;
         let vm = kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?;
-        let ram = cfg.memory_mib << 20;
+        let ram = maxmem_mib << 20;
+        let boot_pages = (cfg.memory_mib << 20) / PAGE;
         let mon = Arc::new(MonitorLayout::new(ram));
         let mem = Arc::new(Memory::new(mon.end)?);
         // SAFETY: the mapping outlives the VM (held in Domain via Arc).
@@ -148,6 +153,8 @@ impl Vm {
         let slots = ring0::build(&*mem, &mon, cfg.vcpus, profile.ring0_for(cfg.vcpus))?;
         let nr_pages = ram / PAGE;
         let mut mmu = Mmu::new(nr_pages);
+        mmu.set_unpopulated_from(boot_pages);
+        crate::balloon::clear_m2p(&*mem, &mon, boot_pages)?;
         mmu.set_reserved_l4(slots);
         mmu.add_data_frame(mon.shared_info / PAGE);
         for i in 0..u64::from(GRANT_FRAMES) {
@@ -160,7 +167,7 @@ impl Vm {
             &BuildInput {
                 initrd: &initrd,
                 cmdline: cfg.cmdline,
-                nr_pages,
+                nr_pages: boot_pages,
                 shared_info_gpa: mon.shared_info,
                 console_port: CONSOLE_PORT,
                 store_port: STORE_PORT,
@@ -238,7 +245,8 @@ impl Vm {
         let mut xs = XsBackend::new(&XsDomain {
             domid: u32::from(cfg.domid),
             name: cfg.name,
-            mem_kib: ram >> 10,
+            mem_kib: boot_pages << 2,
+            max_mem_kib: ram >> 10,
             vcpus: cfg.vcpus,
             store_gfn: layout.store_pfn,
             store_port: STORE_PORT,

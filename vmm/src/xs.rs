@@ -47,6 +47,8 @@ pub struct XsDomain<'a> {
     pub domid: u32,
     pub name: &'a str,
     pub mem_kib: u64,
+    /// `memory/static-max` (maxmem), KiB.
+    pub max_mem_kib: u64,
     pub vcpus: u32,
     pub store_gfn: u64,
     pub store_port: u32,
@@ -61,6 +63,7 @@ impl XsBackend {
             domid,
             name,
             mem_kib,
+            max_mem_kib,
             vcpus,
             store_gfn,
             store_port,
@@ -71,6 +74,11 @@ impl XsBackend {
         let mut s = Store::new();
         xenstore::populate_dom0(&mut s).map_err(e)?;
         xenstore::populate_domain(&mut s, domid, name, mem_kib, vcpus).map_err(e)?;
+        s.write(
+            &format!("/local/domain/{domid}/memory/static-max"),
+            max_mem_kib.max(mem_kib).to_string(),
+        )
+        .map_err(e)?;
         xenstore::set_store_ring(&mut s, domid, store_gfn, store_port).map_err(e)?;
         xenstore::add_console(&mut s, domid, 0, console_gfn, console_port).map_err(e)?;
         s.introduce_domain(domid, store_gfn, store_port)
@@ -238,6 +246,7 @@ mod tests {
             domid: 1,
             name: "flood",
             mem_kib: 256,
+            max_mem_kib: 256,
             vcpus: 1,
             store_gfn: RING >> 12,
             store_port: 0,

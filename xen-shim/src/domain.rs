@@ -77,6 +77,9 @@ pub struct Domain {
     pub grants: Mutex<crate::grantmap::ActiveGrants>,
     /// Monitor exits per vCPU (and whether the guest may read them).
     pub exit_stats: crate::stats::ExitStats,
+    /// Most frames the domain may have populated (Xen's max_pages;
+    /// `xenkvm mem-max`); at most `layout.nr_pages`.
+    pub max_pages: AtomicU64,
 }
 
 impl Domain {
@@ -115,6 +118,7 @@ impl Domain {
             hypercall_counts: Mutex::new(BTreeMap::new()),
             grants: Mutex::new(Default::default()),
             exit_stats: crate::stats::ExitStats::new(layout.max_vcpus),
+            max_pages: AtomicU64::new(layout.nr_pages),
             layout,
         }
     }

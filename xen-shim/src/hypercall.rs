@@ -70,7 +70,7 @@ pub fn dispatch(v: &mut PvVcpu, nr: u64, a: [u64; 6], in_multicall: bool) -> (i6
             Err(-EINVAL)
         }),
         hc::UPDATE_DESCRIPTOR => r(crate::descriptors::update_descriptor(v, a[0], a[1])),
-        hc::MEMORY_OP => r(memory_op(v, a[0], a[1])),
+        hc::MEMORY_OP => r(crate::memop::memory_op(v, a[0], a[1])),
         hc::MULTICALL if !in_multicall => multicall(v, a[0], a[1]),
         hc::UPDATE_VA_MAPPING => r(crate::pvmm::update_va_mapping(v, a[0], a[1], a[2])),
         hc::SET_TIMER_OP => {
@@ -173,46 +173,6 @@ fn xen_version(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
         7 => Ok(4096),
         8 => put_str(v, "", 16),
         _ => Err(-ENOSYS),
-    }
-}
-
-fn memory_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
-    match cmd & 0xf {
-        // XENMEM_maximum_ram_page
-        2 => Ok(v.dom.layout.nr_pages as i64),
-        // current / maximum reservation
-        3 | 4 => Ok(v.dom.layout.nr_pages as i64),
-        9 => {
-            // XENMEM_memory_map: one RAM region.
-            let nr = v.read_u32(arg)?;
-            if nr < 1 {
-                return Err(-EINVAL);
-            }
-            let buf = v.read_u64(field(arg, 8)?)?;
-            let mut e = [0u8; 20];
-            e[8..16].copy_from_slice(&(v.dom.layout.nr_pages * 4096).to_le_bytes());
-            e[16..20].copy_from_slice(&1u32.to_le_bytes());
-            v.copy_to(buf, &e)?;
-            v.copy_to(arg, &1u32.to_le_bytes())?;
-            Ok(0)
-        }
-        12 => {
-            let mut b = [0u8; 24];
-            let start = v.dom.layout.m2p_va;
-            let end = start + (v.dom.layout.m2p_entries * 8).div_ceil(1 << 21) * (1 << 21);
-            b[..8].copy_from_slice(&start.to_le_bytes());
-            b[8..16].copy_from_slice(&end.to_le_bytes());
-            let max_mfn = v.dom.layout.m2p_entries.saturating_sub(1);
-            b[16..24].copy_from_slice(&max_mfn.to_le_bytes());
-            v.copy_to(arg, &b)?;
-            Ok(0)
-        }
-        _ => {
-            v.dom.log_once("unimplemented memory_op", cmd, || {
-                format!("unimplemented memory_op {cmd} -> -ENOSYS")
-            });
-            Err(-ENOSYS)
-        }
     }
 }
 

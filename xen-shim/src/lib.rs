@@ -17,6 +17,7 @@ pub mod guestlog;
 pub mod guestva;
 pub mod hypercall;
 pub mod mem;
+pub mod memop;
 pub mod mmu;
 pub mod pvmm;
 pub mod regs;

@@ -20,6 +20,22 @@ pub trait GuestMem: Send + Sync {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError>;
     fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemError>;
 
+    /// Give the backing of `len` bytes at `gpa` (page-aligned) back to the
+    /// host: they read as zeros afterwards. The default writes zeros.
+    fn discard(&self, gpa: u64, len: u64) -> Result<(), MemError> {
+        let zeros = [0u8; 4096];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(4096);
+            self.write(
+                gpa.checked_add(at).ok_or(MemError { gpa, len: 0 })?,
+                &zeros[..n as usize],
+            )?;
+            at += n;
+        }
+        Ok(())
+    }
+
     fn read_u8(&self, gpa: u64) -> Result<u8, MemError> {
         let mut b = [0u8; 1];
         self.read(gpa, &mut b)?;

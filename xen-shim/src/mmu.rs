@@ -74,6 +74,9 @@ struct FrameInfo {
     /// to zero (0: never since boot); see [`crate::tlb`].
     last_ty: PageType,
     stamp: u64,
+    /// Not populated: handed back by XENMEM_decrease_reservation or above
+    /// the boot allocation (Xen: the frame does not belong to the domain).
+    absent: bool,
 }
 
 /// Flags refused in L1 entries (bit 62 is Xen's grant-mapping marker).
@@ -91,6 +94,10 @@ pub struct Mmu {
     /// Flush clock and flush requests; absent while the builder lays out
     /// the domain (no vCPU has run yet).
     tlb: Option<TlbHook>,
+    /// Populated frames (the domain's reservation, Xen's tot_pages).
+    populated: u64,
+    /// No frame below this one is absent (the allocator's scan start).
+    free_hint: u64,
 }
 
 /// How the MMU asks for TLB flushes before a frame changes type.
@@ -106,6 +113,8 @@ impl Mmu {
             extra_data_frames: Vec::new(),
             reserved_l4: [0; 16],
             tlb: None,
+            populated: nr_ram_frames,
+            free_hint: nr_ram_frames,
         }
     }
 
@@ -131,8 +140,9 @@ impl Mmu {
         self.extra_data_frames.push(mfn);
     }
 
+    /// Whether `mfn` is a populated RAM frame of the domain.
     pub fn is_ram(&self, mfn: u64) -> bool {
-        mfn < self.frames.len() as u64
+        self.frames.get(mfn as usize).is_some_and(|f| !f.absent)
     }
 
     /// Current type of a frame (None when untyped or not RAM).
@@ -167,6 +177,9 @@ impl Mmu {
                 Err(-EINVAL)
             };
         };
+        if f.absent {
+            return Err(-EINVAL);
+        }
         if f.count > 0 {
             if f.ty != ty {
                 return Err(-EINVAL);
@@ -387,6 +400,86 @@ impl Mmu {
     }
 }
 
+/// Which frames are populated (the domain's reservation; see crate::memop).
+impl Mmu {
+    /// Frames `first..` start unpopulated (memory above the boot
+    /// allocation, up to maxmem). Call before the guest runs.
+    pub fn set_unpopulated_from(&mut self, first: u64) {
+        for f in self.frames.iter_mut().skip(first as usize) {
+            f.absent = true;
+        }
+        self.populated = self.populated.min(first);
+        self.free_hint = self.free_hint.min(first);
+    }
+
+    /// Populated frames (Xen's tot_pages).
+    pub fn populated(&self) -> u64 {
+        self.populated
+    }
+
+    /// Take a populated frame away from the domain (guest_remove_page).
+    /// Refused for a frame that is absent, pinned, or typed as a page
+    /// table or descriptor page (its contents are in use by the MMU). A
+    /// frame still mapped writable stays accounted: it cannot become a
+    /// page table before those mappings go, and cannot be mapped again
+    /// until it is populated again.
+    pub fn depopulate(&mut self, mfn: u64) -> Result<(), i64> {
+        let f = self.frames.get_mut(mfn as usize).ok_or(-EINVAL)?;
+        if f.absent || f.pinned || (f.count > 0 && f.ty != PageType::Writable) {
+            return Err(-EINVAL);
+        }
+        f.absent = true;
+        self.populated -= 1;
+        self.free_hint = self.free_hint.min(mfn);
+        Ok(())
+    }
+
+    /// Whether `2^order` frames from `mfn` are all absent.
+    pub fn range_absent(&self, mfn: u64, order: u32) -> bool {
+        let n = 1u64 << order;
+        mfn.checked_add(n)
+            .is_some_and(|end| end <= self.nr_frames())
+            && self.frames[mfn as usize..(mfn + n) as usize]
+                .iter()
+                .all(|f| f.absent)
+    }
+
+    /// Find `2^order` absent frames, aligned, below frame `limit`; returns
+    /// the first and how many frames were looked at (the caller's work).
+    pub fn find_absent(&mut self, order: u32, limit: u64) -> (Option<u64>, u64) {
+        let n = 1u64 << order;
+        let limit = limit.min(self.nr_frames());
+        // Skip the populated prefix (counted: a guest that gives back a
+        // low frame makes the next search start there again).
+        let first = self.free_hint;
+        while self.free_hint < self.nr_frames() && !self.frames[self.free_hint as usize].absent {
+            self.free_hint += 1;
+        }
+        let skipped = self.free_hint - first;
+        let mut mfn = self.free_hint & !(n - 1);
+        let start = mfn;
+        while mfn + n <= limit {
+            if self.range_absent(mfn, order) {
+                return (Some(mfn), skipped + mfn - start + n);
+            }
+            mfn += n;
+        }
+        (None, skipped + limit.saturating_sub(start))
+    }
+
+    /// Give absent frames `mfn..mfn + 2^order` back to the domain.
+    pub fn populate(&mut self, mfn: u64, order: u32) -> Result<(), i64> {
+        if !self.range_absent(mfn, order) {
+            return Err(-EINVAL);
+        }
+        for f in &mut self.frames[mfn as usize..(mfn + (1 << order)) as usize] {
+            f.absent = false;
+        }
+        self.populated += 1 << order;
+        Ok(())
+    }
+}
+
 /// Whether entry `i` of a level-`level` table belongs to the guest (L4 slots
 /// 256..=271 are the hypervisor's).
 fn guest_slot(level: u8, i: usize) -> bool {
@@ -476,6 +569,29 @@ mod tests {
             mmu.mod_entry(&m, &mut log, 3, 0, 0x200000 | 0xe7, false),
             Err(-EINVAL)
         );
+    }
+
+    #[test]
+    fn absent_frames_are_found_populated_and_refused_while_absent() {
+        let (m, mut mmu, mut log) = setup();
+        mmu.set_unpopulated_from(32);
+        assert_eq!(mmu.populated(), 32);
+        assert!(mmu.is_ram(31) && !mmu.is_ram(32));
+        assert_eq!(mmu.pin(&m, &mut log, 40, 1), Err(-EINVAL));
+        // Order 2 lands aligned; a range that is not all absent is refused.
+        assert_eq!(mmu.find_absent(2, 64).0, Some(32));
+        mmu.populate(36, 2).unwrap();
+        assert_eq!(mmu.populate(34, 2), Err(-EINVAL));
+        assert_eq!(mmu.find_absent(2, 64).0, Some(32));
+        assert_eq!(mmu.find_absent(3, 64).0, Some(40));
+        assert_eq!(mmu.find_absent(0, 32).0, None, "limit");
+        // A frame in use as a page table stays; a plain one goes.
+        mmu.pin(&m, &mut log, 5, 1).unwrap();
+        assert_eq!(mmu.depopulate(5), Err(-EINVAL));
+        mmu.depopulate(6).unwrap();
+        assert_eq!(mmu.depopulate(6), Err(-EINVAL));
+        assert_eq!(mmu.find_absent(0, 64).0, Some(6));
+        assert_eq!(mmu.populated(), 32 + 4 - 1);
     }
 
     #[test]

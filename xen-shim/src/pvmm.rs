@@ -48,7 +48,12 @@ pub fn mmu_update(
             }
             MMU_MACHPHYS_UPDATE => {
                 let mfn = ptr >> 12;
-                if mfn >= dom.layout.nr_pages {
+                let owned = dom
+                    .mmu
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_ram(mfn);
+                if !owned || mfn >= dom.layout.nr_pages {
                     Err(-EINVAL)
                 } else {
                     dom.mem

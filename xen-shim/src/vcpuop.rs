@@ -156,7 +156,13 @@ fn register_vcpu_info(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64>
     v.copy_from(arg, &mut b)?;
     let mfn = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
     let offset = u64::from(u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4])));
-    if offset & 7 != 0 || offset + shinfo::VCPU_INFO_SIZE > 4096 || mfn >= v.dom.layout.nr_pages {
+    let owned = v
+        .dom
+        .mmu
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_ram(mfn);
+    if offset & 7 != 0 || offset + shinfo::VCPU_INFO_SIZE > 4096 || !owned {
         return Err(-EINVAL);
     }
     let dom = v.dom.clone();

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ConsoleInfo, CreateRequest, DomainInfo, DomainOp, ErrorBody, SysrqRequest, VcpuInfo,
-    VcpuSetRequest, VersionInfo,
+    ConsoleInfo, CreateRequest, DomainInfo, DomainOp, ErrorBody, MemoryRequest, SysrqRequest,
+    VcpuInfo, VcpuSetRequest, VersionInfo,
 };
 
 /// Responses larger than this are refused.
@@ -235,6 +235,16 @@ impl Client {
             msg: e.to_string(),
         })?;
         let path = format!("/v1/domains/{}/sysrq", segment(dom));
+        self.call("POST", &path, Some(&body))
+    }
+
+    /// `xl mem-set` (`target_mib`) and `xl mem-max` (`max_mib`).
+    pub fn memory(&self, dom: &str, req: &MemoryRequest) -> Result<DomainInfo, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
+            path: self.path(),
+            msg: e.to_string(),
+        })?;
+        let path = format!("/v1/domains/{}/memory", segment(dom));
         self.call("POST", &path, Some(&body))
     }
 

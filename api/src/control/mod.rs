@@ -23,6 +23,7 @@
 //! | GET | `/v1/domains/{dom}/vcpus` | `[VcpuInfo]` |
 //! | POST | `/v1/domains/{dom}/vcpus` | [`VcpuSetRequest`] → [`DomainInfo`] |
 //! | POST | `/v1/domains/{dom}/sysrq` | [`SysrqRequest`] → [`DomainInfo`] |
+//! | POST | `/v1/domains/{dom}/memory` | [`MemoryRequest`] → [`DomainInfo`] |
 //! | GET | `/v1/version` | [`VersionInfo`] |
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed request or JSON,
@@ -193,6 +194,18 @@ pub struct VcpuSetRequest {
     pub count: u32,
 }
 
+/// `POST /v1/domains/{dom}/memory`: the guest's memory target (`xl
+/// mem-set`; its balloon driver reads xenstore `memory/target`) and/or the
+/// domain's maximum (`xl mem-max`), MiB. At least one is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mib: Option<u64>,
+}
+
 /// `POST /v1/domains/{dom}/sysrq`: the magic SysRq key to send
 /// (`xl sysrq`; the guest reads it from xenstore `control/sysrq`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +350,13 @@ pub trait Backend: Send + Sync {
     fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {
         let _ = (dom, key);
         Err(ApiError::NotFound("sysrq is not supported here".into()))
+    }
+    /// Set the guest's memory target and/or the domain's maximum.
+    fn memory(&self, dom: &str, req: &MemoryRequest) -> Result<DomainInfo, ApiError> {
+        let _ = (dom, req);
+        Err(ApiError::NotFound(
+            "mem-set/mem-max are not supported here".into(),
+        ))
     }
 }
 

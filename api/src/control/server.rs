@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{
-    ApiError, Backend, CreateRequest, DomainOp, ErrorBody, SysrqRequest, VcpuSetRequest,
-    VersionInfo, API_PREFIX,
+    ApiError, Backend, CreateRequest, DomainOp, ErrorBody, MemoryRequest, SysrqRequest,
+    VcpuSetRequest, VersionInfo, API_PREFIX,
 };
 
 /// Request bodies larger than this are refused with 413.
@@ -162,6 +162,21 @@ pub fn route(backend: &dyn Backend, method: &str, url: &str, body: &[u8]) -> (u1
             ))),
         },
         (_, ["domains", _, "sysrq"]) => Err(no_method(method, path)),
+        ("POST", ["domains", dom, "memory"]) => {
+            match serde_json::from_slice::<MemoryRequest>(body) {
+                Ok(MemoryRequest {
+                    target_mib: None,
+                    max_mib: None,
+                }) => Err(ApiError::BadRequest(
+                    "memory request: give target_mib and/or max_mib".into(),
+                )),
+                Ok(req) => backend.memory(dom, &req).map(|i| json(200, &i)),
+                Err(e) => Err(ApiError::BadRequest(format!(
+                    "malformed memory request: {e}"
+                ))),
+            }
+        }
+        (_, ["domains", _, "memory"]) => Err(no_method(method, path)),
         (m, ["domains", dom, op]) => match DomainOp::parse(op) {
             None => Err(ApiError::NotFound(format!("no such operation: {op}"))),
             Some(_) if m != "POST" => Err(no_method(m, path)),
@@ -696,6 +711,16 @@ mod tests {
             self.keys.lock().unwrap().push(key);
             Ok(i)
         }
+        fn memory(&self, dom: &str, req: &MemoryRequest) -> Result<DomainInfo, ApiError> {
+            let mut i = self.find(dom)?;
+            if let Some(t) = req.target_mib {
+                i.mem_mib = t;
+            }
+            if let Some(m) = req.max_mib {
+                i.maxmem_mib = m;
+            }
+            Ok(i)
+        }
     }
 
     fn fake() -> Fake {
@@ -797,6 +822,30 @@ mod tests {
             assert_eq!(r.0, 400, "{r:?}");
         }
         assert_eq!(route(&f, "DELETE", "/v1/domains/web/vcpus", b"").0, 405);
+        let r = route(
+            &f,
+            "POST",
+            "/v1/domains/web/memory",
+            br#"{"target_mib":128}"#,
+        );
+        assert_eq!(r.0, 200, "{r:?}");
+        let r = route(&f, "POST", "/v1/domains/web/memory", br#"{"max_mib":512}"#);
+        assert_eq!(r.0, 200, "{r:?}");
+        for bad in [
+            &b""[..],
+            b"{}",
+            br#"{"target_mib":-1}"#,
+            br#"{"target_mib":"1g"}"#,
+            br#"{"target":1}"#,
+        ] {
+            let r = route(&f, "POST", "/v1/domains/web/memory", bad);
+            assert_eq!(r.0, 400, "{r:?}");
+        }
+        assert_eq!(
+            route(&f, "POST", "/v1/domains/x/memory", br#"{"max_mib":1}"#).0,
+            404
+        );
+        assert_eq!(route(&f, "GET", "/v1/domains/web/memory", b"").0, 405);
         // Arbitrary bytes never panic.
         for junk in ["\u{0}", "/v1/\u{fffd}", "/v1/domains/%00/pause", "//v1//"] {
             let r = route(&f, "GET", junk, &[0xff, 0xfe]);

@@ -238,6 +238,28 @@ pub fn vcpu_set(run: &RunDir, dom: &str, count: u32) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// `xenkvm mem-set DOM SIZE` (the guest's balloon target) and `xenkvm
+/// mem-max DOM SIZE` (the domain's maximum). SIZE as xl takes it: MiB
+/// when plain, or with a unit (`512m`, `1g`).
+pub fn memory(run: &RunDir, dom: &str, size: &str, max: bool) -> anyhow::Result<ExitCode> {
+    let mib = api::xlcfg::size::parse_mib(size)
+        .map_err(|e| anyhow::anyhow!("invalid memory size {size:?}: {e}"))?;
+    let req = if max {
+        api::control::MemoryRequest {
+            target_mib: None,
+            max_mib: Some(mib),
+        }
+    } else {
+        api::control::MemoryRequest {
+            target_mib: Some(mib),
+            max_mib: None,
+        }
+    };
+    let e = run.find(dom)?;
+    client(&e).memory(&e.name, &req)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `xenkvm sysrq DOM KEY`: the guest's xenstore `control/sysrq`, which
 /// Linux's Xen driver reads and hands to its SysRq handler.
 pub fn sysrq(run: &RunDir, dom: &str, key: &str) -> anyhow::Result<ExitCode> {

@@ -160,12 +160,17 @@ impl Running {
         let cur = self.current.get();
         let mut flags = DomainState::default();
         let mut vcpus = self.cfg.vcpus;
+        let mut mem_mib = self.cfg.memory_mib;
+        let mut maxmem_mib = self.cfg.maxmem_mib.max(self.cfg.memory_mib);
         match phase {
             Phase::Booting => flags.running = true,
             Phase::Running => {
                 if let Some((host, dom)) = &cur {
                     let online = dom.online.load(Ordering::SeqCst);
                     vcpus = online.count_ones();
+                    // As xl list: the reservation, and the domain's maximum.
+                    mem_mib = crate::balloon::current_mib(dom);
+                    maxmem_mib = crate::balloon::max_mib(dom);
                     flags.paused = host.control.is_paused();
                     // As in Xen, a paused domain shows only `p`.
                     flags.blocked = !flags.paused
@@ -187,8 +192,8 @@ impl Running {
             uuid: self.uuid.clone(),
             state: flags.letters(),
             flags,
-            mem_mib: self.cfg.memory_mib,
-            maxmem_mib: self.cfg.maxmem_mib.max(self.cfg.memory_mib),
+            mem_mib,
+            maxmem_mib,
             vcpus,
             max_vcpus: self.cfg.vcpus,
             time_s: cpu_seconds(),
@@ -251,6 +256,38 @@ impl Running {
         for n in 0..max {
             let state = if n < count { "online" } else { "offline" };
             self.write_domain_node(&format!("cpu/{n}/availability"), state)?;
+        }
+        Ok(())
+    }
+
+    /// `xl mem-set` / `xl mem-max` (crate::balloon): check and apply to the
+    /// domain, then write `memory/target` / `memory/static-max`.
+    fn memory(&self, req: &api::control::MemoryRequest) -> Result<(), ApiError> {
+        let (host, dom) = match (self.phase(), self.current.get()) {
+            (Phase::Running, Some(c)) => c,
+            _ => return Err(ApiError::Conflict("the domain is not running".into())),
+        };
+        let read_kib = |node: &str| -> Option<u64> {
+            let xs = host.xs.get()?;
+            let path = format!("/local/domain/{}/memory/{node}", dom.layout.domid);
+            let v = lock(&xs.store).read(&path).ok()?;
+            String::from_utf8_lossy(&v).trim().parse().ok()
+        };
+        let bad = |e: crate::balloon::BalloonError| ApiError::BadRequest(e.to_string());
+        let region = crate::balloon::region_mib(&dom);
+        let mut max_mib = read_kib("static-max").map_or(region, |k| k >> 10);
+        if let Some(m) = req.max_mib {
+            let target = req
+                .target_mib
+                .or_else(|| read_kib("target").map(|k| k >> 10))
+                .unwrap_or(0);
+            let kib = crate::balloon::set_max(&dom, m, target).map_err(bad)?;
+            self.write_domain_node("memory/static-max", &kib.to_string())?;
+            max_mib = m;
+        }
+        if let Some(t) = req.target_mib {
+            let kib = crate::balloon::set_target(&dom, t, max_mib).map_err(bad)?;
+            self.write_domain_node("memory/target", &kib.to_string())?;
         }
         Ok(())
     }
@@ -613,6 +650,12 @@ impl Backend for Monitor {
     fn vcpu_set(&self, dom: &str, count: u32) -> Result<DomainInfo, ApiError> {
         let r = self.running(dom)?;
         r.vcpu_set(count)?;
+        Ok(r.info())
+    }
+
+    fn memory(&self, dom: &str, req: &api::control::MemoryRequest) -> Result<DomainInfo, ApiError> {
+        let r = self.running(dom)?;
+        r.memory(req)?;
         Ok(r.info())
     }
 
