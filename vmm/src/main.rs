@@ -13,6 +13,7 @@ mod console;
 mod control;
 mod create;
 mod host_profile;
+mod hotplug;
 mod kvm_regs;
 mod layout;
 mod loader;
@@ -154,6 +155,8 @@ enum Cmd {
         /// The key, e.g. `h` (help), `s` (sync), `b` (reboot now).
         key: String,
     },
+    #[command(flatten)]
+    Dev(control::devverbs::DevCmd),
     /// Serve the control API for one domain, waiting for `POST /v1/domains`
     /// (what `create` starts in the background).
     Monitor {
@@ -295,6 +298,7 @@ fn main() -> ExitCode {
         Cmd::Top => control::top::top(&rd),
         Cmd::VcpuSet { domain, count } => control::inspect::vcpu_set(&rd, &domain, count),
         Cmd::Sysrq { domain, key } => control::inspect::sysrq(&rd, &domain, &key),
+        Cmd::Dev(c) => control::devverbs::run(&rd, c),
         Cmd::Monitor { api_socket, log } => {
             Ok(control::monitor::serve_empty(rd.clone(), api_socket, log))
         }

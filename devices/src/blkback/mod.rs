@@ -187,8 +187,10 @@ impl Vbd {
                     }
                 }
             }
+            // As Linux's blkback: the rings stay until the frontend is
+            // Closed (blkfront sits in Closing while the disk is in use,
+            // and keeps using it).
             State::Closing => {
-                self.queues.clear();
                 if be != State::Closing && be != State::Closed {
                     let _ = self.dev.switch_state(State::Closing);
                 }

@@ -1,0 +1,519 @@
+//! The PV disks and nics of one boot, added and removed while the guest
+//! runs, as xl does it (`block-attach`, `network-detach`, ...).
+//!
+//! Attach writes the device's frontend and backend directories in one
+//! transaction (state Initialising, see `xen_shim::xenstore::add_device`)
+//! and starts its backend thread; the guest's xenbus watch on `device`
+//! finds the new directory and its frontend connects. Detach is libxl's
+//! removal: the backend goes to Closing (`online` 0), the guest's frontend
+//! closes (state 6), then the backend thread stops, the image or tap is
+//! released and both directories go (with their parents once empty). A
+//! guest that keeps the device (blkfront refuses while it is mounted)
+//! leaves it attached after the timeout, with a message; `force` removes
+//! it anyway, as `xl block-detach -f` does.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use api::control::{DiskInfo, NicInfo};
+use api::xlcfg::{Access, DevType, DiskSpec, VifSpec};
+use devices::blkback::{self, VbdConfig, VbdHandle};
+use devices::netback::{self, mac, VifConfig, VifHandle};
+use devices::xenbus::BackendCtx;
+use xen_shim::xenstore::{DevicePaths, Store};
+
+use crate::pvdev::{self, OpenDisk};
+
+/// Disks per domain. Xen has no fixed count (xenstore's node quota bounds
+/// it); here each disk costs a thread per queue (up to 4) and one more.
+pub const MAX_VBDS: usize = 16;
+/// Nics per domain (each costs three threads and a tap).
+pub const MAX_VIFS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    #[error("{0}")]
+    Spec(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Limit(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error(transparent)]
+    Open(#[from] pvdev::PvDevError),
+    #[error("{0}")]
+    Backend(String),
+}
+
+struct Vbd {
+    disk: OpenDisk,
+    devid: u32,
+    paths: DevicePaths,
+    /// Stops the backend's threads when dropped.
+    _backend: VbdHandle,
+    detaching: bool,
+}
+
+struct Vif {
+    devid: u32,
+    mac: [u8; 6],
+    bridge: Option<String>,
+    paths: DevicePaths,
+    /// Stops the backend and closes the tap when dropped.
+    backend: VifHandle,
+    detaching: bool,
+}
+
+/// The devices of a running boot. Shared between the monitor's API
+/// threads (`Arc<Mutex<_>>`); the owner stops them all at the boot's end.
+pub struct DeviceSet {
+    ctx: BackendCtx,
+    domid: u32,
+    name: String,
+    vcpus: u32,
+    vbds: Vec<Vbd>,
+    vifs: Vec<Vif>,
+}
+
+pub type SharedDevices = Arc<Mutex<DeviceSet>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn paths(domid: u32, kind: &str, devid: u32) -> DevicePaths {
+    DevicePaths {
+        frontend: format!("/local/domain/{domid}/device/{kind}/{devid}"),
+        backend: format!("/local/domain/0/backend/{kind}/{domid}/{devid}"),
+    }
+}
+
+/// A frontend number key; -1 when absent or not a number (as libxl).
+fn fe_num(store: &mut Store, fe: &str, key: &str) -> i64 {
+    store
+        .read_string(&format!("{fe}/{key}"))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+impl DeviceSet {
+    pub fn new(ctx: BackendCtx, domid: u32, name: &str, vcpus: u32) -> DeviceSet {
+        DeviceSet {
+            ctx,
+            domid,
+            name: name.to_string(),
+            vcpus,
+            vbds: Vec::new(),
+            vifs: Vec::new(),
+        }
+    }
+
+    /// Serve an opened disk (boot devices and attached ones).
+    pub fn add_disk(&mut self, disk: OpenDisk) -> Result<u32, HotplugError> {
+        let handle = blkback::spawn(
+            &self.ctx,
+            self.domid,
+            VbdConfig {
+                vdev: disk.spec.vdev.clone(),
+                image: disk.image.clone(),
+                read_only: disk.spec.access == Access::Ro,
+                cdrom: disk.spec.devtype == DevType::Cdrom,
+                params: disk.path.display().to_string(),
+                max_queues: self.vcpus.min(4),
+                domain_name: self.name.clone(),
+            },
+        )
+        .map_err(pvdev::PvDevError::from)?;
+        let devid = handle.devid;
+        self.vbds.push(Vbd {
+            disk,
+            devid,
+            paths: paths(self.domid, "vbd", devid),
+            _backend: handle,
+            detaching: false,
+        });
+        Ok(devid)
+    }
+
+    /// Serve a nic (boot devices and attached ones).
+    pub fn add_vif(&mut self, v: &VifSpec) -> Result<(), HotplugError> {
+        let h = netback::spawn(
+            &self.ctx,
+            self.domid,
+            VifConfig {
+                devid: v.devid,
+                mac: v.mac.clone(),
+                bridge: v.bridge.clone(),
+                ifname: v.vifname.clone(),
+                mtu: v.mtu,
+                script: v.script.clone(),
+                domain_name: self.name.clone(),
+            },
+        )
+        .map_err(pvdev::PvDevError::from)?;
+        log::info!("vif {}: host interface {}", v.devid, h.ifname());
+        self.vifs.push(Vif {
+            devid: v.devid,
+            mac: h.mac(),
+            bridge: v.bridge.clone(),
+            paths: paths(self.domid, "vif", v.devid),
+            backend: h,
+            detaching: false,
+        });
+        Ok(())
+    }
+
+    /// `xl block-attach`: check the spec against the disks there are,
+    /// open the image and serve it.
+    pub fn attach_disk(&mut self, text: &str) -> Result<DiskInfo, HotplugError> {
+        if self.vbds.len() >= MAX_VBDS {
+            return Err(HotplugError::Limit(format!(
+                "the domain has {MAX_VBDS} disks, the most xenkvm serves"
+            )));
+        }
+        let (spec, _) = DiskSpec::parse(text).map_err(|why| HotplugError::Spec(why.clone()))?;
+        let devid = blkback::vdev::devid(&spec.vdev).ok_or_else(|| {
+            HotplugError::Spec(format!("{:?} is not a Xen virtual device name", spec.vdev))
+        })?;
+        if let Some(o) = self.vbds.iter().find(|o| o.devid == devid) {
+            return Err(HotplugError::Conflict(format!(
+                "{} (devid {devid}) is already used by {}",
+                spec.vdev,
+                o.disk.path.display()
+            )));
+        }
+        let disk = pvdev::open_disk(text)?;
+        let writable = disk.spec.access != Access::Ro;
+        if let Some(o) = self.vbds.iter().find(|o| {
+            same_file(&o.disk.path, &disk.path) && (writable || o.disk.spec.access != Access::Ro)
+        }) {
+            return Err(HotplugError::Conflict(format!(
+                "{} is already the domain's {}; a disk shared with a writer is refused",
+                disk.path.display(),
+                o.disk.spec.vdev
+            )));
+        }
+        let devid = self.add_disk(disk)?;
+        log::info!("block-attach: devid {devid} ({text})");
+        self.disks()
+            .into_iter()
+            .find(|d| d.devid == devid)
+            .ok_or_else(|| HotplugError::Backend("the disk vanished".into()))
+    }
+
+    /// `xl network-attach`: the next devid after the highest (as libxl),
+    /// unless the spec names one; devid, MAC and tap name must be free.
+    pub fn attach_vif(&mut self, text: &str) -> Result<NicInfo, HotplugError> {
+        if self.vifs.len() >= MAX_VIFS {
+            return Err(HotplugError::Limit(format!(
+                "the domain has {MAX_VIFS} nics, the most xenkvm serves"
+            )));
+        }
+        let next = self.vifs.iter().map(|v| v.devid + 1).max().unwrap_or(0);
+        let (spec, _) = VifSpec::parse(text, next).map_err(HotplugError::Spec)?;
+        if spec.backend.is_some() {
+            return Err(HotplugError::Spec(
+                "driver domains (backend=) are not supported".into(),
+            ));
+        }
+        if self.vifs.iter().any(|v| v.devid == spec.devid) {
+            return Err(HotplugError::Conflict(format!(
+                "nic {} already exists",
+                spec.devid
+            )));
+        }
+        let guest_mac = match &spec.mac {
+            Some(m) => mac::parse(m)
+                .ok_or_else(|| HotplugError::Spec(format!("invalid MAC address {m}")))?,
+            None => mac::generate(&self.name, spec.devid),
+        };
+        if let Some(v) = self.vifs.iter().find(|v| v.mac == guest_mac) {
+            return Err(HotplugError::Conflict(format!(
+                "MAC {} is already nic {}'s",
+                mac::format(&guest_mac),
+                v.devid
+            )));
+        }
+        if let Some(name) = &spec.vifname {
+            if let Some(v) = self
+                .vifs
+                .iter()
+                .find(|v| v.backend.ifname() == name.as_str())
+            {
+                return Err(HotplugError::Conflict(format!(
+                    "vifname {name} is already nic {}'s",
+                    v.devid
+                )));
+            }
+        }
+        let devid = spec.devid;
+        self.add_vif(&spec)?;
+        log::info!("network-attach: devid {devid} ({text})");
+        self.nics()
+            .into_iter()
+            .find(|n| n.devid == devid)
+            .ok_or_else(|| HotplugError::Backend("the nic vanished".into()))
+    }
+
+    /// `xl block-list`.
+    pub fn disks(&self) -> Vec<DiskInfo> {
+        let mut s = lock(&self.ctx.store);
+        self.vbds
+            .iter()
+            .map(|v| {
+                let fe = &v.paths.frontend;
+                DiskInfo {
+                    vdev: v.disk.spec.vdev.clone(),
+                    devid: v.devid,
+                    backend_id: 0,
+                    frontend_id: self.domid,
+                    state: fe_num(&mut s, fe, "state"),
+                    evtch: fe_num(&mut s, fe, "event-channel"),
+                    ring_ref: fe_num(&mut s, fe, "ring-ref"),
+                    backend: v.paths.backend.clone(),
+                    frontend: fe.clone(),
+                    target: v.disk.path.display().to_string(),
+                    read_only: v.disk.spec.access == Access::Ro,
+                }
+            })
+            .collect()
+    }
+
+    /// `xl network-list`.
+    pub fn nics(&self) -> Vec<NicInfo> {
+        let mut s = lock(&self.ctx.store);
+        self.vifs
+            .iter()
+            .map(|v| {
+                let fe = &v.paths.frontend;
+                NicInfo {
+                    devid: v.devid,
+                    backend_id: 0,
+                    frontend_id: self.domid,
+                    mac: mac::format(&v.mac),
+                    state: fe_num(&mut s, fe, "state"),
+                    evtch: fe_num(&mut s, fe, "event-channel"),
+                    tx_ring_ref: fe_num(&mut s, fe, "tx-ring-ref"),
+                    rx_ring_ref: fe_num(&mut s, fe, "rx-ring-ref"),
+                    backend: v.paths.backend.clone(),
+                    frontend: fe.clone(),
+                    ifname: v.backend.ifname().to_string(),
+                    bridge: v.bridge.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Stop every backend and release every image and tap (the boot ends).
+    pub fn stop_all(&mut self) {
+        self.vbds.clear();
+        self.vifs.clear();
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canon(a) == canon(b)
+}
+
+/// Which device a detach names.
+enum Which<'a> {
+    Disk(&'a str),
+    Nic(&'a str),
+}
+
+/// `xl block-detach DOM VDEV|DEVID [-f]`.
+pub fn detach_disk(
+    set: &SharedDevices,
+    id: &str,
+    force: bool,
+    timeout: Duration,
+) -> Result<(), HotplugError> {
+    detach(set, Which::Disk(id), force, timeout)
+}
+
+/// `xl network-detach DOM DEVID|MAC [-f]`.
+pub fn detach_nic(
+    set: &SharedDevices,
+    id: &str,
+    force: bool,
+    timeout: Duration,
+) -> Result<(), HotplugError> {
+    detach(set, Which::Nic(id), force, timeout)
+}
+
+/// The frontend let the device go: closed, never connected, or gone.
+fn released(state: i64) -> bool {
+    matches!(state, -1 | 0 | 1 | 6)
+}
+
+fn detach(
+    set: &SharedDevices,
+    which: Which,
+    force: bool,
+    timeout: Duration,
+) -> Result<(), HotplugError> {
+    let (store, p, label) = {
+        let mut s = lock(set);
+        let (p, label, flag) = match which {
+            Which::Disk(id) => {
+                let n = id.parse::<u32>().ok().or_else(|| blkback::vdev::devid(id));
+                let v = s
+                    .vbds
+                    .iter_mut()
+                    .find(|v| Some(v.devid) == n)
+                    .ok_or_else(|| {
+                        HotplugError::NotFound(format!("Error: Device {id} not connected."))
+                    })?;
+                (v.paths.clone(), v.disk.spec.vdev.clone(), &mut v.detaching)
+            }
+            Which::Nic(id) => {
+                let m = mac::parse(id);
+                let n = id.parse::<u32>().ok();
+                let v = s
+                    .vifs
+                    .iter_mut()
+                    .find(|v| Some(v.devid) == n || Some(v.mac) == m)
+                    .ok_or_else(|| HotplugError::NotFound(format!("Unknown device {id}.")))?;
+                (
+                    v.paths.clone(),
+                    format!("nic {}", v.devid),
+                    &mut v.detaching,
+                )
+            }
+        };
+        if *flag {
+            return Err(HotplugError::Conflict(format!(
+                "{label} is being detached already"
+            )));
+        }
+        *flag = true;
+        (s.ctx.store.clone(), p, label)
+    };
+    let fe_state = |st: &Mutex<Store>| fe_num(&mut lock(st), &p.frontend, "state");
+    let start = Instant::now();
+    let mut state = fe_state(&store);
+    while !released(state) && !force {
+        {
+            // Closing, again if a backend thread wrote over it.
+            let mut s = lock(&store);
+            let be = fe_num(&mut s, &p.backend, "state");
+            if be != 5 && be != 6 {
+                let _ = s.write(&format!("{}/online", p.backend), "0");
+                let _ = s.write(&format!("{}/state", p.backend), "5");
+            }
+        }
+        if start.elapsed() >= timeout {
+            clear_flag(set, &p);
+            return Err(HotplugError::Timeout(format!(
+                "{label}: the guest did not release the device within {} s (its frontend is in \
+                 state {state}{}); it stays attached and its backend Closing, so the guest can \
+                 still let it go; the -f option removes it now",
+                timeout.as_secs(),
+                if state == 5 {
+                    ", Closing: in use, e.g. mounted"
+                } else {
+                    ""
+                }
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        state = fe_state(&store);
+    }
+    // Stop the backend (and close the image or tap) before the directories
+    // go: its thread writes its last state on the way out.
+    let (vbd, vif) = {
+        let mut s = lock(set);
+        let vbd = s
+            .vbds
+            .iter()
+            .position(|v| v.paths == p)
+            .map(|i| s.vbds.remove(i));
+        let vif = s
+            .vifs
+            .iter()
+            .position(|v| v.paths == p)
+            .map(|i| s.vifs.remove(i));
+        (vbd, vif)
+    };
+    if vbd.is_none() && vif.is_none() {
+        return Err(HotplugError::Conflict(format!(
+            "{label}: the domain's devices were stopped meanwhile (reboot or shutdown)"
+        )));
+    }
+    drop(vbd);
+    drop(vif);
+    let mut s = lock(&store);
+    remove_with_empty_parents(&mut s, &p);
+    log::info!(
+        "detached {label}{}",
+        if force && !released(state) {
+            " (forced)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+fn clear_flag(set: &SharedDevices, p: &DevicePaths) {
+    let mut s = lock(set);
+    for v in s.vbds.iter_mut().filter(|v| v.paths == *p) {
+        v.detaching = false;
+    }
+    for v in s.vifs.iter_mut().filter(|v| v.paths == *p) {
+        v.detaching = false;
+    }
+}
+
+/// Remove both directories, then `device/<kind>` and
+/// `backend/<kind>/<domid>` (and `backend/<kind>`) once empty, as libxl's
+/// path cleanup does (`device` stays: the guest watches it).
+fn remove_with_empty_parents(s: &mut Store, p: &DevicePaths) {
+    for (path, keep) in [(&p.frontend, 1usize), (&p.backend, 2)] {
+        if let Err(e) = s.rm(path) {
+            log::warn!("xenstore rm {path}: {e:?}");
+        }
+        let mut dir = PathBuf::from(path.as_str());
+        for _ in 0..keep {
+            if !dir.pop() {
+                break;
+            }
+            let d = dir.display().to_string();
+            if s.directory(&d).is_ok_and(|c| c.is_empty()) {
+                let _ = s.rm(&d);
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// Start the config's devices for a boot.
+pub fn boot_devices(
+    ctx: BackendCtx,
+    cfg: &crate::vm::VmConfig,
+) -> Result<DeviceOwner, HotplugError> {
+    let mut set = DeviceSet::new(ctx, u32::from(cfg.domid), cfg.name, cfg.vcpus);
+    for d in cfg.disks {
+        set.add_disk(d.clone())?;
+    }
+    for v in cfg.vifs {
+        set.add_vif(v)?;
+    }
+    Ok(DeviceOwner(Arc::new(Mutex::new(set))))
+}
+
+/// The boot's devices; dropping it (when the boot ends) stops them.
+pub struct DeviceOwner(pub SharedDevices);
+
+impl Drop for DeviceOwner {
+    fn drop(&mut self) {
+        lock(&self.0).stop_all();
+    }
+}
