@@ -398,13 +398,15 @@ fn detach(
     let fe_state = |st: &Mutex<Store>| fe_num(&mut lock(st), &p.frontend, "state");
     let start = Instant::now();
     let mut state = fe_state(&store);
+    if !force && !released(state) {
+        let _ = lock(&store).write(&format!("{}/online", p.backend), "0");
+    }
     while !released(state) && !force {
         {
-            // Closing, again if a backend thread wrote over it.
+            // Closing, again if the backend thread wrote over it.
             let mut s = lock(&store);
             let be = fe_num(&mut s, &p.backend, "state");
             if be != 5 && be != 6 {
-                let _ = s.write(&format!("{}/online", p.backend), "0");
                 let _ = s.write(&format!("{}/state", p.backend), "5");
             }
         }
@@ -412,8 +414,8 @@ fn detach(
             clear_flag(set, &p);
             return Err(HotplugError::Timeout(format!(
                 "{label}: the guest did not release the device within {} s (its frontend is in \
-                 state {state}{}); it stays attached and its backend Closing, so the guest can \
-                 still let it go; the -f option removes it now",
+                 state {state}{}); it stays attached, its backend Closing, until the guest lets \
+                 it go; a forced detach (-f) removes it now",
                 timeout.as_secs(),
                 if state == 5 {
                     ", Closing: in use, e.g. mounted"
@@ -517,3 +519,6 @@ impl Drop for DeviceOwner {
         lock(&self.0).stop_all();
     }
 }
+
+#[cfg(test)]
+mod tests;

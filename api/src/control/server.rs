@@ -771,6 +771,31 @@ mod tests {
     }
 
     #[test]
+    fn device_routes() {
+        let f = fake();
+        *f.dom.lock().unwrap() = Some(info("web"));
+        for kind in ["disks", "nics"] {
+            let base = format!("/v1/domains/web/{kind}");
+            assert_eq!(route(&f, "GET", &base, b""), (200, "[]".to_string()));
+            assert_eq!(route(&f, "GET", "/v1/domains/x/nics", b"").0, 404);
+            // A backend without hotplug says so.
+            let r = route(&f, "POST", &base, br#"{"spec":"xvdb"}"#);
+            assert_eq!(r.0, 404);
+            assert!(err_of(&r).contains("not supported"), "{}", r.1);
+            for bad in [&b""[..], b"{}", br#"{"spec":1}"#, br#"{"spec":"a","x":1}"#] {
+                assert_eq!(route(&f, "POST", &base, bad).0, 400, "{bad:?}");
+            }
+            assert_eq!(route(&f, "PUT", &base, b"").0, 405);
+            let detach = format!("{base}/xvdb/detach");
+            assert_eq!(route(&f, "GET", &detach, b"").0, 405);
+            assert_eq!(route(&f, "POST", &detach, b"").0, 404);
+            assert_eq!(route(&f, "POST", &detach, br#"{"force":true}"#).0, 404);
+            assert_eq!(route(&f, "POST", &detach, br#"{"force":1}"#).0, 400);
+            assert_eq!(route(&f, "POST", &format!("{base}/xvdb"), b"").0, 404);
+        }
+    }
+
+    #[test]
     fn routes_and_errors() {
         let f = fake();
         assert_eq!(route(&f, "GET", "/v1/domains", b""), (200, "[]".into()));

@@ -188,12 +188,10 @@ impl Vbd {
                 }
             }
             // As Linux's blkback: the rings stay until the frontend is
-            // Closed (blkfront sits in Closing while the disk is in use,
-            // and keeps using it).
-            State::Closing => {
-                if be != State::Closing && be != State::Closed {
-                    let _ = self.dev.switch_state(State::Closing);
-                }
+            // Closed (older blkfronts sit in Closing while the
+            // disk is in use, and keep using it).
+            State::Closing if be != State::Closing && be != State::Closed => {
+                let _ = self.dev.switch_state(State::Closing);
             }
             State::Closed | State::Unknown => {
                 self.queues.clear();
