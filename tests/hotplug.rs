@@ -3,7 +3,8 @@
 //! disk gone), a guest that does not release a disk (paused) and `-f`,
 //! `network-attach` of a tap in a bridge that the guest pings through,
 //! `network-detach` (the tap gone), refusals of used vdevs, devids and MACs,
-//! and xenstore clean afterwards. One boot of `initramfs-hotplug`
+//! an attached disk still there after a reboot, and xenstore clean
+//! afterwards. One boot of `initramfs-hotplug`
 //! (xen-blkfront and xen-netfront loaded, no device at boot, a shell on
 //! the console), in a network namespace of the test's own.
 
@@ -103,6 +104,12 @@ impl Console {
             std::thread::sleep(Duration::from_millis(100));
         }
         false
+    }
+
+    fn send(&mut self, data: &str) {
+        let s = self.child.stdin.as_mut().unwrap();
+        s.write_all(data.as_bytes()).unwrap();
+        s.flush().unwrap();
     }
 
     /// Run `cmd` in the guest's shell; the output after the marker it
@@ -387,6 +394,40 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
     assert!(!ns.has_link("xkhp0"), "the tap is still there");
     let t = con.run("ls /sys/class/net | grep -c eth", "XKL3-DONE");
     assert!(t.contains("\n0\r\n") || t.contains("\n0\n"), "{t}");
+
+    // A device attached lasts for the domain's next boots, as with xl.
+    ok(
+        &run,
+        &[
+            "block-attach",
+            NAME,
+            &format!("{},raw,xvdb,r", disk.display()),
+        ],
+    );
+    con.send("reboot -f\n");
+    until("the guest booted again", Duration::from_secs(300), || {
+        con.text().matches("XKHP-READY").count() >= 2
+    });
+    until(
+        "xvdb connected after the reboot",
+        Duration::from_secs(60),
+        || {
+            rows(&run, "block-list")
+                .first()
+                .is_some_and(|r| r[0] == "51728" && r[3] == "4")
+        },
+    );
+    let l: serde_json::Value = serde_json::from_str(&ok(&run, &["list", "-l", NAME])).unwrap();
+    assert_eq!(l[0]["info"]["boots"], 2, "{l}");
+    assert!(rows(&run, "network-list").is_empty());
+    let t = con.run(
+        "dd if=/dev/xvdb bs=512 skip=1 count=1 2>/dev/null | head -c 16; echo",
+        "XKR2-DONE",
+    );
+    let after = &t[t.rfind("XKHP-READY").unwrap()..];
+    assert!(after.contains("\nGUEST-WROTE-THIS"), "{after}");
+    ok(&run, &["block-detach", NAME, "xvdb"]);
+    assert!(!monitor_has_open(&run, &disk));
 
     // Nothing of the devices is left in xenstore.
     let home = format!("/local/domain/{id}");

@@ -25,6 +25,9 @@ use xen_shim::xenstore::{DevicePaths, Store};
 
 use crate::pvdev::{self, OpenDisk};
 
+mod ledger;
+pub use ledger::Ledger;
+
 /// Disks per domain. Xen has no fixed count (xenstore's node quota bounds
 /// it); here each disk costs a thread per queue (up to 4) and one more.
 pub const MAX_VBDS: usize = 16;
@@ -333,7 +336,7 @@ pub fn detach_disk(
     id: &str,
     force: bool,
     timeout: Duration,
-) -> Result<(), HotplugError> {
+) -> Result<u32, HotplugError> {
     detach(set, Which::Disk(id), force, timeout)
 }
 
@@ -343,7 +346,7 @@ pub fn detach_nic(
     id: &str,
     force: bool,
     timeout: Duration,
-) -> Result<(), HotplugError> {
+) -> Result<u32, HotplugError> {
     detach(set, Which::Nic(id), force, timeout)
 }
 
@@ -352,12 +355,13 @@ fn released(state: i64) -> bool {
     matches!(state, -1 | 0 | 1 | 6)
 }
 
+/// Returns the devid of the device removed.
 fn detach(
     set: &SharedDevices,
     which: Which,
     force: bool,
     timeout: Duration,
-) -> Result<(), HotplugError> {
+) -> Result<u32, HotplugError> {
     let (store, p, label) = {
         let mut s = lock(set);
         let (p, label, flag) = match which {
@@ -443,11 +447,15 @@ fn detach(
             .map(|i| s.vifs.remove(i));
         (vbd, vif)
     };
-    if vbd.is_none() && vif.is_none() {
+    let Some(devid) = vbd
+        .as_ref()
+        .map(|v| v.devid)
+        .or(vif.as_ref().map(|v| v.devid))
+    else {
         return Err(HotplugError::Conflict(format!(
             "{label}: the domain's devices were stopped meanwhile (reboot or shutdown)"
         )));
-    }
+    };
     drop(vbd);
     drop(vif);
     let mut s = lock(&store);
@@ -460,7 +468,7 @@ fn detach(
             ""
         }
     );
-    Ok(())
+    Ok(devid)
 }
 
 fn clear_flag(set: &SharedDevices, p: &DevicePaths) {

@@ -55,6 +55,8 @@ struct Running {
     log: Option<PathBuf>,
     /// Created paused (`create -p`): the first boot waits for `unpause`.
     start_paused: bool,
+    /// Devices attached and detached, for the next boots.
+    ledger: Mutex<hotplug::Ledger>,
 }
 
 type Reply = SyncSender<Result<DomainInfo, ApiError>>;
@@ -467,6 +469,7 @@ impl Monitor {
             log,
             claim,
             start_paused: req.paused,
+            ledger: Mutex::new(hotplug::Ledger::default()),
         });
         *lock(&self.dom) = Some(running.clone());
         Ok((running, vm, boot))
@@ -480,7 +483,12 @@ impl Monitor {
             let vm = match next.take() {
                 Some(vm) => vm,
                 None => match boot.create_vm(&r.claim.xenstore_socket()) {
-                    Ok(vm) => vm,
+                    Ok(vm) => {
+                        if let Some(d) = vm.host.devices.get() {
+                            lock(&r.ledger).replay(d);
+                        }
+                        vm
+                    }
                     Err(e) => {
                         eprintln!("xenkvm: cannot start domain {name} again: {e}");
                         break ExitCode::from(1);
@@ -641,14 +649,19 @@ impl Backend for Monitor {
     }
 
     fn disk_attach(&self, dom: &str, spec: &str) -> Result<DiskInfo, ApiError> {
-        let d = self.running(dom)?.devices()?;
-        let r = lock(&d).attach_disk(spec);
-        r.map_err(hotplug_error)
+        let r = self.running(dom)?;
+        let d = r.devices()?;
+        let info = lock(&d).attach_disk(spec).map_err(hotplug_error)?;
+        lock(&r.ledger).disk_attached(info.devid, spec);
+        Ok(info)
     }
 
     fn disk_detach(&self, dom: &str, id: &str, req: &DetachRequest) -> Result<(), ApiError> {
-        let d = self.running(dom)?.devices()?;
-        hotplug::detach_disk(&d, id, req.force, req.timeout()).map_err(hotplug_error)
+        let r = self.running(dom)?;
+        let devid = hotplug::detach_disk(&r.devices()?, id, req.force, req.timeout())
+            .map_err(hotplug_error)?;
+        lock(&r.ledger).disk_detached(devid);
+        Ok(())
     }
 
     fn nics(&self, dom: &str) -> Result<Vec<NicInfo>, ApiError> {
@@ -657,14 +670,19 @@ impl Backend for Monitor {
     }
 
     fn nic_attach(&self, dom: &str, spec: &str) -> Result<NicInfo, ApiError> {
-        let d = self.running(dom)?.devices()?;
-        let r = lock(&d).attach_vif(spec);
-        r.map_err(hotplug_error)
+        let r = self.running(dom)?;
+        let d = r.devices()?;
+        let info = lock(&d).attach_vif(spec).map_err(hotplug_error)?;
+        lock(&r.ledger).vif_attached(info.devid, spec);
+        Ok(info)
     }
 
     fn nic_detach(&self, dom: &str, id: &str, req: &DetachRequest) -> Result<(), ApiError> {
-        let d = self.running(dom)?.devices()?;
-        hotplug::detach_nic(&d, id, req.force, req.timeout()).map_err(hotplug_error)
+        let r = self.running(dom)?;
+        let devid = hotplug::detach_nic(&r.devices()?, id, req.force, req.timeout())
+            .map_err(hotplug_error)?;
+        lock(&r.ledger).vif_detached(devid);
+        Ok(())
     }
 }
 
