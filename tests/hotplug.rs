@@ -194,6 +194,17 @@ fn monitor_has_open(run: &Path, file: &Path) -> bool {
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == file))
 }
 
+/// The monitor's threads and open files.
+fn monitor_counts(run: &Path) -> (usize, usize) {
+    let pid = std::fs::read_to_string(run.join(format!("domains/{NAME}/pid"))).unwrap();
+    let n = |d: &str| {
+        std::fs::read_dir(format!("/proc/{}/{d}", pid.trim()))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    (n("task"), n("fd"))
+}
+
 fn read_at(file: &Path, off: u64, len: usize) -> Vec<u8> {
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(file).unwrap();
@@ -281,6 +292,8 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
         l,
         "Vdev  BE  handle state evt-ch ring-ref BE-path                       \n"
     );
+
+    let (threads, fds) = monitor_counts(&run);
 
     // block-attach: the guest's blkfront connects (state 4) and reads the
     // image; what it writes reaches the file.
@@ -394,6 +407,17 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
     assert!(!ns.has_link("xkhp0"), "the tap is still there");
     let t = con.run("ls /sys/class/net | grep -c eth", "XKL3-DONE");
     assert!(t.contains("\n0\r\n") || t.contains("\n0\n"), "{t}");
+
+    // Every backend thread and file of the devices is gone (API request
+    // threads end just after their answer, hence the wait).
+    until(
+        "threads and files released",
+        Duration::from_secs(10),
+        || {
+            let (t, f) = monitor_counts(&run);
+            t <= threads && f <= fds
+        },
+    );
 
     // A device attached lasts for the domain's next boots, as with xl.
     ok(

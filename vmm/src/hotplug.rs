@@ -179,7 +179,7 @@ impl DeviceSet {
                 "the domain has {MAX_VBDS} disks, the most xenkvm serves"
             )));
         }
-        let (spec, _) = DiskSpec::parse(text).map_err(|why| HotplugError::Spec(why.clone()))?;
+        let (spec, _) = DiskSpec::parse(text).map_err(HotplugError::Spec)?;
         let devid = blkback::vdev::devid(&spec.vdev).ok_or_else(|| {
             HotplugError::Spec(format!("{:?} is not a Xen virtual device name", spec.vdev))
         })?;
@@ -217,7 +217,12 @@ impl DeviceSet {
                 "the domain has {MAX_VIFS} nics, the most xenkvm serves"
             )));
         }
-        let next = self.vifs.iter().map(|v| v.devid + 1).max().unwrap_or(0);
+        let next = self
+            .vifs
+            .iter()
+            .map(|v| v.devid.saturating_add(1))
+            .max()
+            .unwrap_or(0);
         let (spec, _) = VifSpec::parse(text, next).map_err(HotplugError::Spec)?;
         if spec.backend.is_some() {
             return Err(HotplugError::Spec(
