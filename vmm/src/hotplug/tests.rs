@@ -142,3 +142,22 @@ fn used_vdevs_shared_writers_bad_specs_and_the_limit_are_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_ledger_replays_detaches_and_attaches_on_a_new_boot() {
+    let r = rig("ledger");
+    let a = r.image("a.img");
+    let b = r.image("b.img");
+    // The "config" disk of the new boot, detached in the previous one; a
+    // disk attached there; one that cannot come back (its image is gone).
+    r.attach(&format!("{a},raw,xvda,w")).unwrap();
+    let mut l = Ledger::default();
+    l.disk_detached(51712);
+    l.disk_attached(51728, &format!("{b},raw,xvdb,r"));
+    l.disk_attached(51744, "/nonexistent/c.img,raw,xvdc,r");
+    l.replay(&r.set);
+    let vdevs: Vec<String> = lock(&r.set).disks().into_iter().map(|d| d.vdev).collect();
+    assert_eq!(vdevs, ["xvdb"]);
+    assert!(r.read("/local/domain/5/device/vbd/51712").is_none());
+    assert!(r.read("/local/domain/5/device/vbd/51728/state").is_some());
+}
