@@ -87,7 +87,7 @@ impl DeviceSet {
         } else {
             return Err(HotplugError::NotFound("no such device".into()));
         };
-        super::remove_with_empty_parents(&mut lock(&self.ctx.store), &paths);
+        super::detach::remove_with_empty_parents(&mut lock(&self.ctx.store), &paths);
         Ok(())
     }
 }

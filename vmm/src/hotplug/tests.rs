@@ -1,6 +1,7 @@
 //! The device set against a test domain and a store, without KVM: the
 //! frontend's part is played by writing its xenstore state.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
