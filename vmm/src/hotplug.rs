@@ -81,6 +81,8 @@ pub struct DeviceSet {
     vcpus: u32,
     vbds: Vec<Vbd>,
     vifs: Vec<Vif>,
+    /// The boot ended: nothing is attached any more.
+    stopped: bool,
 }
 
 pub type SharedDevices = Arc<Mutex<DeviceSet>>;
@@ -114,7 +116,20 @@ impl DeviceSet {
             vcpus,
             vbds: Vec::new(),
             vifs: Vec::new(),
+            stopped: false,
         }
+    }
+
+    fn check_room(&self, n: usize, max: usize, what: &str) -> Result<(), HotplugError> {
+        if self.stopped {
+            return Err(HotplugError::Conflict("the domain's boot has ended".into()));
+        }
+        if n >= max {
+            return Err(HotplugError::Limit(format!(
+                "the domain has {max} {what}, the most xenkvm serves"
+            )));
+        }
+        Ok(())
     }
 
     /// Serve an opened disk (boot devices and attached ones).
@@ -175,11 +190,7 @@ impl DeviceSet {
     /// `xl block-attach`: check the spec against the disks there are,
     /// open the image and serve it.
     pub fn attach_disk(&mut self, text: &str) -> Result<DiskInfo, HotplugError> {
-        if self.vbds.len() >= MAX_VBDS {
-            return Err(HotplugError::Limit(format!(
-                "the domain has {MAX_VBDS} disks, the most xenkvm serves"
-            )));
-        }
+        self.check_room(self.vbds.len(), MAX_VBDS, "disks")?;
         let (spec, _) = DiskSpec::parse(text).map_err(HotplugError::Spec)?;
         let devid = blkback::vdev::devid(&spec.vdev).ok_or_else(|| {
             HotplugError::Spec(format!("{:?} is not a Xen virtual device name", spec.vdev))
@@ -213,11 +224,7 @@ impl DeviceSet {
     /// `xl network-attach`: the next devid after the highest (as libxl),
     /// unless the spec names one; devid, MAC and tap name must be free.
     pub fn attach_vif(&mut self, text: &str) -> Result<NicInfo, HotplugError> {
-        if self.vifs.len() >= MAX_VIFS {
-            return Err(HotplugError::Limit(format!(
-                "the domain has {MAX_VIFS} nics, the most xenkvm serves"
-            )));
-        }
+        self.check_room(self.vifs.len(), MAX_VIFS, "nics")?;
         let next = self
             .vifs
             .iter()
@@ -320,6 +327,7 @@ impl DeviceSet {
 
     /// Stop every backend and release every image and tap (the boot ends).
     pub fn stop_all(&mut self) {
+        self.stopped = true;
         self.vbds.clear();
         self.vifs.clear();
     }

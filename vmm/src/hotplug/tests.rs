@@ -142,6 +142,12 @@ fn used_vdevs_shared_writers_bad_specs_and_the_limit_are_refused() {
         Err(HotplugError::Limit(m)) => assert!(m.contains("16 disks"), "{m}"),
         other => panic!("{other:?}"),
     }
+    // Once the boot has ended nothing more is attached.
+    lock(&r.set).stop_all();
+    assert!(matches!(
+        r.attach(&format!("{b},raw,xvdb,r")),
+        Err(HotplugError::Conflict(_))
+    ));
 }
 
 #[test]
