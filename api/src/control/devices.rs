@@ -22,7 +22,7 @@ pub struct DetachRequest {
     /// Remove the device even if the guest does not release it.
     #[serde(default)]
     pub force: bool,
-    /// How long to wait for the guest, in seconds (default 10, at most 300).
+    /// How long to wait for the guest, in seconds (default 10; 1 to 300).
     #[serde(default)]
     pub timeout_s: Option<u32>,
 }
@@ -38,7 +38,7 @@ impl DetachRequest {
         let s = self
             .timeout_s
             .unwrap_or(DETACH_TIMEOUT_S)
-            .min(MAX_DETACH_TIMEOUT_S);
+            .clamp(1, MAX_DETACH_TIMEOUT_S);
         std::time::Duration::from_secs(u64::from(s))
     }
 }
@@ -241,5 +241,10 @@ mod tests {
             timeout_s: Some(100_000),
         };
         assert_eq!(r.timeout().as_secs(), 300);
+        let r = DetachRequest {
+            force: false,
+            timeout_s: Some(0),
+        };
+        assert_eq!(r.timeout().as_secs(), 1);
     }
 }

@@ -35,7 +35,7 @@ pub enum DevCmd {
         /// Remove it even if the guest does not let it go.
         #[arg(short = 'f', long = "force")]
         force: bool,
-        /// Seconds to wait for the guest (default 10).
+        /// Seconds to wait for the guest (default 10; 1 to 300).
         #[arg(short = 't', long = "timeout")]
         timeout: Option<u32>,
     },
@@ -64,7 +64,7 @@ pub enum DevCmd {
         /// Remove it even if the guest does not let it go.
         #[arg(short = 'f', long = "force")]
         force: bool,
-        /// Seconds to wait for the guest (default 10).
+        /// Seconds to wait for the guest (default 10; 1 to 300).
         #[arg(short = 't', long = "timeout")]
         timeout: Option<u32>,
     },
