@@ -138,6 +138,15 @@ impl Drop for Console {
     }
 }
 
+/// Destroys the domain when dropped (also when the test fails).
+struct Domain(PathBuf);
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let _ = xenkvm(&self.0, &["destroy", NAME]);
+    }
+}
+
 /// Poll `f` until it holds (or panic with `what`).
 fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -276,6 +285,7 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
         .output()
         .expect("xenkvm create");
     assert!(o.status.success(), "create: {}", text(&o));
+    let domain = Domain(run.clone());
     let id = ok(&run, &["domid", NAME]).trim().to_string();
     let xs = run.join(format!("domains/{NAME}/xenstored.sock"));
     let mut con = Console::attach(&run);
@@ -469,5 +479,6 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
 
     drop(con);
     ok(&run, &["destroy", NAME]);
+    std::mem::forget(domain);
     let _ = std::fs::remove_dir_all(&dir);
 }
