@@ -2,7 +2,8 @@
 //! guest reads and writes, `block-detach` (the image is closed, the guest's
 //! disk gone), a guest that does not release a disk (paused) and `-f`,
 //! `network-attach` of a tap in a bridge that the guest pings through,
-//! `network-detach` (the tap gone), refusals of used vdevs, devids and MACs,
+//! `network-detach` (the tap gone), refusals of used vdevs, devids and MACs
+//! and of a ninth nic,
 //! an attached disk still there after a reboot, and xenstore clean
 //! afterwards. One boot of `initramfs-hotplug`
 //! (xen-blkfront and xen-netfront loaded, no device at boot, a shell on
@@ -410,6 +411,20 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
         "XKP1-DONE",
     );
     assert!(t.contains("\nPING-OK"), "{t}");
+
+    // At most 8 nics: the devids go on from the highest (1 to 7).
+    for _ in 1..8 {
+        ok(&run, &["network-attach", NAME]);
+    }
+    let devids: Vec<String> = rows(&run, "network-list")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(devids, ["0", "1", "2", "3", "4", "5", "6", "7"]);
+    refused(&run, &["network-attach", NAME], "the domain has 8 nics");
+    for devid in 1..8 {
+        ok(&run, &["network-detach", NAME, &devid.to_string()]);
+    }
 
     // network-detach by MAC: the guest's eth0 and the tap are gone.
     ok(&run, &["network-detach", NAME, &mac]);
