@@ -3,11 +3,11 @@
 //! disk gone), a guest that does not release a disk (paused) and `-f`,
 //! `network-attach` of a tap in a bridge that the guest pings through,
 //! `network-detach` (the tap gone), refusals of used vdevs, devids and MACs
-//! and of a ninth nic,
-//! an attached disk still there after a reboot, and xenstore clean
-//! afterwards. One boot of `initramfs-hotplug`
-//! (xen-blkfront and xen-netfront loaded, no device at boot, a shell on
-//! the console), in a network namespace of the test's own.
+//! and of a ninth nic, an attached disk still there after a reboot, the
+//! monitor's threads and files back to their count, and xenstore clean
+//! afterwards. One boot (and a reboot) of `initramfs-hotplug` (xen-blkfront
+//! and xen-netfront loaded, no device at boot, a shell on the console), in a
+//! network namespace of the test's own.
 
 mod common;
 use common::Netns;
