@@ -190,6 +190,14 @@ else
     log "note: $netfront not found; initramfs-net has no network driver"
 fi
 
+# initramfs-hotplug (tests/hotplug.rs) loads both front ends, with no device at boot.
+for ko in "$blkfront" "$netfront"; do
+    [ -f "$ko" ] || continue
+    mkdir -p "$CACHE/extra-hotplug/lib/modules"
+    cmp -s "$ko" "$CACHE/extra-hotplug/lib/modules/$(basename "$ko")" ||
+        cp -f "$ko" "$CACHE/extra-hotplug/lib/modules/$(basename "$ko")"
+done
+
 # ------------------------------------------------------------- initramfs
 # shellcheck source=busybox-tree.sh
 . "$here/busybox-tree.sh"

@@ -14,6 +14,7 @@ mod console;
 mod control;
 mod create;
 mod host_profile;
+mod hotplug;
 mod kvm_regs;
 mod layout;
 mod loader;
@@ -172,6 +173,8 @@ enum Cmd {
         /// The key, e.g. `h` (help), `s` (sync), `b` (reboot now).
         key: String,
     },
+    #[command(flatten)]
+    Dev(control::devverbs::DevCmd),
     /// Serve the control API for one domain, waiting for `POST /v1/domains`
     /// (what `create` starts in the background).
     Monitor {
@@ -319,6 +322,7 @@ fn main() -> ExitCode {
         Cmd::MemSet { domain, size } => control::inspect::memory(&rd, &domain, &size, false),
         Cmd::MemMax { domain, size } => control::inspect::memory(&rd, &domain, &size, true),
         Cmd::Sysrq { domain, key } => control::inspect::sysrq(&rd, &domain, &key),
+        Cmd::Dev(c) => control::devverbs::run(&rd, c),
         Cmd::Monitor { api_socket, log } => {
             Ok(control::monitor::serve_empty(rd.clone(), api_socket, log))
         }

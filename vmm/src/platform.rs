@@ -49,6 +49,8 @@ pub struct Host {
     pub xs: OnceLock<Arc<XsBackend>>,
     /// The PV device backends' threads, by backend id.
     pub backends: Arc<devices::notify::Backends>,
+    /// The boot's PV disks and nics (hotplug).
+    pub devices: OnceLock<crate::hotplug::SharedDevices>,
     pub console_lock: Mutex<()>,
     drain_lock: Mutex<()>,
 }
@@ -71,6 +73,7 @@ impl Host {
             domain: OnceLock::new(),
             xs: OnceLock::new(),
             backends: Default::default(),
+            devices: OnceLock::new(),
             console_lock: Mutex::new(()),
             drain_lock: Mutex::new(()),
         }

@@ -1,13 +1,12 @@
-//! The guest's PV disks and nics: xl's device specs turned into running
-//! backends from the `devices` crate.
+//! The guest's PV disks and nics: xl's device specs checked and opened
+//! (`crate::hotplug` runs their backends).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use api::xlcfg::{Access, DevType, DiskFormat, DiskSpec, VifSpec};
-use devices::blkback::{self, VbdConfig, VbdHandle};
+use api::xlcfg::{Access, DiskFormat, DiskSpec, VifSpec};
+use devices::blkback;
 use devices::disk::{self, DiskImage, Format};
-use devices::xenbus::BackendCtx;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PvDevError {
@@ -46,7 +45,8 @@ pub fn parse_vifs(specs: &[String]) -> Result<Vec<VifSpec>, PvDevError> {
     Ok(out)
 }
 
-/// A disk opened for the guest (kept across reboots).
+/// A disk opened for the guest (the config's are kept across reboots).
+#[derive(Clone)]
 pub struct OpenDisk {
     pub spec: DiskSpec,
     pub path: PathBuf,
@@ -70,7 +70,7 @@ pub fn open_disks(specs: &[String]) -> Result<Vec<OpenDisk>, PvDevError> {
     Ok(out)
 }
 
-fn open_disk(text: &str) -> Result<OpenDisk, PvDevError> {
+pub fn open_disk(text: &str) -> Result<OpenDisk, PvDevError> {
     let err = |why: String| PvDevError::DiskSpec {
         spec: text.to_string(),
         why,
@@ -100,56 +100,4 @@ fn open_disk(text: &str) -> Result<OpenDisk, PvDevError> {
     let read_only = spec.access == Access::Ro;
     let image: Arc<dyn DiskImage> = disk::open(&path, format, read_only)?.into();
     Ok(OpenDisk { spec, path, image })
-}
-
-/// Running backends; stopped when dropped.
-#[derive(Default)]
-pub struct Devices {
-    pub vbds: Vec<VbdHandle>,
-    pub vifs: Vec<devices::netback::VifHandle>,
-}
-
-/// Create the guest's devices in xenstore and start their backends.
-pub fn start(
-    ctx: &BackendCtx,
-    domid: u32,
-    name: &str,
-    vcpus: u32,
-    disks: &[OpenDisk],
-    vifs: &[VifSpec],
-) -> Result<Devices, PvDevError> {
-    let mut devs = Devices::default();
-    for d in disks {
-        devs.vbds.push(blkback::spawn(
-            ctx,
-            domid,
-            VbdConfig {
-                vdev: d.spec.vdev.clone(),
-                image: d.image.clone(),
-                read_only: d.spec.access == Access::Ro,
-                cdrom: d.spec.devtype == DevType::Cdrom,
-                params: d.path.display().to_string(),
-                max_queues: vcpus.min(4),
-                domain_name: name.to_string(),
-            },
-        )?);
-    }
-    for v in vifs {
-        let h = devices::netback::spawn(
-            ctx,
-            domid,
-            devices::netback::VifConfig {
-                devid: v.devid,
-                mac: v.mac.clone(),
-                bridge: v.bridge.clone(),
-                ifname: v.vifname.clone(),
-                mtu: v.mtu,
-                script: v.script.clone(),
-                domain_name: name.to_string(),
-            },
-        )?;
-        log::info!("vif {}: host interface {}", v.devid, h.ifname());
-        devs.vifs.push(h);
-    }
-    Ok(devs)
 }

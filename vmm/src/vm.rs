@@ -58,6 +58,8 @@ pub enum VmError {
     Xenstore(#[from] crate::xs::XsError),
     #[error(transparent)]
     Devices(#[from] crate::pvdev::PvDevError),
+    #[error(transparent)]
+    Hotplug(#[from] crate::hotplug::HotplugError),
 }
 
 fn kerr(what: &str) -> impl Fn(kvm_ioctls::Error) -> VmError + '_ {
@@ -104,7 +106,7 @@ pub struct Vm {
     /// Print machine-readable exit and hypercall counts at the end.
     pub print_stats: bool,
     /// The PV device backends; stopped when the VM ends.
-    _devices: crate::pvdev::Devices,
+    _devices: crate::hotplug::DeviceOwner,
 }
 
 const STORE_PORT: u32 = 1;
@@ -264,14 +266,8 @@ impl Vm {
             backends: host.backends.clone(),
         };
         let _ = host.xs.set(xs);
-        let devices = crate::pvdev::start(
-            &ctx,
-            u32::from(cfg.domid),
-            cfg.name,
-            cfg.vcpus,
-            cfg.disks,
-            cfg.vifs,
-        )?;
+        let devices = crate::hotplug::boot_devices(ctx, cfg)?;
+        let _ = host.devices.set(devices.0.clone());
         let mut vcpus = Vec::new();
         for (i, fd) in fds.into_iter().enumerate() {
             let mut cpuid = CpuId::new(policy.entries.len())

@@ -86,7 +86,7 @@ impl Client {
         }
     }
 
-    fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         self.socket.display().to_string()
     }
 
@@ -258,7 +258,7 @@ impl Client {
 }
 
 /// A domain name as one URL path segment (percent-encoding what needs it).
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -24,6 +24,12 @@
 //! | POST | `/v1/domains/{dom}/vcpus` | [`VcpuSetRequest`] → [`DomainInfo`] |
 //! | POST | `/v1/domains/{dom}/sysrq` | [`SysrqRequest`] → [`DomainInfo`] |
 //! | POST | `/v1/domains/{dom}/memory` | [`MemoryRequest`] → [`DomainInfo`] |
+//! | GET | `/v1/domains/{dom}/disks` | `[DiskInfo]` |
+//! | POST | `/v1/domains/{dom}/disks` | [`AttachRequest`] → 201 [`DiskInfo`] |
+//! | POST | `/v1/domains/{dom}/disks/{vdev}/detach` | [`DetachRequest`] → `{}` |
+//! | GET | `/v1/domains/{dom}/nics` | `[NicInfo]` |
+//! | POST | `/v1/domains/{dom}/nics` | [`AttachRequest`] → 201 [`NicInfo`] |
+//! | POST | `/v1/domains/{dom}/nics/{devid}/detach` | [`DetachRequest`] → `{}` |
 //! | GET | `/v1/version` | [`VersionInfo`] |
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed request or JSON,
@@ -34,7 +40,10 @@
 //! the server answers with `Connection: close` and closes.
 
 pub mod client;
+pub mod devices;
 pub mod server;
+
+pub use devices::{AttachRequest, DetachRequest, DiskInfo, NicInfo};
 
 use serde::{Deserialize, Serialize};
 
@@ -356,6 +365,42 @@ pub trait Backend: Send + Sync {
         let _ = (dom, req);
         Err(ApiError::NotFound(
             "mem-set/mem-max are not supported here".into(),
+        ))
+    }
+    /// The domain's PV disks.
+    fn disks(&self, dom: &str) -> Result<Vec<DiskInfo>, ApiError> {
+        self.info(dom).map(|_| Vec::new())
+    }
+    /// Add a PV disk to the running domain (an xl disk spec).
+    fn disk_attach(&self, dom: &str, spec: &str) -> Result<DiskInfo, ApiError> {
+        let _ = (dom, spec);
+        Err(ApiError::NotFound(
+            "block-attach is not supported here".into(),
+        ))
+    }
+    /// Remove PV disk `id` (a vdev or devid).
+    fn disk_detach(&self, dom: &str, id: &str, req: &DetachRequest) -> Result<(), ApiError> {
+        let _ = (dom, id, req);
+        Err(ApiError::NotFound(
+            "block-detach is not supported here".into(),
+        ))
+    }
+    /// The domain's PV nics.
+    fn nics(&self, dom: &str) -> Result<Vec<NicInfo>, ApiError> {
+        self.info(dom).map(|_| Vec::new())
+    }
+    /// Add a PV nic to the running domain (an xl vif spec).
+    fn nic_attach(&self, dom: &str, spec: &str) -> Result<NicInfo, ApiError> {
+        let _ = (dom, spec);
+        Err(ApiError::NotFound(
+            "network-attach is not supported here".into(),
+        ))
+    }
+    /// Remove PV nic `id` (a devid or MAC).
+    fn nic_detach(&self, dom: &str, id: &str, req: &DetachRequest) -> Result<(), ApiError> {
+        let _ = (dom, id, req);
+        Err(ApiError::NotFound(
+            "network-detach is not supported here".into(),
         ))
     }
 }

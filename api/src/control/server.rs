@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{
-    ApiError, Backend, CreateRequest, DomainOp, ErrorBody, MemoryRequest, SysrqRequest,
-    VcpuSetRequest, VersionInfo, API_PREFIX,
+    ApiError, AttachRequest, Backend, CreateRequest, DetachRequest, DomainOp, ErrorBody,
+    MemoryRequest, SysrqRequest, VcpuSetRequest, VersionInfo, API_PREFIX,
 };
 
 /// Request bodies larger than this are refused with 413.
@@ -95,6 +95,54 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET`/`POST /v1/domains/{dom}/disks|nics`.
+fn device_list_or_attach(
+    backend: &dyn Backend,
+    method: &str,
+    path: &str,
+    dom: &str,
+    kind: &str,
+    body: &[u8],
+) -> Result<(u16, String), ApiError> {
+    match (method, kind) {
+        ("GET", "disks") => backend.disks(dom).map(|v| json(200, &v)),
+        ("GET", _) => backend.nics(dom).map(|v| json(200, &v)),
+        ("POST", _) => {
+            let req = serde_json::from_slice::<AttachRequest>(body)
+                .map_err(|e| ApiError::BadRequest(format!("malformed attach request: {e}")))?;
+            if kind == "disks" {
+                backend.disk_attach(dom, &req.spec).map(|v| json(201, &v))
+            } else {
+                backend.nic_attach(dom, &req.spec).map(|v| json(201, &v))
+            }
+        }
+        _ => Err(no_method(method, path)),
+    }
+}
+
+/// `POST /v1/domains/{dom}/disks|nics/{id}/detach` (an empty body is
+/// `{}`).
+fn device_detach(
+    backend: &dyn Backend,
+    dom: &str,
+    kind: &str,
+    id: &str,
+    body: &[u8],
+) -> Result<(u16, String), ApiError> {
+    let req = if body.iter().all(u8::is_ascii_whitespace) {
+        DetachRequest::default()
+    } else {
+        serde_json::from_slice::<DetachRequest>(body)
+            .map_err(|e| ApiError::BadRequest(format!("malformed detach request: {e}")))?
+    };
+    let r = if kind == "disks" {
+        backend.disk_detach(dom, id, &req)
+    } else {
+        backend.nic_detach(dom, id, &req)
+    };
+    r.map(|()| json(200, &serde_json::json!({})))
 }
 
 /// Answer one request: `(HTTP status, JSON body)`. Never panics on any input.
@@ -177,6 +225,16 @@ pub fn route(backend: &dyn Backend, method: &str, url: &str, body: &[u8]) -> (u1
             }
         }
         (_, ["domains", _, "memory"]) => Err(no_method(method, path)),
+        (_, ["domains", dom, kind @ ("disks" | "nics")]) => {
+            device_list_or_attach(backend, method, path, dom, kind, body)
+        }
+        (m, ["domains", dom, kind @ ("disks" | "nics"), id, "detach"]) => {
+            if m != "POST" {
+                Err(no_method(m, path))
+            } else {
+                device_detach(backend, dom, kind, id, body)
+            }
+        }
         (m, ["domains", dom, op]) => match DomainOp::parse(op) {
             None => Err(ApiError::NotFound(format!("no such operation: {op}"))),
             Some(_) if m != "POST" => Err(no_method(m, path)),
@@ -735,6 +793,31 @@ mod tests {
         serde_json::from_str::<ErrorBody>(&r.1)
             .expect("error body is JSON")
             .error
+    }
+
+    #[test]
+    fn device_routes() {
+        let f = fake();
+        *f.dom.lock().unwrap() = Some(info("web"));
+        for kind in ["disks", "nics"] {
+            let base = format!("/v1/domains/web/{kind}");
+            assert_eq!(route(&f, "GET", &base, b""), (200, "[]".to_string()));
+            assert_eq!(route(&f, "GET", "/v1/domains/x/nics", b"").0, 404);
+            // A backend without hotplug says so.
+            let r = route(&f, "POST", &base, br#"{"spec":"xvdb"}"#);
+            assert_eq!(r.0, 404);
+            assert!(err_of(&r).contains("not supported"), "{}", r.1);
+            for bad in [&b""[..], b"{}", br#"{"spec":1}"#, br#"{"spec":"a","x":1}"#] {
+                assert_eq!(route(&f, "POST", &base, bad).0, 400, "{bad:?}");
+            }
+            assert_eq!(route(&f, "PUT", &base, b"").0, 405);
+            let detach = format!("{base}/xvdb/detach");
+            assert_eq!(route(&f, "GET", &detach, b"").0, 405);
+            assert_eq!(route(&f, "POST", &detach, b"").0, 404);
+            assert_eq!(route(&f, "POST", &detach, br#"{"force":true}"#).0, 404);
+            assert_eq!(route(&f, "POST", &detach, br#"{"force":1}"#).0, 400);
+            assert_eq!(route(&f, "POST", &format!("{base}/xvdb"), b"").0, 404);
+        }
     }
 
     #[test]

@@ -187,11 +187,11 @@ impl Vbd {
                     }
                 }
             }
-            State::Closing => {
-                self.queues.clear();
-                if be != State::Closing && be != State::Closed {
-                    let _ = self.dev.switch_state(State::Closing);
-                }
+            // As Linux's blkback: the rings stay until the frontend is
+            // Closed (older blkfronts sit in Closing while the
+            // disk is in use, and keep using it).
+            State::Closing if be != State::Closing && be != State::Closed => {
+                let _ = self.dev.switch_state(State::Closing);
             }
             State::Closed | State::Unknown => {
                 self.queues.clear();

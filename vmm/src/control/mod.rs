@@ -14,11 +14,14 @@
 //!   `sysrq`, `vcpu-set`.
 //! - [`vcpus`]: what `vcpu-list` shows of each vCPU thread.
 //! - [`top`]: `top`, one screen of `xentop -b -i 1`.
+//! - [`devverbs`]: `block-attach`/`-detach`/`-list`, `network-attach`/
+//!   `-detach`/`-list` (the devices themselves: `crate::hotplug`).
 //!
 //! [`HostControl`] is the small piece the vCPU threads see: the pause gate,
 //! which vCPUs are blocked, and where console output goes.
 
 pub mod console;
+pub mod devverbs;
 pub mod inspect;
 pub mod monitor;
 pub mod registry;

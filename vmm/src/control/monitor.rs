@@ -15,8 +15,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use api::control::{
-    matches_domain, server, ApiError, Backend, ConsoleInfo, CreateRequest, DomainInfo, DomainOp,
-    DomainState, ShutdownReason, VcpuInfo,
+    matches_domain, server, ApiError, Backend, ConsoleInfo, CreateRequest, DetachRequest, DiskInfo,
+    DomainInfo, DomainOp, DomainState, NicInfo, ShutdownReason, VcpuInfo,
 };
 use api::xlcfg::{Action, DomainConfig};
 use xen_shim::domain::Platform;
@@ -25,6 +25,7 @@ use super::console::ConsoleHub;
 use super::registry::{create_private, write_private, Claim, RegistryError, RunDir};
 use super::signals;
 use crate::console::Current;
+use crate::hotplug::{self, HotplugError, SharedDevices};
 use crate::vm::{Outcome, Vm, VmError};
 use crate::{Prepared, RunArgs};
 
@@ -54,6 +55,8 @@ struct Running {
     log: Option<PathBuf>,
     /// Created paused (`create -p`): the first boot waits for `unpause`.
     start_paused: bool,
+    /// Devices attached and detached, for the next boots.
+    ledger: Mutex<hotplug::Ledger>,
 }
 
 type Reply = SyncSender<Result<DomainInfo, ApiError>>;
@@ -242,6 +245,18 @@ impl Running {
             .map_err(|e| ApiError::Internal(format!("xenstore write {path}: {e:?}")))?;
         log::info!("wrote {value} to {path}");
         Ok(())
+    }
+
+    /// The current boot's devices (a running domain only).
+    fn devices(&self) -> Result<SharedDevices, ApiError> {
+        match self.phase() {
+            Phase::Running => {}
+            _ => return Err(ApiError::Conflict("the domain is not running".into())),
+        }
+        self.current
+            .get()
+            .and_then(|(host, _)| host.devices.get().cloned())
+            .ok_or_else(|| ApiError::Conflict("the domain is not running".into()))
     }
 
     /// `xl vcpu-set`: vCPUs below `count` online, the others offline, in
@@ -491,6 +506,7 @@ impl Monitor {
             log,
             claim,
             start_paused: req.paused,
+            ledger: Mutex::new(hotplug::Ledger::default()),
         });
         *lock(&self.dom) = Some(running.clone());
         Ok((running, vm, boot))
@@ -504,7 +520,12 @@ impl Monitor {
             let vm = match next.take() {
                 Some(vm) => vm,
                 None => match boot.create_vm(&r.claim.xenstore_socket()) {
-                    Ok(vm) => vm,
+                    Ok(vm) => {
+                        if let Some(d) = vm.host.devices.get() {
+                            lock(&r.ledger).replay(d);
+                        }
+                        vm
+                    }
                     Err(e) => {
                         eprintln!("xenkvm: cannot start domain {name} again: {e}");
                         break ExitCode::from(1);
@@ -663,6 +684,59 @@ impl Backend for Monitor {
         let r = self.running(dom)?;
         r.write_control("sysrq", &key.to_string())?;
         Ok(r.info())
+    }
+
+    fn disks(&self, dom: &str) -> Result<Vec<DiskInfo>, ApiError> {
+        let r = self.running(dom)?;
+        Ok(r.devices().map(|d| lock(&d).disks()).unwrap_or_default())
+    }
+
+    fn disk_attach(&self, dom: &str, spec: &str) -> Result<DiskInfo, ApiError> {
+        let r = self.running(dom)?;
+        let d = r.devices()?;
+        let info = lock(&d).attach_disk(spec).map_err(hotplug_error)?;
+        lock(&r.ledger).disk_attached(info.devid, spec);
+        Ok(info)
+    }
+
+    fn disk_detach(&self, dom: &str, id: &str, req: &DetachRequest) -> Result<(), ApiError> {
+        let r = self.running(dom)?;
+        let devid = hotplug::detach_disk(&r.devices()?, id, req.force, req.timeout())
+            .map_err(hotplug_error)?;
+        lock(&r.ledger).disk_detached(devid);
+        Ok(())
+    }
+
+    fn nics(&self, dom: &str) -> Result<Vec<NicInfo>, ApiError> {
+        let r = self.running(dom)?;
+        Ok(r.devices().map(|d| lock(&d).nics()).unwrap_or_default())
+    }
+
+    fn nic_attach(&self, dom: &str, spec: &str) -> Result<NicInfo, ApiError> {
+        let r = self.running(dom)?;
+        let d = r.devices()?;
+        let info = lock(&d).attach_vif(spec).map_err(hotplug_error)?;
+        lock(&r.ledger).vif_attached(info.devid, spec);
+        Ok(info)
+    }
+
+    fn nic_detach(&self, dom: &str, id: &str, req: &DetachRequest) -> Result<(), ApiError> {
+        let r = self.running(dom)?;
+        let devid = hotplug::detach_nic(&r.devices()?, id, req.force, req.timeout())
+            .map_err(hotplug_error)?;
+        lock(&r.ledger).vif_detached(devid);
+        Ok(())
+    }
+}
+
+fn hotplug_error(e: HotplugError) -> ApiError {
+    match e {
+        HotplugError::Spec(_) | HotplugError::Open(_) => ApiError::BadRequest(e.to_string()),
+        HotplugError::NotFound(_) => ApiError::NotFound(e.to_string()),
+        HotplugError::Conflict(_) | HotplugError::Limit(_) | HotplugError::Timeout(_) => {
+            ApiError::Conflict(e.to_string())
+        }
+        HotplugError::Backend(_) => ApiError::Internal(e.to_string()),
     }
 }
 

@@ -128,8 +128,14 @@ fn sample(entries: &[Entry]) -> Vec<Option<DomainInfo>> {
         .collect()
 }
 
-/// How many disks and vifs the domain's config has.
+/// How many vifs and disks the domain has (as hotplug left them), else
+/// its config's.
 fn devices(e: &Entry) -> (usize, usize) {
+    let mut c = Client::new(&e.api_socket());
+    c.timeout = Duration::from_secs(5);
+    if let (Ok(n), Ok(d)) = (c.nics(&e.name), c.disks(&e.name)) {
+        return (n.len(), d.len());
+    }
     std::fs::read_to_string(e.dir.join("config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<api::xlcfg::DomainConfig>(&t).ok())
