@@ -54,6 +54,16 @@ fn smoke(vcpus: &str) {
         out.contains(&format!("XENKVM-CPUS {vcpus}")),
         "wrong CPU count:\n{out}"
     );
+    // The CPU's brand string, not Linux's "family/model" fallback (19/01).
+    let model = out
+        .lines()
+        .find_map(|l| l.strip_prefix("XENKVM-MODEL"))
+        .unwrap_or_else(|| panic!("no model line:\n{out}"))
+        .trim();
+    assert!(
+        model.len() > 5 && !model.contains('/'),
+        "model name {model:?}: no brand string"
+    );
     let date: u64 = out
         .lines()
         .find_map(|l| l.strip_prefix("XENKVM-DATE "))

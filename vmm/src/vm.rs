@@ -191,7 +191,7 @@ impl Vm {
         let host_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kerr("KVM_GET_SUPPORTED_CPUID"))?;
-        let entries: Vec<CpuidEntry> = host_cpuid
+        let mut entries: Vec<CpuidEntry> = host_cpuid
             .as_slice()
             .iter()
             .map(|e| CpuidEntry {
@@ -204,6 +204,7 @@ impl Vm {
                 edx: e.edx,
             })
             .collect();
+        add_brand_string(&mut entries);
         let policy = CpuidPolicy::pv_from_host(&entries, tsc_khz);
         let host = Arc::new(Host::new(cfg.vcpus));
         // SAFETY: rdtsc has no preconditions.
@@ -553,5 +554,28 @@ fn timer_thread(host: Weak<Host>, slop: u64, fast: Option<Arc<MonitorLayout>>) {
         drop(dom);
         drop(h);
         std::thread::sleep(Duration::from_nanos(sleep));
+    }
+}
+
+/// The processor brand string (leaves 0x80000002-0x80000004) as the host's
+/// CPU reports it: KVM's supported table leaves it empty, Xen shows PV
+/// guests the real one, and without it Linux names the CPU by family and
+/// model in /proc/cpuinfo ("model name : 19/01").
+fn add_brand_string(entries: &mut Vec<CpuidEntry>) {
+    let max_ext = core::arch::x86_64::__cpuid(0x8000_0000).eax;
+    for leaf in 0x8000_0002..=0x8000_0004u32 {
+        if leaf > max_ext {
+            return;
+        }
+        let r = core::arch::x86_64::__cpuid(leaf);
+        entries.retain(|e| e.leaf != leaf);
+        entries.push(CpuidEntry {
+            leaf,
+            eax: r.eax,
+            ebx: r.ebx,
+            ecx: r.ecx,
+            edx: r.edx,
+            ..Default::default()
+        });
     }
 }
