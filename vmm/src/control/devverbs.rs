@@ -98,6 +98,36 @@ fn api_message(e: ClientError) -> anyhow::Error {
     }
 }
 
+/// An xl-style table: the header, then each domain's rows. An unknown
+/// domain is reported as xl does and makes the exit status 1.
+fn print_table(
+    run: &RunDir,
+    header: &str,
+    domains: &[String],
+    rows: impl Fn(&Entry) -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<ExitCode> {
+    println!("{header}");
+    let mut bad = false;
+    for d in domains {
+        match run.find(d) {
+            Ok(e) => {
+                for row in rows(&e)? {
+                    println!("{row}");
+                }
+            }
+            Err(_) => {
+                eprintln!("{d} is an invalid domain identifier");
+                bad = true;
+            }
+        }
+    }
+    Ok(if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 pub fn run(run: &RunDir, cmd: DevCmd) -> anyhow::Result<ExitCode> {
     let short = Duration::from_secs(10);
     match cmd {
@@ -120,24 +150,10 @@ pub fn run(run: &RunDir, cmd: DevCmd) -> anyhow::Result<ExitCode> {
                 .map_err(api_message)?;
         }
         DevCmd::BlockList { domains } => {
-            println!("{}", block_list_header());
-            let mut bad = false;
-            for d in domains {
-                match run.find(&d) {
-                    Ok(e) => {
-                        for disk in client(&e, short).disks(&e.name)? {
-                            println!("{}", block_list_row(&disk));
-                        }
-                    }
-                    Err(_) => {
-                        eprintln!("{d} is an invalid domain identifier");
-                        bad = true;
-                    }
-                }
-            }
-            if bad {
-                return Ok(ExitCode::from(1));
-            }
+            return print_table(run, &block_list_header(), &domains, |e| {
+                let disks = client(e, short).disks(&e.name)?;
+                Ok(disks.iter().map(block_list_row).collect())
+            });
         }
         DevCmd::NetworkAttach { domain, spec } => {
             let e = run.find(&domain)?;
@@ -158,24 +174,10 @@ pub fn run(run: &RunDir, cmd: DevCmd) -> anyhow::Result<ExitCode> {
                 .map_err(api_message)?;
         }
         DevCmd::NetworkList { domains } => {
-            println!("{}", network_list_header());
-            let mut bad = false;
-            for d in domains {
-                match run.find(&d) {
-                    Ok(e) => {
-                        for nic in client(&e, short).nics(&e.name)? {
-                            println!("{}", network_list_row(&nic));
-                        }
-                    }
-                    Err(_) => {
-                        eprintln!("{d} is an invalid domain identifier");
-                        bad = true;
-                    }
-                }
-            }
-            if bad {
-                return Ok(ExitCode::from(1));
-            }
+            return print_table(run, &network_list_header(), &domains, |e| {
+                let nics = client(e, short).nics(&e.name)?;
+                Ok(nics.iter().map(network_list_row).collect())
+            });
         }
     }
     Ok(ExitCode::SUCCESS)
