@@ -233,6 +233,17 @@ if ! XENKVM_CACHE="$CACHE" XENKVM_REFRESH="$REFRESH" bash "$here/mkdisk.sh" >&2;
     log "warning: building the test disk images failed (resources/mkdisk.sh); disk tests will skip"
 fi
 
+# ------------------------------------------------------- full Debian image
+# debian12.raw/.qcow2 (tests/debian_image.rs); see mkdebian.sh. It needs root and
+# Debian's archive; without them the test says how to build the image.
+if [ "$(id -u)" = 0 ]; then
+    if ! XENKVM_CACHE="$CACHE" XENKVM_REFRESH="$REFRESH" bash "$here/mkdebian.sh" >&2; then
+        log "warning: building the Debian image failed (resources/mkdebian.sh); tests/debian_image.rs will fail"
+    fi
+else
+    log "note: not root: the Debian image (resources/mkdebian.sh) is not built"
+fi
+
 # ---------------------------------------------------------------- report
 echo "xenkvm guest assets in $CACHE:"
 echo "  kernel:    $CACHE/vmlinuz ($(human "$CACHE/vmlinuz")), version $kver"

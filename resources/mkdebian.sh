@@ -13,8 +13,9 @@
 # TEST-ONLY credentials: root's password is "xenkvm" (tests/debian_image.rs logs in
 # with it on hvc0). Do not use this image for anything reachable from a network.
 #
-# Network: /etc/network/interfaces brings eth0 up (allow-hotplug) with the static
-# address 10.98.0.2/24, gateway 10.98.0.1 (the host side the test sets up).
+# Network: /etc/network/interfaces brings the first vif up (allow-hotplug) with the
+# static address 10.98.0.2/24, gateway 10.98.0.1 (the host side the test sets up).
+# Debian 12's udev names a Xen netfront nic by its vif number: enX0 (not eth0).
 #
 # Cached: the images are rebuilt only when this script changes (its sha256 is kept in
 # debian12.stamp) or with XENKVM_REFRESH=1. The downloaded .debs stay in
@@ -96,8 +97,9 @@ source /etc/network/interfaces.d/*
 auto lo
 iface lo inet loopback
 
-allow-hotplug eth0
-iface eth0 inet static
+# The first Xen vif (systemd's predictable name for xen-netfront vif 0).
+allow-hotplug enX0
+iface enX0 inet static
 	address 10.98.0.2/24
 	gateway 10.98.0.1
 EOF
