@@ -13,8 +13,16 @@ use std::time::{Duration, Instant};
 
 use common::{Live, Netns};
 
-/// Time allowed from start to `login:` (the issue's user gave up after 280 s).
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(280);
+/// Time allowed from start to `login:`: about 90-120 s on the PVM development host
+/// when it is quiet, more than twice that when it is busy (see DEVICE_TIMEOUT_SEC).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(420);
+/// systemd waits this long (kernel command line) for a device such as /dev/hvc0,
+/// instead of its default 90 s. On a host where every monitor exit costs tens of
+/// microseconds (PVM here: about 1.3 million exits to `login:`), udev's coldplug
+/// can announce hvc0 more than 90 s after systemd starts when the host is busy;
+/// the job then times out, serial-getty@hvc0 is skipped and no `login:` ever
+/// comes (issue 13 item 1). Nothing in the guest is wrong: it is only slow.
+const DEVICE_TIMEOUT_SEC: u32 = 400;
 /// Time allowed for one shell command's marker to appear.
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -63,11 +71,11 @@ fn private_copy(img: &Path, tag: &str) -> (Scratch, PathBuf) {
 /// Send a shell command whose output ends with `XKEND-<n>` (computed by the shell,
 /// so the terminal's echo of the command line does not match); the output after
 /// the command line up to that marker.
-fn shell(g: &mut Live, cmd: &str, n: u32) -> String {
+fn shell(g: &mut Live, cmd: &str, n: u32, timeout: Duration) -> String {
     let marker = format!("XKEND-{n}");
     let before = g.text().len();
     g.send(&format!("{cmd}; echo XKEND-$(({n}+0))\n"));
-    let ok = g.wait_for(&format!("\n{marker}"), CMD_TIMEOUT);
+    let ok = g.wait_for(&format!("\n{marker}"), timeout);
     let text = g.text();
     assert!(ok, "no {marker} after `{cmd}`:\n{}", &text[before..]);
     let out = &text[before..];
@@ -103,7 +111,8 @@ fn boot_to_login_and_poweroff(name: &str, format: &str) {
             "name = \"debian12-{format}\"\nmemory = 512\nvcpus = 2\n\
              bootloader = \"pygrub\"\n\
              disk = ['format={format},vdev=xvda,access=w,target={}']\n\
-             vif = ['bridge=xkbr0']\non_reboot = \"destroy\"\n",
+             vif = ['bridge=xkbr0']\non_reboot = \"destroy\"\n\
+             extra = \"systemd.default_timeout_start_sec={DEVICE_TIMEOUT_SEC}\"\n",
             disk.display()
         ),
     )
@@ -127,15 +136,21 @@ fn boot_to_login_and_poweroff(name: &str, format: &str) {
         "no shell prompt:\n{}",
         g.text()
     );
-    let hello = shell(&mut g, "uname -r", 1);
+    let hello = shell(&mut g, "uname -r", 1, CMD_TIMEOUT);
     assert!(hello.contains("cloud-amd64"), "{hello}");
 
     // Wait for the boot to settle, then no unit may have failed.
-    let running = shell(&mut g, "systemctl is-system-running --wait", 2);
+    let running = shell(
+        &mut g,
+        "systemctl is-system-running --wait",
+        2,
+        LOGIN_TIMEOUT,
+    );
     let failed = shell(
         &mut g,
         "systemctl --failed --no-legend --plain --no-pager",
         3,
+        CMD_TIMEOUT,
     );
     assert!(
         failed.trim().is_empty(),
@@ -144,7 +159,12 @@ fn boot_to_login_and_poweroff(name: &str, format: &str) {
     );
     assert!(running.contains("running"), "state: {running}");
 
-    let net = shell(&mut g, "ip -br addr show enX0; ping -c 2 -W 5 10.98.0.1", 4);
+    let net = shell(
+        &mut g,
+        "ip -br addr show enX0; ping -c 2 -W 5 10.98.0.1",
+        4,
+        CMD_TIMEOUT,
+    );
     assert!(
         net.contains("10.98.0.2/24") && net.contains(" 0% packet loss"),
         "network:\n{net}"
