@@ -70,19 +70,23 @@ fn private_copy(img: &Path, tag: &str) -> (Scratch, PathBuf) {
 
 /// Send a shell command whose output ends with `XKEND-<n>` (computed by the shell,
 /// so the terminal's echo of the command line does not match); the output after
-/// the command line up to that marker.
+/// the command line up to that marker, without carriage returns and bash's
+/// bracketed-paste switches.
 fn shell(g: &mut Live, cmd: &str, n: u32, timeout: Duration) -> String {
     let marker = format!("XKEND-{n}");
     let before = g.text().len();
     g.send(&format!("{cmd}; echo XKEND-$(({n}+0))\n"));
-    let ok = g.wait_for(&format!("\n{marker}"), timeout);
+    let ok = g.wait_for(&marker, timeout);
     let text = g.text();
     assert!(ok, "no {marker} after `{cmd}`:\n{}", &text[before..]);
     let out = &text[before..];
-    let end = out.find(&format!("\n{marker}")).unwrap_or(out.len());
+    let end = out.find(&marker).unwrap_or(out.len());
     // Skip the echoed command line.
     let start = out.find('\n').map(|i| i + 1).unwrap_or(0).min(end);
-    out[start..end].replace('\r', "")
+    out[start..end]
+        .replace('\r', "")
+        .replace("\x1b[?2004l", "")
+        .replace("\x1b[?2004h", "")
 }
 
 fn boot_to_login_and_poweroff(name: &str, format: &str) {
