@@ -80,9 +80,17 @@ fn shell(g: &mut Live, cmd: &str, n: u32, timeout: Duration) -> String {
     let text = g.text();
     assert!(ok, "no {marker} after `{cmd}`:\n{}", &text[before..]);
     let out = &text[before..];
-    let end = out.find(&marker).unwrap_or(out.len());
-    // Skip the echoed command line.
-    let start = out.find('\n').map(|i| i + 1).unwrap_or(0).min(end);
+    // The output starts on the line after the terminal's echo of the command.
+    let echo = format!("XKEND-$(({n}+0))");
+    let from = out.find(&echo).map(|i| i + echo.len()).unwrap_or(0);
+    let end = out[from..]
+        .find(&marker)
+        .map(|i| from + i)
+        .unwrap_or(out.len());
+    let start = out[from..end]
+        .find('\n')
+        .map(|i| from + i + 1)
+        .unwrap_or(end);
     out[start..end]
         .replace('\r', "")
         .replace("\x1b[?2004l", "")
