@@ -68,33 +68,54 @@ fn private_copy(img: &Path, tag: &str) -> (Scratch, PathBuf) {
     (Scratch(dir), copy)
 }
 
-/// Send a shell command whose output ends with `XKEND-<n>` (computed by the shell,
-/// so the terminal's echo of the command line does not match); the output after
-/// the command line up to that marker, without carriage returns and bash's
-/// bracketed-paste switches.
+/// Send a shell command followed by `echo XKEND-$((n+0))`, whose output `XKEND-<n>`
+/// the terminal's echo of the command line does not contain; the command's output.
 fn shell(g: &mut Live, cmd: &str, n: u32, timeout: Duration) -> String {
-    let marker = format!("XKEND-{n}");
     let before = g.text().len();
     g.send(&format!("{cmd}; echo XKEND-$(({n}+0))\n"));
-    let ok = g.wait_for(&marker, timeout);
+    let ok = g.wait_for(&format!("XKEND-{n}"), timeout);
     let text = g.text();
-    assert!(ok, "no {marker} after `{cmd}`:\n{}", &text[before..]);
     let out = &text[before..];
-    // The output starts on the line after the terminal's echo of the command.
+    match command_output(out, n) {
+        Some(o) if ok => o,
+        _ => panic!("no XKEND-{n} after `{cmd}`:\n{out}"),
+    }
+}
+
+/// The output of command `n` in console text `out` (from where it was typed): from
+/// the line after the terminal's echo of the command up to its `XKEND-<n>`, without
+/// carriage returns and bash's bracketed-paste switches; None before the marker.
+fn command_output(out: &str, n: u32) -> Option<String> {
     let echo = format!("XKEND-$(({n}+0))");
     let from = out.find(&echo).map(|i| i + echo.len()).unwrap_or(0);
-    let end = out[from..]
-        .find(&marker)
-        .map(|i| from + i)
-        .unwrap_or(out.len());
+    let end = from + out[from..].find(&format!("XKEND-{n}"))?;
     let start = out[from..end]
         .find('\n')
         .map(|i| from + i + 1)
         .unwrap_or(end);
-    out[start..end]
-        .replace('\r', "")
-        .replace("\x1b[?2004l", "")
-        .replace("\x1b[?2004h", "")
+    Some(
+        out[start..end]
+            .replace('\r', "")
+            .replace("\x1b[?2004l", "")
+            .replace("\x1b[?2004h", ""),
+    )
+}
+
+#[test]
+fn command_output_is_what_follows_the_echoed_command() {
+    // As seen on hvc0: the previous prompt arrives after `before`, bash switches
+    // bracketed paste off and on around the command.
+    let empty = "\r\n\x1b[?2004hroot@debian12:~# systemctl --failed; echo XKEND-$((3+0))\r\n\
+                 \x1b[?2004lXKEND-3\r\n\x1b[?2004hroot@debian12:~# ";
+    assert_eq!(command_output(empty, 3).as_deref(), Some(""));
+    let two = "ip -br a; echo XKEND-$((4+0))\r\n\x1b[?2004lenX0 UP 10.98.0.2/24\r\n\
+               lo UNKNOWN\r\nXKEND-4\r\n";
+    assert_eq!(
+        command_output(two, 4).as_deref(),
+        Some("enX0 UP 10.98.0.2/24\nlo UNKNOWN\n")
+    );
+    // The echo alone is not the marker.
+    assert_eq!(command_output("uname -r; echo XKEND-$((1+0))\r\n", 1), None);
 }
 
 fn boot_to_login_and_poweroff(name: &str, format: &str) {
