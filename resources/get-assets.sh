@@ -245,6 +245,20 @@ if ! XENKVM_CACHE="$CACHE" XENKVM_REFRESH="$REFRESH" bash "$here/mkpvgrub.sh" >&
     log "warning: building PV-GRUB2 failed (resources/mkpvgrub.sh); tests/pvgrub.rs will skip"
 fi
 
+# ------------------------------------------------------- full Debian image
+# debian12.raw/.qcow2 (tests/debian_image.rs); see mkdebian.sh. It needs root and
+# Debian's archive; without them the test says how to build the image.
+# XENKVM_DEBIAN_LATER=1 leaves it out (scripts/test builds it beside the compiles).
+if [ "${XENKVM_DEBIAN_LATER:-0}" = 1 ]; then
+    log "the Debian image is left to the caller (XENKVM_DEBIAN_LATER=1)"
+elif [ "$(id -u)" = 0 ]; then
+    if ! XENKVM_CACHE="$CACHE" XENKVM_REFRESH="$REFRESH" bash "$here/mkdebian.sh" >&2; then
+        log "warning: building the Debian image failed (resources/mkdebian.sh); tests/debian_image.rs will fail"
+    fi
+else
+    log "note: not root: the Debian image (resources/mkdebian.sh) is not built"
+fi
+
 # ---------------------------------------------------------------- report
 echo "xenkvm guest assets in $CACHE:"
 echo "  kernel:    $CACHE/vmlinuz ($(human "$CACHE/vmlinuz")), version $kver"
