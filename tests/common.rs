@@ -15,12 +15,37 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
+/// Say that a test is skipped and why: on stderr (`SKIP: ...`), and in the
+/// file `XENKVM_SKIP_LOG` names, from which scripts/test prints its skip
+/// summary (cargo hides a passing test's stderr).
+pub fn skip(why: &str) {
+    eprintln!("SKIP: {why}");
+    if let Ok(path) = std::env::var("XENKVM_SKIP_LOG") {
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let exe = std::env::args().next().unwrap_or_default();
+        let bin = std::path::Path::new(&exe)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.rsplit_once('-').map(|(b, _)| b))
+            .unwrap_or("?")
+            .to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            use std::io::Write;
+            let _ = writeln!(f, "{bin}::{test}: {why}");
+        }
+    }
+}
+
 /// The asset cache, or None (with a message) when the test must be skipped.
 /// In CI a missing prerequisite is a failure, never a skip.
 pub fn assets() -> Option<PathBuf> {
     if !std::path::Path::new("/dev/kvm").exists() {
         assert!(!in_ci(), "CI=true but /dev/kvm is absent");
-        eprintln!("SKIP: /dev/kvm is absent");
+        skip("/dev/kvm is absent");
         return None;
     }
     let cache = std::env::var("XENKVM_CACHE")
@@ -31,10 +56,10 @@ pub fn assets() -> Option<PathBuf> {
             !in_ci(),
             "CI=true but guest assets are missing: run resources/get-assets.sh"
         );
-        eprintln!(
-            "SKIP: no guest assets in {}; run resources/get-assets.sh",
+        skip(&format!(
+            "no guest assets in {}; run resources/get-assets.sh",
             cache.display()
-        );
+        ));
         return None;
     }
     Some(cache)

@@ -39,7 +39,7 @@ fn image(name: &str) -> Option<PathBuf> {
         img.display()
     );
     assert!(!common::in_ci(), "CI=true but {msg}");
-    eprintln!("SKIP: {msg}");
+    common::skip(&msg);
     None
 }
 

@@ -234,10 +234,10 @@ fn setup() -> Option<(PathBuf, PathBuf)> {
             "CI=true but {} is missing",
             initrd.display()
         );
-        eprintln!(
-            "SKIP: {} is missing (run resources/get-assets.sh)",
+        common::skip(&format!(
+            "{} is missing (run resources/get-assets.sh)",
             initrd.display()
-        );
+        ));
         return None;
     }
     let dir = std::env::temp_dir().join(format!("xenkvm-hotplug-{}", std::process::id()));

@@ -35,7 +35,7 @@ fn nested(cache: &Path) -> Option<PathBuf> {
             !common::in_ci(),
             "CI=true but the nested host is not prepared: run resources/nested/prepare.sh"
         );
-        eprintln!("SKIP: no nested host; run resources/nested/prepare.sh");
+        common::skip("no nested host; run resources/nested/prepare.sh");
         return None;
     }
     Some(n)

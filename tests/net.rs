@@ -117,7 +117,7 @@ fn prerequisites() -> Option<PathBuf> {
     };
     if let Some(m) = missing {
         assert!(!common::in_ci(), "CI=true but {m} is missing");
-        eprintln!("SKIP: {m} is missing");
+        common::skip(&format!("{m} is missing"));
         return None;
     }
     Some(cache)
@@ -131,7 +131,7 @@ fn guest_pings_and_sends_100_mib_over_a_bridged_tap() {
     let pid = std::process::id();
     let Some(ns) = Netns::new(format!("xkt-{pid}")) else {
         assert!(!common::in_ci(), "CI=true but `ip netns add` failed");
-        eprintln!("SKIP: cannot create a network namespace (not root?)");
+        common::skip("cannot create a network namespace (not root?)");
         return;
     };
     ns.run(&["ip", "link", "set", "lo", "up"]);

@@ -28,10 +28,10 @@ fn pvgrub_assets() -> Option<(PathBuf, PathBuf)> {
             grub.display(),
             disk.display()
         );
-        eprintln!(
-            "SKIP: no PV-GRUB2 in {}; run resources/mkpvgrub.sh",
+        common::skip(&format!(
+            "no PV-GRUB2 in {}; run resources/mkpvgrub.sh",
             cache.display()
-        );
+        ));
         return None;
     }
     Some((cache, grub))

@@ -38,7 +38,7 @@ pub const CFLAGS: &[&str] = &[
 pub fn prerequisites() -> Option<()> {
     if !std::path::Path::new("/dev/kvm").exists() {
         assert!(!crate::common::in_ci(), "CI=true but /dev/kvm is absent");
-        eprintln!("SKIP: /dev/kvm is absent");
+        crate::common::skip("/dev/kvm is absent");
         return None;
     }
     let gcc = Command::new("gcc").arg("--version").output();
@@ -47,7 +47,7 @@ pub fn prerequisites() -> Option<()> {
             !crate::common::in_ci(),
             "CI=true but gcc is missing: the conformance guests are built with the system gcc"
         );
-        eprintln!("SKIP: gcc is not installed; the conformance guests need it");
+        crate::common::skip("gcc is not installed; the conformance guests need it");
         return None;
     }
     Some(())
