@@ -696,3 +696,60 @@ fn vcpu_set_takes_a_vcpu_offline_and_back() {
     assert!(o.status.success(), "{}", text(&o));
     let _ = std::fs::remove_dir_all(&run);
 }
+
+/// `on_poweroff = "preserve"`: the domain stays listed as shut down and keeps
+/// its devices (its tap) until `destroy`, as on Xen; then everything goes.
+#[test]
+fn a_preserved_domain_keeps_its_tap_until_destroyed() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let run = temp_dir("preserve");
+    let cfg = run.join("keep.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"xlkeep\"\nmemory = 256\nkernel = \"{}\"\nramdisk = \"{}\"\n\
+             extra = \"console=hvc0 quiet\"\nvif = [ 'vifname=vkeep0' ]\n\
+             on_poweroff = \"preserve\"\n",
+            cache.join("vmlinuz").display(),
+            cache.join("initramfs-smoke.cpio.gz").display()
+        ),
+    )
+    .unwrap();
+    let ns = Netns::new("keep");
+    let o = ns
+        .xenkvm()
+        .arg("--run-dir")
+        .arg(&run)
+        .args(["create", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("start xenkvm in the namespace");
+    assert!(o.status.success(), "create failed:\n{}", text(&o));
+    // The smoke init powers the guest off by itself.
+    let start = Instant::now();
+    let state = loop {
+        let l = list(&run);
+        let st = row(&l, "xlkeep").map(|r| r[4].clone()).unwrap_or_default();
+        if st.contains('s') || start.elapsed() > Duration::from_secs(300) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        state,
+        "---s--",
+        "not shut down and preserved; log:\n{}",
+        std::fs::read_to_string(run.join("domains/xlkeep/log")).unwrap_or_default()
+    );
+    assert!(ns.has_link("vkeep0"), "the preserved domain lost its tap");
+    let o = xenkvm(&run, &["destroy", "xlkeep"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let start = Instant::now();
+    while ns.has_link("vkeep0") && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!ns.has_link("vkeep0"), "the tap outlived destroy");
+    let _ = std::fs::remove_dir_all(&run);
+}

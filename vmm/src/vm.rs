@@ -105,7 +105,8 @@ pub struct Vm {
     boot_regs: Regs,
     /// Print machine-readable exit and hypercall counts at the end.
     pub print_stats: bool,
-    /// The PV device backends; stopped when the VM ends.
+    /// The PV device backends; stopped when the VM ends (or, with
+    /// [`Vm::run_keeping_devices`], when the caller drops them).
     _devices: crate::hotplug::DeviceOwner,
 }
 
@@ -345,14 +346,22 @@ impl Vm {
 
     /// Run the guest until it shuts down.
     pub fn run(self) -> Outcome {
+        self.run_keeping_devices().0
+    }
+
+    /// [`Self::run`], handing back the PV device backends still running: a
+    /// domain preserved after it shut down (`on_poweroff = "preserve"`)
+    /// keeps its disks open and its taps until it is destroyed, as on Xen.
+    pub fn run_keeping_devices(self) -> (Outcome, crate::hotplug::DeviceOwner) {
         install_kick_handler();
         // Set-up is over: from here on (and for the boots after a reboot)
         // every thread of the monitor runs under the system-call filter.
         if let Err(e) = crate::seccomp::install() {
             log::error!("{e}");
-            return Outcome::Crash(format!(
+            let o = Outcome::Crash(format!(
                 "{e} (--no-seccomp or XENKVM_SECCOMP=0 runs without it)"
             ));
+            return (o, self._devices);
         }
         let host = self.host.clone();
         let timer_host = Arc::downgrade(&host);
@@ -367,7 +376,7 @@ impl Vm {
         let (tx, rx) = std::sync::mpsc::channel::<VcpuReport>();
         let mut vcpus = self.vcpus.into_iter();
         let Some(vcpu0) = vcpus.next() else {
-            return Outcome::Crash("no vCPU".into());
+            return (Outcome::Crash("no vCPU".into()), self._devices);
         };
         let mut parked: Vec<Option<Vcpu>> = vec![None];
         parked.extend(vcpus.map(Some));
@@ -435,7 +444,7 @@ impl Vm {
             eprintln!("xenkvm-stats exits_total {total}");
             eprintln!("xenkvm-stats register_ioctls {reg_ioctls}");
         }
-        outcome.unwrap_or(Outcome::Other(255))
+        (outcome.unwrap_or(Outcome::Other(255)), self._devices)
     }
 }
 

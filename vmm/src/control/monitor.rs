@@ -550,7 +550,9 @@ impl Monitor {
             }
             r.set_phase(Phase::Running);
             log::info!("domain {name} (id {}) running", r.claim.id);
-            let outcome = vm.run();
+            // The devices live until the end of this boot: through the wait of
+            // a preserved domain, dropped before a restart builds new ones.
+            let (outcome, _devices) = vm.run_keeping_devices();
             if host.escaped.load(Ordering::SeqCst) {
                 eprintln!("\r\nxenkvm: stopped by the console escape (Ctrl-])");
                 break ExitCode::from(130);
