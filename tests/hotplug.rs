@@ -10,34 +10,18 @@
 //! network namespace of the test's own.
 
 mod common;
+#[path = "support/domains.rs"]
+mod domains;
 use common::Netns;
+use domains::{text, xenkvm, Attached};
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NAME: &str = "xkhotplug";
-
-fn xenkvm(run: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xenkvm"))
-        .arg("--run-dir")
-        .arg(run)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("start xenkvm")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A verb that must succeed; its stdout.
 fn ok(run: &Path, args: &[&str]) -> String {
@@ -53,90 +37,19 @@ fn refused(run: &Path, args: &[&str], msg: &str) {
     assert!(text(&o).contains(msg), "{args:?}: {}", text(&o));
 }
 
-/// The guest console through `xenkvm console`, output collected.
-struct Console {
-    child: std::process::Child,
-    out: Arc<Mutex<String>>,
-}
-
-impl Console {
-    fn attach(run: &Path) -> Console {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
-            .arg("--run-dir")
-            .arg(run)
-            .args(["console", NAME])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("xenkvm console");
-        let out = Arc::new(Mutex::new(String::new()));
-        for s in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let o = out.clone();
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    o.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        Console { child, out }
-    }
-
-    fn text(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, pat: &str, timeout: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if self.text().contains(pat) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
-    fn send(&mut self, data: &str) {
-        let s = self.child.stdin.as_mut().unwrap();
-        s.write_all(data.as_bytes()).unwrap();
-        s.flush().unwrap();
-    }
-
-    /// Run `cmd` in the guest's shell; the output after the marker it
-    /// prints once done (`echo` of a unique tag).
-    fn run(&mut self, cmd: &str, tag: &str) -> String {
-        let s = self.child.stdin.as_mut().unwrap();
-        // The tag is split in the command line so that only its echo matches.
-        let (a, b) = tag.split_at(3);
-        s.write_all(format!("{cmd}; echo {a}\"\"{b}\n").as_bytes())
-            .unwrap();
-        s.flush().unwrap();
-        assert!(
-            self.wait_for(&format!("{tag}\r\n"), Duration::from_secs(60))
-                || self.wait_for(&format!("{tag}\n"), Duration::from_secs(1)),
-            "{cmd:?} did not finish:\n{}",
-            self.text()
-        );
-        self.text()
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Run `cmd` in the guest's shell on console `con`; the output after the marker it
+/// prints once done (`echo` of a unique tag).
+fn run_in(con: &mut Attached, cmd: &str, tag: &str) -> String {
+    // The tag is split in the command line so that only its echo matches.
+    let (a, b) = tag.split_at(3);
+    con.send(format!("{cmd}; echo {a}\"\"{b}\n").as_bytes());
+    assert!(
+        con.wait_for(&format!("{tag}\r\n"), Duration::from_secs(60))
+            || con.wait_for(&format!("{tag}\n"), Duration::from_secs(1)),
+        "{cmd:?} did not finish:\n{}",
+        con.text()
+    );
+    con.text()
 }
 
 /// Destroys the domain when dropped (also when the test fails).
@@ -289,7 +202,7 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
     let domain = Domain(run.clone());
     let id = ok(&run, &["domid", NAME]).trim().to_string();
     let xs = run.join(format!("domains/{NAME}/xenstored.sock"));
-    let mut con = Console::attach(&run);
+    let mut con = Attached::start(&run, NAME);
     assert!(
         con.wait_for("XKHP-READY", Duration::from_secs(300)),
         "{}",
@@ -325,9 +238,10 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
     assert_eq!(r[..3], ["51728", "0", id.as_str()], "{r:?}");
     assert_eq!(r[6], format!("/local/domain/0/backend/vbd/{id}/51728"));
     assert!(monitor_has_open(&run, &disk));
-    let t = con.run("head -c 18 /dev/xvdb; echo", "XKR1-DONE");
+    let t = run_in(&mut con, "head -c 18 /dev/xvdb; echo", "XKR1-DONE");
     assert!(t.contains("\nHOTPLUG-PATTERN-42"), "{t}");
-    con.run(
+    run_in(
+        &mut con,
         "printf GUEST-WROTE-THIS | dd of=/dev/xvdb bs=512 seek=1 2>/dev/null; sync",
         "XKW1-DONE",
     );
@@ -351,7 +265,7 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
     ok(&run, &["block-detach", NAME, "xvdb"]);
     assert!(rows(&run, "block-list").is_empty());
     assert!(!monitor_has_open(&run, &disk), "the image is still open");
-    let t = con.run("ls /sys/block/ | grep -c xvd", "XKL1-DONE");
+    let t = run_in(&mut con, "ls /sys/block/ | grep -c xvd", "XKL1-DONE");
     assert!(t.contains("\n0\r\n") || t.contains("\n0\n"), "{t}");
 
     // A guest that does not release a disk (paused): block-detach gives up
@@ -380,7 +294,7 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
     assert!(rows(&run, "block-list").is_empty());
     assert!(!monitor_has_open(&run, &other));
     ok(&run, &["unpause", NAME]);
-    let t = con.run("ls /sys/block/ | grep -c xvd", "XKL2-DONE");
+    let t = run_in(&mut con, "ls /sys/block/ | grep -c xvd", "XKL2-DONE");
     assert!(t.contains("\n0\r\n") || t.contains("\n0\n"), "{t}");
 
     // network-attach: a tap in the bridge; the guest's eth0 pings the host.
@@ -405,7 +319,8 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
         &["network-attach", NAME, &format!("mac={mac}")],
         "already nic 0's",
     );
-    let t = con.run(
+    let t = run_in(
+        &mut con,
         "ip link set eth0 up; ip addr add 10.97.0.2/24 dev eth0; \
          ping -c 2 -w 20 10.97.0.1 >/dev/null && echo PING-OK",
         "XKP1-DONE",
@@ -430,7 +345,7 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
     ok(&run, &["network-detach", NAME, &mac]);
     assert!(rows(&run, "network-list").is_empty());
     assert!(!ns.has_link("xkhp0"), "the tap is still there");
-    let t = con.run("ls /sys/class/net | grep -c eth", "XKL3-DONE");
+    let t = run_in(&mut con, "ls /sys/class/net | grep -c eth", "XKL3-DONE");
     assert!(t.contains("\n0\r\n") || t.contains("\n0\n"), "{t}");
 
     // Every backend thread and file of the devices is gone (API request
@@ -453,7 +368,7 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
             &format!("{},raw,xvdb,r", disk.display()),
         ],
     );
-    con.send("reboot -f\n");
+    con.send(b"reboot -f\n");
     until("the guest booted again", Duration::from_secs(300), || {
         con.text().matches("XKHP-READY").count() >= 2
     });
@@ -469,7 +384,8 @@ fn attach_and_detach_disks_and_nics_in_a_running_guest() {
     let l: serde_json::Value = serde_json::from_str(&ok(&run, &["list", "-l", NAME])).unwrap();
     assert_eq!(l[0]["info"]["boots"], 2, "{l}");
     assert!(rows(&run, "network-list").is_empty());
-    let t = con.run(
+    let t = run_in(
+        &mut con,
         "dd if=/dev/xvdb bs=512 skip=1 count=1 2>/dev/null | head -c 16; echo",
         "XKR2-DONE",
     );

@@ -3,40 +3,17 @@
 //! `destroy`, `info`, and `list` cleaning up after dead domains.
 
 mod common;
+#[path = "support/domains.rs"]
+mod domains;
 use common::Netns;
+use domains::{temp_dir, text, xenkvm, Attached};
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const HEADER: &str = "Name                                        ID   Mem VCPUs\tState\tTime(s)";
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("xenkvm-xl-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-fn xenkvm(run: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xenkvm"))
-        .arg("--run-dir")
-        .arg(run)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("start xenkvm")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn list(run: &Path) -> String {
     let o = xenkvm(run, &["list"]);
@@ -53,7 +30,7 @@ fn row(list: &str, name: &str) -> Option<Vec<String>> {
 
 #[test]
 fn list_shows_the_host_and_cleans_up_dead_domains() {
-    let run = temp_dir("dead");
+    let run = temp_dir("xl-dead");
     // A domain whose monitor died without cleaning up.
     let ghost = run.join("domains/ghost");
     std::fs::create_dir_all(&ghost).unwrap();
@@ -126,91 +103,12 @@ fn list_shows_the_host_and_cleans_up_dead_domains() {
     let _ = std::fs::remove_dir_all(&run);
 }
 
-/// `xenkvm console NAME` with its stdin a pipe, output collected.
-struct Attached {
-    child: std::process::Child,
-    out: Arc<Mutex<String>>,
-}
-
-impl Attached {
-    fn start(run: &Path, name: &str) -> Attached {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
-            .arg("--run-dir")
-            .arg(run)
-            .args(["console", name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = Arc::new(Mutex::new(String::new()));
-        for s in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let o = out.clone();
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    o.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        Attached { child, out }
-    }
-
-    fn text(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, pat: &str, timeout: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if self.text().contains(pat) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
-    fn send(&mut self, data: &[u8]) {
-        let s = self.child.stdin.as_mut().unwrap();
-        s.write_all(data).unwrap();
-        s.flush().unwrap();
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn create_list_console_pause_shutdown_destroy() {
     let Some(cache) = common::assets() else {
         return;
     };
-    let run = temp_dir("verbs");
+    let run = temp_dir("xl-verbs");
     let disk = run.join("data.img");
     std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
     let name = "xlweb01";
@@ -431,7 +329,7 @@ fn paused_create_inspection_verbs_sysrq_and_shutdown_all() {
     let Some(cache) = common::assets() else {
         return;
     };
-    let run = temp_dir("inspect");
+    let run = temp_dir("xl-inspect");
     let name = "xlsys";
     let cfg = run.join("sys.cfg");
     std::fs::write(
@@ -607,7 +505,7 @@ fn vcpu_set_takes_a_vcpu_offline_and_back() {
     let Some(cache) = common::assets() else {
         return;
     };
-    let run = temp_dir("vcpuset");
+    let run = temp_dir("xl-vcpuset");
     let name = "xlcpu";
     let cfg = run.join("cpu.cfg");
     std::fs::write(
@@ -704,7 +602,7 @@ fn a_preserved_domain_keeps_its_tap_until_destroyed() {
     let Some(cache) = common::assets() else {
         return;
     };
-    let run = temp_dir("preserve");
+    let run = temp_dir("xl-preserve");
     let cfg = run.join("keep.cfg");
     std::fs::write(
         &cfg,
