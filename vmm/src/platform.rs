@@ -202,26 +202,26 @@ impl Platform for Host {
         let mut next_kick = std::time::Duration::from_millis(100);
         let mut next_warn = std::time::Duration::from_secs(5);
         loop {
-            let late: Vec<usize> = (0..waiting.len())
-                .filter(|&k| {
-                    let s = &waiting[k].1;
-                    s.flush.load(Ordering::SeqCst) && s.in_guest.load(Ordering::SeqCst)
-                })
-                .collect();
-            if late.is_empty() || self.stop.load(Ordering::SeqCst) {
+            let t = start.elapsed();
+            let kick = t >= next_kick;
+            let mut late = 0;
+            for (i, s) in &waiting {
+                if s.flush.load(Ordering::SeqCst) && s.in_guest.load(Ordering::SeqCst) {
+                    late += 1;
+                    if kick {
+                        self.kick(*i as u32);
+                    }
+                }
+            }
+            if late == 0 || self.stop.load(Ordering::SeqCst) {
                 return;
             }
-            let t = start.elapsed();
-            if t >= next_kick {
-                for &k in &late {
-                    self.kick(waiting[k].0 as u32);
-                }
+            if kick {
                 next_kick = t + std::time::Duration::from_millis(100);
             }
             if t >= next_warn {
                 log::warn!(
-                    "TLB flush on a page type change: still waiting for {} vCPU(s) after {} s",
-                    late.len(),
+                    "TLB flush on a page type change: still waiting for {late} vCPU(s) after {} s",
                     t.as_secs()
                 );
                 next_warn = t + std::time::Duration::from_secs(5);
