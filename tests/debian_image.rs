@@ -76,19 +76,30 @@ fn shell(g: &mut Live, cmd: &str, n: u32, timeout: Duration) -> String {
     let ok = g.wait_for(&format!("XKEND-{n}"), timeout);
     let text = g.text();
     let out = &text[before..];
-    match command_output(out, n) {
+    let output = match command_output(out, n) {
         Some(o) if ok => o,
         _ => panic!("no XKEND-{n} after `{cmd}`:\n{out}"),
+    };
+    // Let bash print its next prompt, so that the next command is not typed ahead
+    // of it (command_output copes with that too).
+    let marker = before + out.find(&format!("XKEND-{n}")).unwrap_or(0);
+    let start = Instant::now();
+    while start.elapsed() < CMD_TIMEOUT && !g.text()[marker..].contains(":~# ") {
+        std::thread::sleep(Duration::from_millis(50));
     }
+    output
 }
 
 /// The output of command `n` in console text `out` (from where it was typed): from
-/// the line after the terminal's echo of the command up to its `XKEND-<n>`, without
-/// carriage returns and bash's bracketed-paste switches; None before the marker.
+/// the line after the terminal's last echo of the command up to its `XKEND-<n>`,
+/// without carriage returns and bash's bracketed-paste switches; None before the
+/// marker. A line typed before bash prints its prompt is echoed twice (once by the
+/// tty as it arrives, once by readline after the prompt): the output follows the
+/// last echo before the marker.
 fn command_output(out: &str, n: u32) -> Option<String> {
     let echo = format!("XKEND-$(({n}+0))");
-    let from = out.find(&echo).map(|i| i + echo.len()).unwrap_or(0);
-    let end = from + out[from..].find(&format!("XKEND-{n}"))?;
+    let end = out.find(&format!("XKEND-{n}"))?;
+    let from = out[..end].rfind(&echo).map(|i| i + echo.len()).unwrap_or(0);
     let start = out[from..end]
         .find('\n')
         .map(|i| from + i + 1)
@@ -114,6 +125,10 @@ fn command_output_is_what_follows_the_echoed_command() {
         command_output(two, 4).as_deref(),
         Some("enX0 UP 10.98.0.2/24\nlo UNKNOWN\n")
     );
+    // Typed ahead of the prompt: the tty's echo, then readline's after the prompt.
+    let twice = "systemctl --failed; echo XKEND-$((3+0))\r\n\x1b[?2004hroot@debian12:~# \
+                 systemctl --failed; echo XKEND-$((3+0))\r\n\x1b[?2004l\r\nXKEND-3\r\n";
+    assert_eq!(command_output(twice, 3).as_deref(), Some("\n"));
     // The echo alone is not the marker.
     assert_eq!(command_output("uname -r; echo XKEND-$((1+0))\r\n", 1), None);
 }
