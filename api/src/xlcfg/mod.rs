@@ -96,6 +96,7 @@
 
 mod disk;
 mod lexer;
+pub mod libxl_json;
 mod limits;
 pub mod model;
 mod parser;
