@@ -23,6 +23,7 @@ fn rig(tag: &str) -> Rig {
         dom,
         store: store.clone(),
         backends: Default::default(),
+        shared_ram: None,
     };
     let dir = std::env::temp_dir().join(format!("xenkvm-hp-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
