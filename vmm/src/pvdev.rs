@@ -129,8 +129,9 @@ fn open_vhost_user(
         Ok(_) => return Err(err(format!("{target} is not a unix socket"))),
         Err(e) => return Err(err(format!("{target}: {e}"))),
     }
-    let image: Arc<dyn DiskImage> =
-        Arc::new(devices::vhost_user::image::SocketDisk { path: path.clone() });
+    let disk = devices::vhost_user::image::SocketDisk::open(path.clone())
+        .map_err(|e| err(format!("{target}: {e}")))?;
+    let image: Arc<dyn DiskImage> = Arc::new(disk);
     Ok(OpenDisk { spec, path, image })
 }
 

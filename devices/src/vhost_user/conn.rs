@@ -110,32 +110,35 @@ pub fn open(path: &Path) -> Result<(Frontend, BlkInfo), VhostError> {
     Ok((fe, info))
 }
 
-/// Give the backend the memory table (guest RAM at 0, the shadow region at
-/// [`SHADOW_GPA`]) and start queue 0 at `layout`.
+/// Give the backend the memory table (guest RAM at 0 if there is one, the
+/// shadow region at [`SHADOW_GPA`]) and start queue 0 at `layout`.
 pub fn start_queue(
     fe: &mut Frontend,
-    ram: &SharedRam,
+    ram: Option<&SharedRam>,
     shadow: &Shadow,
     layout: VringLayout,
     kick: &EventFd,
     call: &EventFd,
 ) -> Result<(), VhostError> {
-    let regions = [
-        VhostUserMemoryRegionInfo {
-            guest_phys_addr: 0,
-            memory_size: ram.size,
-            userspace_addr: ram.host_addr,
-            mmap_offset: 0,
-            mmap_handle: std::os::fd::AsRawFd::as_raw_fd(&*ram.file),
-        },
-        VhostUserMemoryRegionInfo {
-            guest_phys_addr: SHADOW_GPA,
-            memory_size: shadow.len() as u64,
-            userspace_addr: shadow.host_addr(),
-            mmap_offset: 0,
-            mmap_handle: shadow.fd(),
-        },
-    ];
+    let mut regions = vec![VhostUserMemoryRegionInfo {
+        guest_phys_addr: SHADOW_GPA,
+        memory_size: shadow.len() as u64,
+        userspace_addr: shadow.host_addr(),
+        mmap_offset: 0,
+        mmap_handle: shadow.fd(),
+    }];
+    if let Some(ram) = ram {
+        regions.insert(
+            0,
+            VhostUserMemoryRegionInfo {
+                guest_phys_addr: 0,
+                memory_size: ram.size,
+                userspace_addr: ram.host_addr,
+                mmap_offset: 0,
+                mmap_handle: std::os::fd::AsRawFd::as_raw_fd(&*ram.file),
+            },
+        );
+    }
     fe.set_mem_table(&regions).map_err(step("SET_MEM_TABLE"))?;
     let base = shadow.host_addr();
     fe.set_vring_num(0, layout.size)

@@ -5,6 +5,7 @@
 //! shadow region. `blk` translates the ring; `conn` speaks vhost-user.
 
 pub mod blk;
+pub mod client;
 pub mod conn;
 pub mod image;
 pub mod shadow;
@@ -274,7 +275,7 @@ impl Device {
                 info.capacity
             );
         }
-        conn::start_queue(&mut fe, &self.ram, &shadow, layout, &kick, &call)
+        conn::start_queue(&mut fe, Some(&self.ram), &shadow, layout, &kick, &call)
             .map_err(|e| e.to_string())?;
         let backend_id = self
             .ctx

@@ -1,0 +1,284 @@
+//! PV disks served by a vhost-user-blk backend nobody here wrote: QEMU's
+//! `qemu-storage-daemon` exports the test disk (raw or qcow2) on a unix
+//! socket and the guest's blkfront reaches it through xenkvm's bridge
+//! (`backendtype=vhost-user`). The guest boots from it and writes to it;
+//! what it synced is in the image after xenkvm is SIGKILLed; a discard
+//! (fstrim) reaches the image. The daemon is killed on every path (Drop,
+//! and PR_SET_PDEATHSIG should the test process die).
+
+mod common;
+#[path = "support/disk.rs"]
+mod disk;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assets, in_ci, skip, Live};
+use disk::{disk_copy, files_in_image, run, yes, Scratch};
+
+/// A `qemu-storage-daemon` exporting one image as vhost-user-blk.
+struct Qsd {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Qsd {
+    /// Export `image` (`format` raw or qcow2) on `dir/vhost.sock`; None
+    /// (the test skips) when the daemon is not installed outside CI.
+    fn start(image: &Path, format: &str, dir: &Path) -> Option<Qsd> {
+        if Command::new("qemu-storage-daemon")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                !in_ci(),
+                "CI=true but qemu-storage-daemon is missing (qemu-utils)"
+            );
+            skip("qemu-storage-daemon is not installed (qemu-utils)");
+            return None;
+        }
+        let socket = dir.join("vhost.sock");
+        let log = dir.join("qsd.log");
+        let file = format!(
+            "driver=file,node-name=file0,filename={},discard=unmap",
+            image.display()
+        );
+        let fmt = format!("driver={format},node-name=disk0,file=file0,discard=unmap");
+        let export = format!(
+            "type=vhost-user-blk,id=exp0,node-name=disk0,writable=on,num-queues=1,\
+             addr.type=unix,addr.path={}",
+            socket.display()
+        );
+        let mut cmd = Command::new("qemu-storage-daemon");
+        cmd.args(["--blockdev", &file, "--blockdev", &fmt, "--export", &export])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        // SAFETY: prctl in the child before exec; async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start qemu-storage-daemon");
+        let mut q = Qsd { child, socket, log };
+        let start = Instant::now();
+        while !q.socket.exists() {
+            assert!(
+                q.child.try_wait().unwrap().is_none(),
+                "qemu-storage-daemon exited: {}",
+                q.log_text()
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no socket from qemu-storage-daemon"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(q)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM: the daemon flushes and closes the image (qcow2 metadata).
+    fn stop(&mut self) {
+        if self.alive() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while self.alive() && start.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn disk_spec(&self) -> String {
+        format!(
+            "vdev=xvda, backendtype=vhost-user, target={}",
+            self.socket.display()
+        )
+    }
+}
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `xenkvm run` of the test disk's root file system (initramfs-blk mounts
+/// /dev/xvda1) with `xktest=TEST` (none: a shell on the console).
+fn direct_args(cache: &Path, disk: &str, test: Option<&str>) -> Vec<String> {
+    let mut cmdline = "console=hvc0 root=/dev/xvda1".to_string();
+    if let Some(t) = test {
+        cmdline += &format!(" xktest={t}");
+    }
+    [
+        "-v",
+        "run",
+        "--kernel",
+        &cache.join("vmlinuz").display().to_string(),
+        "--initrd",
+        &cache.join("initramfs-blk.cpio.gz").display().to_string(),
+        "--cmdline",
+        &cmdline,
+        "--memory",
+        "256",
+        "--disk",
+        disk,
+        "--on-reboot",
+        "exit",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn sigkill_of_xenkvm_keeps_what_the_guest_synced_to_a_raw_image() {
+    let Some(cache) = assets() else { return };
+    let s = Scratch::new("vhu-kill");
+    let image = disk_copy(&cache, "disk-root.raw", &s);
+    let Some(mut qsd) = Qsd::start(&image, "raw", &s.0) else {
+        return;
+    };
+    let mut g = Live::start(&direct_args(&cache, &qsd.disk_spec(), Some("syncloop")));
+    let ok = g.wait_for("XENKVM-SYNCED 4", Duration::from_secs(240));
+    let _ = g.child.kill();
+    let _ = g.child.wait();
+    let out = g.text();
+    assert!(ok, "the guest did not sync 4 files:\n{out}");
+    assert!(
+        out.contains("connected to vhost-user backend"),
+        "not served by the bridge:\n{out}"
+    );
+    assert!(
+        qsd.alive(),
+        "the daemon died with xenkvm:\n{}",
+        qsd.log_text()
+    );
+    qsd.stop();
+    let synced: u32 = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("XENKVM-SYNCED "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap();
+    let names: Vec<String> = (1..=synced).map(|i| format!("/loop/{i}")).collect();
+    for (i, f) in (1..=synced).zip(files_in_image(&image, &names, &s)) {
+        let f = f.unwrap_or_else(|| panic!("/loop/{i} was synced but is not in the image"));
+        assert!(
+            f == yes(&format!("XENKVM-LOOP-{i}"), 1 << 20),
+            "/loop/{i} was synced but its content in the image is wrong"
+        );
+    }
+    eprintln!("all {synced} synced files intact after SIGKILL of xenkvm");
+}
+
+#[test]
+fn pygrub_boot_from_a_qcow2_image_through_the_daemon_and_64_mib_intact() {
+    let Some(cache) = assets() else { return };
+    let s = Scratch::new("vhu-qcow2");
+    let image = disk_copy(&cache, "disk-root.qcow2", &s);
+    let Some(mut qsd) = Qsd::start(&image, "qcow2", &s.0) else {
+        return;
+    };
+    // The kernel and initrd come from the disk: pygrub reads them over
+    // vhost-user, lets the connection go, and the guest's bridge connects.
+    let args = [
+        "-v",
+        "run",
+        "--bootloader",
+        "pygrub",
+        "--memory",
+        "256",
+        "--disk",
+        &qsd.disk_spec(),
+        "--cmdline",
+        "xktest=write64",
+        "--on-reboot",
+        "exit",
+    ];
+    let mut g = Live::start(&args);
+    let code = g.wait_exit(Duration::from_secs(300));
+    let out = g.text();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("pygrub: booting"), "{out}");
+    assert!(out.contains("XENKVM-ROOT /dev/xvda1 ext4"), "{out}");
+    assert!(out.contains("XENKVM-WRITE-DONE "), "{out}");
+    qsd.stop();
+    let raw = s.path("converted.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&image)
+        .arg(&raw));
+    let got = files_in_image(&raw, &["/data.bin".into()], &s);
+    let got = got[0].as_ref().expect("/data.bin is not in the image");
+    assert!(
+        *got == yes("XENKVMDATA0123456789", 64 << 20),
+        "/data.bin in the image differs from what the guest wrote"
+    );
+}
+
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+#[test]
+fn fstrim_in_the_guest_punches_holes_in_the_raw_image() {
+    let Some(cache) = assets() else { return };
+    let s = Scratch::new("vhu-trim");
+    let image = disk_copy(&cache, "disk-root.raw", &s);
+    let Some(qsd) = Qsd::start(&image, "raw", &s.0) else {
+        return;
+    };
+    let mut g = Live::start(&direct_args(&cache, &qsd.disk_spec(), None));
+    assert!(
+        g.wait_for("XENKVM-SHELL", Duration::from_secs(120)),
+        "no shell:\n{}",
+        g.text()
+    );
+    g.send(
+        "cat /sys/block/xvda/queue/discard_max_bytes; \
+         head -c 33554432 /dev/urandom > /junk; sync; echo XENKVM-WROTE-$((6*7))\n",
+    );
+    assert!(
+        g.wait_for("XENKVM-WROTE-42", Duration::from_secs(120)),
+        "{}",
+        g.text()
+    );
+    let full = allocated(&image);
+    g.send("rm /junk; sync; fstrim -v /; echo XENKVM-TRIMMED-$?-$((6*7))\n");
+    // The typed line is echoed too: wait for its computed output.
+    assert!(
+        g.wait_for("XENKVM-TRIMMED-0-42", Duration::from_secs(120)),
+        "fstrim failed:\n{}",
+        g.text()
+    );
+    let trimmed = allocated(&image);
+    g.send("poweroff -f\n");
+    assert_eq!(
+        g.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        g.text()
+    );
+    eprintln!("image allocation: {full} bytes after the write, {trimmed} after fstrim");
+    assert!(
+        trimmed + (24 << 20) <= full,
+        "fstrim gave back less than 24 MiB of the 32 MiB file: {full} -> {trimmed}"
+    );
+}
