@@ -9,6 +9,7 @@ pub mod client;
 pub mod conn;
 pub mod image;
 pub mod shadow;
+pub mod translate;
 pub mod vring;
 
 use std::fs::File;
@@ -285,19 +286,21 @@ impl Device {
             )
             .ok_or_else(|| format!("cannot bind event channel {port}"))?;
         let bridge = blk::Bridge {
-            ctx: self.ctx.clone(),
+            tr: blk::Translator {
+                ctx: self.ctx.clone(),
+                shadow,
+                vring,
+                info,
+                read_only: self.read_only || info.read_only,
+                name: self.name.clone(),
+            },
             ring,
             port,
             fe,
-            shadow,
-            vring,
-            info,
-            read_only: self.read_only || info.read_only,
             kick,
             call,
             guest,
             stop: stop.clone(),
-            name: self.name.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("vhu-{}-q0", self.name))
