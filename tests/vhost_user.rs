@@ -282,3 +282,162 @@ fn fstrim_in_the_guest_punches_holes_in_the_raw_image() {
         "fstrim gave back less than 24 MiB of the 32 MiB file: {full} -> {trimmed}"
     );
 }
+
+/// DPDK's testpmd (Debian's dpdk-dev) in `ns`: a vhost-user-net port on
+/// `socket` forwarded to and from a tap `tap` in the namespace (io mode).
+/// Its stdin is held open (it exits at the end of input); killed on drop.
+struct Testpmd {
+    child: Child,
+    _stdin: Option<std::process::ChildStdin>,
+    log: PathBuf,
+}
+
+impl Testpmd {
+    fn start(ns: &common::Netns, socket: &Path, tap: &str, dir: &Path) -> Option<Testpmd> {
+        if Command::new("dpdk-testpmd").arg("-v").output().is_err() {
+            assert!(!in_ci(), "CI=true but dpdk-testpmd is missing (dpdk-dev)");
+            skip("dpdk-testpmd is not installed (dpdk-dev)");
+            return None;
+        }
+        let log = dir.join("testpmd.log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.0, "nice", "-n", "19", "dpdk-testpmd"])
+            .args([
+                "--no-huge",
+                "-m",
+                "256",
+                "--no-pci",
+                "--no-shconf",
+                "-l",
+                "0-1",
+            ])
+            .arg(format!("--file-prefix=xkv{}", std::process::id()))
+            .arg("--vdev")
+            .arg(format!("net_vhost0,iface={},queues=1", socket.display()))
+            .arg("--vdev")
+            .arg(format!("net_tap0,iface={tap}"))
+            .args(["--", "--forward-mode=io", "--auto-start", "--no-mlockall"])
+            .arg("--total-num-mbufs=4096")
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        // SAFETY: prctl in the child before exec; async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start dpdk-testpmd");
+        let stdin = child.stdin.take();
+        let mut t = Testpmd {
+            child,
+            _stdin: stdin,
+            log,
+        };
+        let start = Instant::now();
+        while !(socket.exists() && ns.has_link(tap)) {
+            assert!(
+                t.child.try_wait().unwrap().is_none(),
+                "dpdk-testpmd exited: {}",
+                t.log_text()
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no socket or tap from dpdk-testpmd: {}",
+                t.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(t)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_vif_served_by_dpdk_vhost_user_pings_and_sends_100_mib() {
+    let Some(cache) = assets() else { return };
+    let s = Scratch::new("vhu-net");
+    let ns = common::Netns::new("vhunet");
+    let socket = s.path("net.sock");
+    let Some(pmd) = Testpmd::start(&ns, &socket, "xkdt0", &s.0) else {
+        return;
+    };
+    let ip = |args: &[&str]| {
+        let st = Command::new("ip")
+            .arg("-n")
+            .arg(&ns.0)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&["link", "set", "lo", "up"]);
+    ip(&["addr", "add", "10.99.0.1/24", "dev", "xkdt0"]);
+    ip(&["link", "set", "xkdt0", "up"]);
+    // The listener: busybox nc in the namespace, its stdin held open.
+    let sink = s.path("sink.bin");
+    let mut listener = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(cache.join("busybox"))
+        .args(["nc", "-l", "-p", "5001"])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&sink).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the listener");
+    let args = common::run_args(
+        &cache,
+        Some("net"),
+        "512",
+        &[
+            "--cmdline",
+            "console=hvc0 xknet=10.99.0.2/24,10.99.0.1,5001 xknet.mib=100",
+            "--net",
+            &format!("backendtype=vhost-user,target={}", socket.display()),
+        ],
+    );
+    let mut g = Live::start(&args);
+    let code = g.wait_exit(Duration::from_secs(600));
+    let out = g.text();
+    let start = Instant::now();
+    while listener.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let report = || format!("xenkvm {code:?}:\n{out}\ntestpmd:\n{}", pmd.log_text());
+    assert!(out.contains("XKNET-PING-OK"), "ping failed; {}", report());
+    let field = |m: &str| {
+        out.lines()
+            .find_map(|l| l.split_once(m).map(|(_, r)| r.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {m}; {}", report()))
+    };
+    assert!(field("XKNET-SENT ").contains("rc=0"), "{}", report());
+    let got = std::fs::read(&sink).unwrap();
+    assert_eq!(got.len(), 100 << 20, "bytes received; {}", report());
+    let host_sum = Command::new(cache.join("busybox"))
+        .arg("md5sum")
+        .arg(&sink)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap();
+    let guest_sum = field("XKNET-MD5 ");
+    assert_eq!(
+        guest_sum.split_whitespace().next(),
+        host_sum.split_whitespace().next(),
+        "md5 guest vs host; {}",
+        report()
+    );
+    assert_eq!(code, Some(0), "{}", report());
+}

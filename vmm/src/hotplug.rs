@@ -190,19 +190,20 @@ impl DeviceSet {
 
     /// Serve a nic (boot devices and attached ones).
     pub fn add_vif(&mut self, v: &VifSpec) -> Result<(), HotplugError> {
-        let h = netback::spawn(
-            &self.ctx,
-            self.domid,
-            VifConfig {
-                devid: v.devid,
-                mac: v.mac.clone(),
-                bridge: v.bridge.clone(),
-                ifname: v.vifname.clone(),
-                mtu: v.mtu,
-                script: v.script.clone(),
-                domain_name: self.name.clone(),
-            },
-        )
+        let cfg = VifConfig {
+            devid: v.devid,
+            mac: v.mac.clone(),
+            bridge: v.bridge.clone(),
+            ifname: v.vifname.clone(),
+            mtu: v.mtu,
+            script: v.script.clone(),
+            domain_name: self.name.clone(),
+            no_gso: false,
+        };
+        let h = match &v.vhost_user {
+            Some(sock) => netback::spawn_vhost_user(&self.ctx, self.domid, cfg, Path::new(sock)),
+            None => netback::spawn(&self.ctx, self.domid, cfg),
+        }
         .map_err(pvdev::PvDevError::from)?;
         log::info!("vif {}: host interface {}", v.devid, h.ifname());
         self.vifs.push(Vif {

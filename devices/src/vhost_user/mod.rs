@@ -8,6 +8,7 @@ pub mod blk;
 pub mod client;
 pub mod conn;
 pub mod image;
+pub mod net;
 pub mod shadow;
 pub mod translate;
 pub mod vring;

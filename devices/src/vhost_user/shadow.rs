@@ -22,6 +22,9 @@ pub struct Shadow {
 // SAFETY: the mapping is plain shared memory; every access below is bounds
 // checked and done with volatile or atomic operations.
 unsafe impl Send for Shadow {}
+// SAFETY: as above; users keep to disjoint parts per thread (the net link's
+// two queues) or one thread.
+unsafe impl Sync for Shadow {}
 
 impl Shadow {
     pub fn new(len: usize) -> Result<Shadow, VhostError> {
