@@ -3,8 +3,10 @@
 //! socket and the guest's blkfront reaches it through xenkvm's bridge
 //! (`backendtype=vhost-user`). The guest boots from it and writes to it;
 //! what it synced is in the image after xenkvm is SIGKILLed; a discard
-//! (fstrim) reaches the image. The daemon is killed on every path (Drop,
-//! and PR_SET_PDEATHSIG should the test process die).
+//! (fstrim) reaches the image. A nic served by DPDK's testpmd (vhost-user
+//! port forwarded to a tap in a network namespace) pings and sends 100 MiB.
+//! The backends are killed on every path (Drop, and PR_SET_PDEATHSIG
+//! should the test process die).
 
 mod common;
 #[path = "support/disk.rs"]

@@ -232,6 +232,15 @@ impl DeviceSet {
                 o.disk.path.display()
             )));
         }
+        if spec.backendtype == Some(api::xlcfg::BackendType::VhostUser)
+            && self.ctx.shared_ram.is_none()
+        {
+            return Err(HotplugError::Conflict(
+                "a vhost-user disk needs the guest's memory shared with its backend, which it \
+                 is only when the domain boots with a vhost-user disk"
+                    .into(),
+            ));
+        }
         let disk = pvdev::open_disk(text)?;
         let writable = disk.spec.access != Access::Ro;
         if let Some(o) = self.vbds.iter().find(|o| {
