@@ -190,7 +190,7 @@ fn sigkill_of_xenkvm_keeps_what_the_guest_synced_to_a_raw_image() {
 }
 
 #[test]
-fn pygrub_boot_from_a_qcow2_image_through_the_daemon_and_64_mib_intact() {
+fn xl_cfg_pygrub_boot_from_a_qcow2_image_through_the_daemon_and_64_mib_intact() {
     let Some(cache) = assets() else { return };
     let s = Scratch::new("vhu-qcow2");
     let image = disk_copy(&cache, "disk-root.qcow2", &s);
@@ -199,20 +199,21 @@ fn pygrub_boot_from_a_qcow2_image_through_the_daemon_and_64_mib_intact() {
     };
     // The kernel and initrd come from the disk: pygrub reads them over
     // vhost-user, lets the connection go, and the guest's bridge connects.
-    let args = [
-        "-v",
-        "run",
-        "--bootloader",
-        "pygrub",
-        "--memory",
-        "256",
-        "--disk",
-        &qsd.disk_spec(),
-        "--cmdline",
-        "xktest=write64",
-        "--on-reboot",
-        "exit",
-    ];
+    // The disk line is the README's xl.cfg syntax.
+    let cfg = s.path("guest.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"vhu-{}\"\nmemory = 256\nbootloader = \"pygrub\"\n\
+             extra = \"xktest=write64\"\non_reboot = \"destroy\"\n\
+             disk = ['vdev=xvda, backendtype=vhost-user, target={}']\n",
+            std::process::id(),
+            qsd.socket.display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let args = ["-v", "create", "-F", &cfg];
     let mut g = Live::start(&args);
     let code = g.wait_exit(Duration::from_secs(300));
     let out = g.text();
