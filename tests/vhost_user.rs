@@ -31,6 +31,11 @@ impl Qsd {
     /// Export `image` (`format` raw or qcow2) on `dir/vhost.sock`; None
     /// (the test skips) when the daemon is not installed outside CI.
     fn start(image: &Path, format: &str, dir: &Path) -> Option<Qsd> {
+        Qsd::start_queues(image, format, dir, 1)
+    }
+
+    /// The same with `queues` virtqueues.
+    fn start_queues(image: &Path, format: &str, dir: &Path, queues: u32) -> Option<Qsd> {
         if Command::new("qemu-storage-daemon")
             .arg("--version")
             .output()
@@ -51,7 +56,7 @@ impl Qsd {
         );
         let fmt = format!("driver={format},node-name=disk0,file=file0,discard=unmap");
         let export = format!(
-            "type=vhost-user-blk,id=exp0,node-name=disk0,writable=on,num-queues=1,\
+            "type=vhost-user-blk,id=exp0,node-name=disk0,writable=on,num-queues={queues},\
              addr.type=unix,addr.path={}",
             socket.display()
         );
@@ -124,6 +129,10 @@ impl Drop for Qsd {
 /// `xenkvm run` of the test disk's root file system (initramfs-blk mounts
 /// /dev/xvda1) with `xktest=TEST` (none: a shell on the console).
 fn direct_args(cache: &Path, disk: &str, test: Option<&str>) -> Vec<String> {
+    direct_args_vcpus(cache, disk, test, 1)
+}
+
+fn direct_args_vcpus(cache: &Path, disk: &str, test: Option<&str>, vcpus: u32) -> Vec<String> {
     let mut cmdline = "console=hvc0 root=/dev/xvda1".to_string();
     if let Some(t) = test {
         cmdline += &format!(" xktest={t}");
@@ -139,6 +148,8 @@ fn direct_args(cache: &Path, disk: &str, test: Option<&str>) -> Vec<String> {
         &cmdline,
         "--memory",
         "256",
+        "--vcpus",
+        &vcpus.to_string(),
         "--disk",
         disk,
         "--on-reboot",
@@ -153,19 +164,22 @@ fn sigkill_of_xenkvm_keeps_what_the_guest_synced_to_a_raw_image() {
     let Some(cache) = assets() else { return };
     let s = Scratch::new("vhu-kill");
     let image = disk_copy(&cache, "disk-root.raw", &s);
-    let Some(mut qsd) = Qsd::start(&image, "raw", &s.0) else {
+    // Two vCPUs, two queues: blkfront uses both.
+    let Some(mut qsd) = Qsd::start_queues(&image, "raw", &s.0, 2) else {
         return;
     };
-    let mut g = Live::start(&direct_args(&cache, &qsd.disk_spec(), Some("syncloop")));
+    let args = direct_args_vcpus(&cache, &qsd.disk_spec(), Some("syncloop"), 2);
+    let mut g = Live::start(&args);
     let ok = g.wait_for("XENKVM-SYNCED 4", Duration::from_secs(240));
     let _ = g.child.kill();
     let _ = g.child.wait();
     let out = g.text();
     assert!(ok, "the guest did not sync 4 files:\n{out}");
     assert!(
-        out.contains("connected to vhost-user backend"),
+        out.contains("queue(s))") && out.contains("connected to vhost-user backend"),
         "not served by the bridge:\n{out}"
     );
+    assert!(out.contains(", 2 queue(s))"), "not on two queues:\n{out}");
     assert!(
         qsd.alive(),
         "the daemon died with xenkvm:\n{}",

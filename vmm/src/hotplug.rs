@@ -174,6 +174,7 @@ impl DeviceSet {
                 socket: disk.path.clone(),
                 read_only: disk.spec.access == Access::Ro,
                 domain_name: self.name.clone(),
+                max_queues: self.vcpus.min(4) as u16,
             },
         )
         .map_err(|e| HotplugError::Backend(format!("{}: {e}", disk.spec.vdev)))?;

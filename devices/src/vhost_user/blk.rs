@@ -22,7 +22,8 @@ pub struct Bridge {
     pub tr: Translator,
     pub ring: BackRing,
     pub port: u32,
-    pub fe: Frontend,
+    /// The connection (shared by the disk's queues): its socket's hang-up.
+    pub fe: Arc<Frontend>,
     /// Kicks the backend.
     pub kick: EventFd,
     /// The backend's completions.

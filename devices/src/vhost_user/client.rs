@@ -44,7 +44,8 @@ impl Client {
         let kick = EventFd::new(EFD_NONBLOCK).map_err(io)?;
         let call = EventFd::new(EFD_NONBLOCK).map_err(io)?;
         let (mut fe, info) = conn::open(path)?;
-        conn::start_queue(&mut fe, None, &shadow, layout, &kick, &call)?;
+        conn::set_mem_table(&mut fe, None, &shadow)?;
+        conn::start_queue(&mut fe, 0, &shadow, layout, &kick, &call)?;
         Ok(Client {
             _fe: fe,
             shadow,

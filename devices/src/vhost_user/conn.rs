@@ -35,7 +35,12 @@ pub struct BlkInfo {
     pub max_discard_sectors: Option<u32>,
     /// Most data descriptors per request (`seg_max`), if the device says.
     pub seg_max: Option<u32>,
+    /// Queues the device has (`num_queues` with VIRTIO_BLK_F_MQ, else 1).
+    pub num_queues: u16,
 }
+
+/// Queues asked of a backend at most (as the in-process backend offers).
+pub const MAX_QUEUES: u16 = 4;
 
 fn bit(f: u32) -> u64 {
     1u64 << f
@@ -57,6 +62,11 @@ pub fn parse_config(cfg: &[u8; 60], features: u64) -> BlkInfo {
         max_discard_sectors: (features & bit(VIRTIO_BLK_F_DISCARD) != 0 && max_discard > 0)
             .then_some(max_discard),
         seg_max: (features & bit(VIRTIO_BLK_F_SEG_MAX) != 0).then(|| le32(cfg, 12)),
+        num_queues: if features & bit(VIRTIO_BLK_F_MQ) != 0 {
+            u16::from_le_bytes([cfg[34], cfg[35]]).clamp(1, MAX_QUEUES)
+        } else {
+            1
+        },
     }
 }
 
@@ -69,7 +79,7 @@ pub fn open(path: &Path) -> Result<(Frontend, BlkInfo), VhostError> {
     let sock = UnixStream::connect(path).map_err(VhostError::Connect)?;
     let _ = sock.set_read_timeout(Some(REPLY_TIMEOUT));
     let _ = sock.set_write_timeout(Some(REPLY_TIMEOUT));
-    let mut fe = Frontend::from_stream(sock, 1);
+    let mut fe = Frontend::from_stream(sock, u64::from(MAX_QUEUES));
     fe.set_owner().map_err(step("SET_OWNER"))?;
     let offered = fe.get_features().map_err(step("GET_FEATURES"))?;
     let proto = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -96,6 +106,7 @@ pub fn open(path: &Path) -> Result<(Frontend, BlkInfo), VhostError> {
         | bit(VIRTIO_BLK_F_FLUSH)
         | bit(VIRTIO_BLK_F_DISCARD)
         | bit(VIRTIO_BLK_F_SEG_MAX)
+        | bit(VIRTIO_BLK_F_MQ)
         | bit(VIRTIO_BLK_F_BLK_SIZE);
     let features = offered & wanted;
     let (_, payload) = fe
@@ -110,15 +121,12 @@ pub fn open(path: &Path) -> Result<(Frontend, BlkInfo), VhostError> {
     Ok((fe, info))
 }
 
-/// Give the backend the memory table (guest RAM at 0 if there is one, the
-/// shadow region at [`SHADOW_GPA`]) and start queue 0 at `layout`.
-pub fn start_queue(
+/// Give the backend the memory table: guest RAM at 0 if there is one, the
+/// shadow region at [`SHADOW_GPA`].
+pub fn set_mem_table(
     fe: &mut Frontend,
     ram: Option<&SharedRam>,
     shadow: &Shadow,
-    layout: VringLayout,
-    kick: &EventFd,
-    call: &EventFd,
 ) -> Result<(), VhostError> {
     let mut regions = vec![VhostUserMemoryRegionInfo {
         guest_phys_addr: SHADOW_GPA,
@@ -140,12 +148,24 @@ pub fn start_queue(
         );
     }
     fe.set_mem_table(&regions).map_err(step("SET_MEM_TABLE"))?;
+    Ok(())
+}
+
+/// Start queue `q` at `layout` in `shadow`.
+pub fn start_queue(
+    fe: &mut Frontend,
+    q: usize,
+    shadow: &Shadow,
+    layout: VringLayout,
+    kick: &EventFd,
+    call: &EventFd,
+) -> Result<(), VhostError> {
     let base = shadow.host_addr();
-    fe.set_vring_num(0, layout.size)
+    fe.set_vring_num(q, layout.size)
         .map_err(step("SET_VRING_NUM"))?;
-    fe.set_vring_base(0, 0).map_err(step("SET_VRING_BASE"))?;
+    fe.set_vring_base(q, 0).map_err(step("SET_VRING_BASE"))?;
     fe.set_vring_addr(
-        0,
+        q,
         &VringConfigData {
             queue_max_size: layout.size,
             queue_size: layout.size,
@@ -157,9 +177,9 @@ pub fn start_queue(
         },
     )
     .map_err(step("SET_VRING_ADDR"))?;
-    fe.set_vring_call(0, call).map_err(step("SET_VRING_CALL"))?;
-    fe.set_vring_kick(0, kick).map_err(step("SET_VRING_KICK"))?;
-    fe.set_vring_enable(0, true)
+    fe.set_vring_call(q, call).map_err(step("SET_VRING_CALL"))?;
+    fe.set_vring_kick(q, kick).map_err(step("SET_VRING_KICK"))?;
+    fe.set_vring_enable(q, true)
         .map_err(step("SET_VRING_ENABLE"))?;
     Ok(())
 }
@@ -183,8 +203,17 @@ mod tests {
                 flush: true,
                 max_discard_sectors: Some(32768),
                 seg_max: Some(126),
+                num_queues: 1,
             }
         );
+        c[34..36].copy_from_slice(&8u16.to_le_bytes());
+        assert_eq!(
+            parse_config(&c, bit(VIRTIO_BLK_F_MQ)).num_queues,
+            MAX_QUEUES
+        );
+        c[34..36].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(parse_config(&c, bit(VIRTIO_BLK_F_MQ)).num_queues, 2);
+        assert_eq!(parse_config(&c, 0).num_queues, 1);
         let ro = parse_config(&c, bit(VIRTIO_BLK_F_RO));
         assert!(ro.read_only && !ro.flush);
         assert_eq!((ro.max_discard_sectors, ro.seg_max), (None, None));

@@ -67,6 +67,9 @@ pub struct VhostBlkConfig {
     pub socket: PathBuf,
     pub read_only: bool,
     pub domain_name: String,
+    /// Queues offered at most (the in-process backend offers the guest's
+    /// vCPUs, up to 4); the backend's own count bounds it too.
+    pub max_queues: u16,
 }
 
 /// A running vhost-user disk; stopped when dropped.
@@ -131,7 +134,8 @@ pub fn spawn(
         info,
         read_only: cfg.read_only || info.read_only,
         name: cfg.vdev.clone(),
-        queue: None,
+        queues: Vec::new(),
+        max_queues: cfg.max_queues.clamp(1, conn::MAX_QUEUES),
     };
     d.advertise()?;
     let s = stop.clone();
@@ -146,7 +150,7 @@ pub fn spawn(
     })
 }
 
-/// A connected frontend's bridge thread.
+/// One connected queue's bridge thread.
 struct Queue {
     stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
@@ -173,7 +177,10 @@ struct Device {
     info: BlkInfo,
     read_only: bool,
     name: String,
-    queue: Option<Queue>,
+    /// The connected frontend's queues (none: not connected).
+    queues: Vec<Queue>,
+    /// Queues offered at most (the guest's vCPUs, up to 4).
+    max_queues: u16,
 }
 
 impl Device {
@@ -185,7 +192,7 @@ impl Device {
             ("feature-persistent", "1".to_string()),
             ("max-ring-page-order", blk::MAX_RING_ORDER.to_string()),
             ("feature-max-indirect-segments", segs.to_string()),
-            ("multi-queue-max-queues", "1".to_string()),
+            ("multi-queue-max-queues", self.max_queues().to_string()),
         ];
         if self.info.flush {
             kv.push(("feature-flush-cache", "1".into()));
@@ -206,20 +213,20 @@ impl Device {
             self.step();
             self.dev.wait_change(Duration::from_millis(200));
         }
-        self.queue = None;
+        self.queues.clear();
     }
 
     /// blkback's frontend_changed, as in `crate::blkback`.
     fn step(&mut self) {
         let be = self.dev.backend_state();
         match self.dev.frontend_state() {
-            State::Initialised | State::Connected if self.queue.is_none() => {
+            State::Initialised | State::Connected if self.queues.is_empty() => {
                 if be == State::Closed || be == State::Closing {
                     return;
                 }
                 match self.connect() {
                     Ok(q) => {
-                        self.queue = Some(q);
+                        self.queues = q;
                         let _ = self.dev.switch_state(State::Connected);
                     }
                     Err(why) => {
@@ -233,7 +240,7 @@ impl Device {
                 let _ = self.dev.switch_state(State::Closing);
             }
             State::Closed | State::Unknown => {
-                self.queue = None;
+                self.queues.clear();
                 if be != State::Closed && be != State::InitWait {
                     let _ = self.dev.switch_state(State::Closed);
                 }
@@ -245,30 +252,28 @@ impl Device {
         }
     }
 
-    fn connect(&mut self) -> Result<Queue, String> {
+    /// This disk's queue count: what the backend has, the guest's vCPUs
+    /// (as the in-process backend) and [`conn::MAX_QUEUES`] allow.
+    fn max_queues(&self) -> u16 {
+        self.info.num_queues.min(self.max_queues).max(1)
+    }
+
+    fn connect(&mut self) -> Result<Vec<Queue>, String> {
         match self.dev.read_fe("protocol").as_deref() {
             None | Some("x86_64-abi") => {}
             Some(p) => return Err(format!("ring protocol {p:?} is not supported")),
         }
-        if self.dev.read_fe_u64("multi-queue-num-queues").unwrap_or(1) != 1 {
-            return Err("multi-queue-num-queues is not 1".into());
+        let n = self.dev.read_fe_u64("multi-queue-num-queues").unwrap_or(1);
+        if n == 0 || n > u64::from(self.max_queues()) {
+            return Err(format!(
+                "multi-queue-num-queues {n} > {}",
+                self.max_queues()
+            ));
         }
-        let refs = ring_refs(&self.dev, "", blk::MAX_RING_ORDER).ok_or("no usable ring-ref")?;
-        let port = self
-            .dev
-            .read_fe_u64("event-channel")
-            .and_then(|p| u32::try_from(p).ok())
-            .ok_or("no event-channel")?;
-        let pages = GrantedPages::map(&self.ctx.dom, &refs).map_err(|e| format!("ring: {e}"))?;
-        let ring = BackRing::new(pages, proto::ENTRY);
+        let n = n as usize;
         let e = |e: std::io::Error| e.to_string();
-        let kick = EventFd::new(EFD_NONBLOCK).map_err(e)?;
-        let call = EventFd::new(EFD_NONBLOCK).map_err(e)?;
-        let guest = EventFd::new(EFD_NONBLOCK).map_err(e)?;
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(e)?);
-        let (layout, len) = blk::layout();
-        let shadow = shadow::Shadow::new(len).map_err(|e| e.to_string())?;
-        let vring = vring::DriverRing::new(&shadow, layout);
+        let (_, len) = blk::layout(n - 1);
+        let shadow = Arc::new(shadow::Shadow::new(len).map_err(|e| e.to_string())?);
         let (mut fe, info) = conn::open(&self.socket).map_err(|e| e.to_string())?;
         if info.capacity != self.info.capacity {
             log::info!(
@@ -277,49 +282,82 @@ impl Device {
                 info.capacity
             );
         }
-        conn::start_queue(&mut fe, Some(&self.ram), &shadow, layout, &kick, &call)
-            .map_err(|e| e.to_string())?;
-        let backend_id = self
-            .ctx
-            .bind_port(
+        if usize::from(info.num_queues) < n {
+            return Err(format!("the backend now has {} queue(s)", info.num_queues));
+        }
+        conn::set_mem_table(&mut fe, Some(&self.ram), &shadow).map_err(|e| e.to_string())?;
+        // Each queue's ring and port, then its virtqueue.
+        let mut parts = Vec::new();
+        for q in 0..n {
+            let prefix = if n > 1 {
+                format!("queue-{q}/")
+            } else {
+                String::new()
+            };
+            let refs = ring_refs(&self.dev, &prefix, blk::MAX_RING_ORDER)
+                .ok_or_else(|| format!("no usable {prefix}ring-ref"))?;
+            let port = self
+                .dev
+                .read_fe_u64(&format!("{prefix}event-channel"))
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or_else(|| format!("no {prefix}event-channel"))?;
+            let pages = GrantedPages::map(&self.ctx.dom, &refs)
+                .map_err(|e| format!("{prefix}ring: {e}"))?;
+            let kick = EventFd::new(EFD_NONBLOCK).map_err(e)?;
+            let call = EventFd::new(EFD_NONBLOCK).map_err(e)?;
+            let (layout, _) = blk::layout(q);
+            let vring = vring::DriverRing::new(&shadow, layout);
+            conn::start_queue(&mut fe, q, &shadow, layout, &kick, &call)
+                .map_err(|e| e.to_string())?;
+            parts.push((BackRing::new(pages, proto::ENTRY), port, kick, call, vring));
+        }
+        let fe = Arc::new(fe);
+        let mut queues = Vec::new();
+        for (q, (ring, port, kick, call, vring)) in parts.into_iter().enumerate() {
+            let guest = EventFd::new(EFD_NONBLOCK).map_err(e)?;
+            let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(e)?);
+            let backend_id = self
+                .ctx
+                .bind_port(
+                    port,
+                    Arc::new(Kick::with_eventfd(guest.try_clone().map_err(e)?)),
+                )
+                .ok_or_else(|| format!("cannot bind event channel {port}"))?;
+            let bridge = blk::Bridge {
+                tr: blk::Translator {
+                    ctx: self.ctx.clone(),
+                    shadow: shadow.clone(),
+                    vring,
+                    info,
+                    read_only: self.read_only || info.read_only,
+                    name: format!("{}-q{q}", self.name),
+                },
+                ring,
                 port,
-                Arc::new(Kick::with_eventfd(guest.try_clone().map_err(e)?)),
-            )
-            .ok_or_else(|| format!("cannot bind event channel {port}"))?;
-        let bridge = blk::Bridge {
-            tr: blk::Translator {
+                fe: fe.clone(),
+                kick,
+                call,
+                guest,
+                stop: stop.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("vhu-{}-q{q}", self.name))
+                .spawn(move || bridge.run());
+            let thread = match thread {
+                Ok(t) => t,
+                Err(err) => {
+                    self.ctx.unbind_port(port, backend_id);
+                    return Err(err.to_string());
+                }
+            };
+            queues.push(Queue {
+                stop,
+                thread: Some(thread),
                 ctx: self.ctx.clone(),
-                shadow,
-                vring,
-                info,
-                read_only: self.read_only || info.read_only,
-                name: self.name.clone(),
-            },
-            ring,
-            port,
-            fe,
-            kick,
-            call,
-            guest,
-            stop: stop.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("vhu-{}-q0", self.name))
-            .spawn(move || bridge.run());
-        let thread = match thread {
-            Ok(t) => t,
-            Err(err) => {
-                self.ctx.unbind_port(port, backend_id);
-                return Err(err.to_string());
-            }
-        };
-        let q = Queue {
-            stop,
-            thread: Some(thread),
-            ctx: self.ctx.clone(),
-            port,
-            backend_id,
-        };
+                port,
+                backend_id,
+            });
+        }
         self.dev
             .write_be(&[
                 ("sectors", info.capacity.to_string()),
@@ -329,11 +367,11 @@ impl Device {
             ])
             .map_err(|e| e.to_string())?;
         log::info!(
-            "vbd {}: connected to vhost-user backend {} ({} sectors)",
+            "vbd {}: connected to vhost-user backend {} ({} sectors, {n} queue(s))",
             self.name,
             self.socket.display(),
             info.capacity
         );
-        Ok(q)
+        Ok(queues)
     }
 }

@@ -26,10 +26,12 @@ const DISCARD: usize = HDR + 16;
 const STATUS: usize = DISCARD + 16;
 const SLOT_STRIDE: usize = (STATUS + 1).div_ceil(64) * 64;
 
-/// The shadow region's size and the queue's layout in it.
-pub fn layout() -> (VringLayout, usize) {
-    let l = VringLayout::at(0, QUEUE_SIZE);
-    (l, l.end + SLOT_STRIDE * usize::from(QUEUE_SIZE))
+/// Queue `q`'s layout in the shadow region (queues one after another), and
+/// the first byte after it.
+pub fn layout(q: usize) -> (VringLayout, usize) {
+    let one = VringLayout::at(0, QUEUE_SIZE).end + SLOT_STRIDE * usize::from(QUEUE_SIZE);
+    let l = VringLayout::at(q * one, QUEUE_SIZE);
+    (l, (q + 1) * one)
 }
 
 pub fn slot_off(l: &VringLayout, s: u16) -> usize {
@@ -60,7 +62,7 @@ enum ReqError {
 /// The shadow region, the queue and the disk's facts, for building chains.
 pub struct Translator {
     pub ctx: BackendCtx,
-    pub shadow: Shadow,
+    pub shadow: std::sync::Arc<Shadow>,
     pub vring: DriverRing,
     pub info: BlkInfo,
     pub read_only: bool,

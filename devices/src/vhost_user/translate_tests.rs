@@ -22,8 +22,9 @@ fn rig(max_discard: Option<u32>) -> (Arc<Domain>, Translator) {
         backends: Default::default(),
         shared_ram: None,
     };
-    let (l, len) = layout();
-    let shadow = Shadow::new(len).unwrap();
+    // Queue 1 of two: offsets are the queue's own.
+    let (l, len) = layout(1);
+    let shadow = Arc::new(Shadow::new(len).unwrap());
     let vring = DriverRing::new(&shadow, l);
     let t = Translator {
         ctx,
@@ -35,6 +36,7 @@ fn rig(max_discard: Option<u32>) -> (Arc<Domain>, Translator) {
             flush: true,
             max_discard_sectors: max_discard,
             seg_max: Some(126),
+            num_queues: 1,
         },
         read_only: false,
         name: "test".into(),
