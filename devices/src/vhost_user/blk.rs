@@ -51,6 +51,7 @@ impl Bridge {
         };
         let mut events = vec![EpollEvent::default(); 4];
         let mut gone = false;
+        let mut bogus = 0u32;
         let mut stopping = false;
         let mut entry = [0u8; ENTRY];
         loop {
@@ -82,15 +83,20 @@ impl Bridge {
             }
             // Completions.
             while let Some((id, _)) = self.tr.vring.pop_used(&self.tr.shadow) {
-                let Some(s) = u16::try_from(id).ok().filter(|&s| s < QUEUE_SIZE) else {
-                    log::warn!(
-                        "vhost-user {}: backend used unknown chain {id}",
-                        self.tr.name
-                    );
-                    continue;
-                };
-                let Some(mut slot) = slots[usize::from(s)].take() else {
-                    log::warn!("vhost-user {}: backend used idle chain {s}", self.tr.name);
+                let slot = u16::try_from(id)
+                    .ok()
+                    .filter(|&s| s < QUEUE_SIZE)
+                    .and_then(|s| slots[usize::from(s)].take().map(|slot| (s, slot)));
+                let Some((s, mut slot)) = slot else {
+                    // Logged a few times only: the backend is trusted, but
+                    // the log must not grow without bound.
+                    bogus += 1;
+                    if bogus <= 8 {
+                        log::warn!(
+                            "vhost-user {}: the backend used chain {id}, which it does not hold",
+                            self.tr.name
+                        );
+                    }
                     continue;
                 };
                 let status = self.tr.status(s);

@@ -227,7 +227,7 @@ impl Link for VhostNetLink {
             return Ok(None);
         };
         if id >= u32::from(RXQ) {
-            log::warn!("vhost-user-net: backend used unknown buffer {id}");
+            log::debug!("vhost-user-net: backend used unknown buffer {id}");
             return Ok(None);
         }
         let s = id as u16;
