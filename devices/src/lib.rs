@@ -1,6 +1,7 @@
 //! Emulated devices and the Xen PV backends (block, network), each on the
 //! shared ring helpers in [`ring`]; disk images and the host-side PV boot
-//! loader (what pygrub does) live here too.
+//! loader (what pygrub does) live here too, and the bridge that serves a
+//! PV disk from a vhost-user backend ([`vhost_user`]).
 
 pub mod blkback;
 pub mod disk;
@@ -8,4 +9,5 @@ pub mod netback;
 pub mod notify;
 pub mod pygrub;
 pub mod ring;
+pub mod vhost_user;
 pub mod xenbus;

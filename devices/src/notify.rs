@@ -11,13 +11,27 @@ use std::time::Duration;
 pub struct Kick {
     pending: Mutex<bool>,
     cv: Condvar,
+    /// Also signalled, for a thread that waits in epoll (the vhost-user bridge).
+    fd: Option<vmm_sys_util::eventfd::EventFd>,
 }
 
 impl Kick {
+    /// A kick that also signals `fd`.
+    pub fn with_eventfd(fd: vmm_sys_util::eventfd::EventFd) -> Kick {
+        Kick {
+            fd: Some(fd),
+            ..Kick::default()
+        }
+    }
+
     pub fn kick(&self) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         *p = true;
         self.cv.notify_one();
+        drop(p);
+        if let Some(fd) = &self.fd {
+            let _ = fd.write(1);
+        }
     }
 
     /// Wait until kicked or `timeout` passes; true when kicked.

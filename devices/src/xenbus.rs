@@ -194,6 +194,8 @@ pub struct BackendCtx {
     pub store: SharedStore,
     /// Routes the guest's notifications to backend threads.
     pub backends: Arc<crate::notify::Backends>,
+    /// The guest's RAM for vhost-user backends, when it is shared.
+    pub shared_ram: Option<crate::vhost_user::SharedRam>,
 }
 
 impl BackendCtx {

@@ -58,8 +58,9 @@ pub fn resolve(
     let Some(disk) = disks.first() else {
         bail!("--bootloader pygrub needs a --disk to boot from");
     };
-    let entry = devices::pygrub::load_default(&*disk.image, &args.bootloader_args)
-        .with_context(|| format!("pygrub on {}", disk.path.display()))?;
+    let entry = devices::pygrub::load_default(&*disk.image, &args.bootloader_args);
+    disk.image.release();
+    let entry = entry.with_context(|| format!("pygrub on {}", disk.path.display()))?;
     eprintln!(
         "xenkvm: pygrub: booting \"{}\" from {}",
         entry.title,

@@ -174,6 +174,9 @@ fn disk_arg(d: &api::xlcfg::DiskSpec, dir: &Path) -> String {
     if let Some(b) = &d.backend {
         s.push_str(&format!(",backend={b}"));
     }
+    if d.backendtype == Some(api::xlcfg::BackendType::VhostUser) {
+        s.push_str(",backendtype=vhost-user");
+    }
     format!("{s},target={target}")
 }
 
@@ -274,6 +277,20 @@ mod tests {
         let a = run_args(&c, Path::new("/nonexistent")).unwrap();
         assert_eq!(a.kernel, Some(PathBuf::from("nope/vmlinuz")));
         assert!(a.on_reboot == OnReboot::Restart);
+    }
+
+    #[test]
+    fn a_vhost_user_disk_keeps_its_backendtype() {
+        let c = cfg("name = 'g'\nbootloader = 'pygrub'\n\
+                     disk = ['vdev=xvda, backendtype=vhost-user, target=/run/b.sock']\n");
+        let a = run_args(&c, Path::new(".")).unwrap();
+        assert_eq!(
+            a.disks,
+            vec![
+                "format=raw,vdev=xvda,access=rw,backendtype=vhost-user,target=/run/b.sock"
+                    .to_string()
+            ]
+        );
     }
 
     #[test]

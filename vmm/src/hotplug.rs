@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use api::control::{DiskInfo, NicInfo};
 use api::xlcfg::{Access, DevType, DiskSpec, VifSpec};
-use devices::blkback::{self, VbdConfig, VbdHandle};
+use devices::blkback::{self, VbdConfig};
 use devices::netback::{self, mac, VifConfig, VifHandle};
 use devices::xenbus::BackendCtx;
 use xen_shim::xenstore::{DevicePaths, Store};
@@ -57,8 +57,9 @@ struct Vbd {
     disk: OpenDisk,
     devid: u32,
     paths: DevicePaths,
-    /// Stops the backend's threads when dropped.
-    _backend: VbdHandle,
+    /// Stops the backend's threads when dropped (a `VbdHandle`, or a
+    /// `VhostBlkHandle` for a vhost-user disk).
+    _backend: Box<dyn std::any::Any + Send>,
     detaching: bool,
 }
 
@@ -134,6 +135,9 @@ impl DeviceSet {
 
     /// Serve an opened disk (boot devices and attached ones).
     pub fn add_disk(&mut self, disk: OpenDisk) -> Result<u32, HotplugError> {
+        if disk.is_vhost_user() {
+            return self.add_vhost_user_disk(disk);
+        }
         let handle = blkback::spawn(
             &self.ctx,
             self.domid,
@@ -153,7 +157,33 @@ impl DeviceSet {
             disk,
             devid,
             paths: paths(self.domid, "vbd", devid),
-            _backend: handle,
+            _backend: Box::new(handle),
+            detaching: false,
+        });
+        Ok(devid)
+    }
+
+    /// A disk served by a vhost-user backend: refused when the guest's
+    /// memory is not shared (a domain booted without such a disk).
+    fn add_vhost_user_disk(&mut self, disk: OpenDisk) -> Result<u32, HotplugError> {
+        let handle = devices::vhost_user::spawn(
+            &self.ctx,
+            self.domid,
+            devices::vhost_user::VhostBlkConfig {
+                vdev: disk.spec.vdev.clone(),
+                socket: disk.path.clone(),
+                read_only: disk.spec.access == Access::Ro,
+                domain_name: self.name.clone(),
+                max_queues: self.vcpus.min(4) as u16,
+            },
+        )
+        .map_err(|e| HotplugError::Backend(format!("{}: {e}", disk.spec.vdev)))?;
+        let devid = handle.devid;
+        self.vbds.push(Vbd {
+            disk,
+            devid,
+            paths: paths(self.domid, "vbd", devid),
+            _backend: Box::new(handle),
             detaching: false,
         });
         Ok(devid)
@@ -161,19 +191,20 @@ impl DeviceSet {
 
     /// Serve a nic (boot devices and attached ones).
     pub fn add_vif(&mut self, v: &VifSpec) -> Result<(), HotplugError> {
-        let h = netback::spawn(
-            &self.ctx,
-            self.domid,
-            VifConfig {
-                devid: v.devid,
-                mac: v.mac.clone(),
-                bridge: v.bridge.clone(),
-                ifname: v.vifname.clone(),
-                mtu: v.mtu,
-                script: v.script.clone(),
-                domain_name: self.name.clone(),
-            },
-        )
+        let cfg = VifConfig {
+            devid: v.devid,
+            mac: v.mac.clone(),
+            bridge: v.bridge.clone(),
+            ifname: v.vifname.clone(),
+            mtu: v.mtu,
+            script: v.script.clone(),
+            domain_name: self.name.clone(),
+            no_gso: false,
+        };
+        let h = match &v.vhost_user {
+            Some(sock) => netback::spawn_vhost_user(&self.ctx, self.domid, cfg, Path::new(sock)),
+            None => netback::spawn(&self.ctx, self.domid, cfg),
+        }
         .map_err(pvdev::PvDevError::from)?;
         log::info!("vif {}: host interface {}", v.devid, h.ifname());
         self.vifs.push(Vif {
@@ -201,6 +232,15 @@ impl DeviceSet {
                 spec.vdev,
                 o.disk.path.display()
             )));
+        }
+        if spec.backendtype == Some(api::xlcfg::BackendType::VhostUser)
+            && self.ctx.shared_ram.is_none()
+        {
+            return Err(HotplugError::Conflict(
+                "a vhost-user disk needs the guest's memory shared with its backend, which it \
+                 is only when the domain boots with a vhost-user disk"
+                    .into(),
+            ));
         }
         let disk = pvdev::open_disk(text)?;
         let writable = disk.spec.access != Access::Ro;

@@ -1,14 +1,21 @@
-//! Guest memory: one anonymous mapping for RAM and the monitor area, exposed
-//! to the Xen core through `xen_shim::mem::GuestMem`.
+//! Guest memory: one mapping for RAM and the monitor area, exposed to the
+//! Xen core through `xen_shim::mem::GuestMem`. It is anonymous and private,
+//! or, when a vhost-user backend must see the guest's RAM, a memfd mapped
+//! shared (`Memory::new_shared`), whose descriptor goes to the backend.
 
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use xen_shim::mem::{GuestMem, MemError};
 
 pub struct Memory {
     pub mmap: GuestMemoryMmap,
     pub size: u64,
+    /// The memfd behind a shared mapping.
+    shared: Option<Arc<File>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +52,43 @@ impl Memory {
     pub fn new(size: u64) -> Result<Memory, MemoryError> {
         let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
             .map_err(|e| MemoryError::Alloc(size >> 20, e.to_string()))?;
-        Ok(Memory { mmap, size })
+        Ok(Memory {
+            mmap,
+            size,
+            shared: None,
+        })
+    }
+
+    /// Memory in a memfd of `size` bytes, mapped shared, so that another
+    /// process (a vhost-user backend) can map the guest's RAM too. Pages
+    /// are allocated on first touch, as with the anonymous mapping.
+    pub fn new_shared(size: u64) -> Result<Memory, MemoryError> {
+        let err = |e: std::io::Error| MemoryError::Alloc(size >> 20, e.to_string());
+        // SAFETY: a NUL-terminated name; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"xenkvm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size).map_err(err)?;
+        let file = Arc::new(file);
+        let mmap = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
+            GuestAddress(0),
+            size as usize,
+            Some(FileOffset::from_arc(file.clone(), 0)),
+        )])
+        .map_err(|e| MemoryError::Alloc(size >> 20, e.to_string()))?;
+        Ok(Memory {
+            mmap,
+            size,
+            shared: Some(file),
+        })
+    }
+
+    /// The memfd behind the guest's memory, when it is shared.
+    pub fn shared_file(&self) -> Option<&Arc<File>> {
+        self.shared.as_ref()
     }
 
     /// Host address of guest-physical 0 (one region).
@@ -84,7 +127,9 @@ impl GuestMem for Memory {
             })
     }
     /// Frames handed back by the guest (XENMEM_decrease_reservation): the
-    /// host takes the pages back; the anonymous mapping reads zeros after.
+    /// host takes the pages back; the mapping reads zeros after. A shared
+    /// mapping's pages belong to its memfd, which MADV_DONTNEED would not
+    /// free: the range is punched out of the file instead.
     fn discard(&self, gpa: u64, len: u64) -> Result<(), MemError> {
         let bad = MemError {
             gpa,
@@ -95,6 +140,18 @@ impl GuestMem for Memory {
         }
         if gpa.checked_add(len).is_none_or(|e| e > self.size) {
             return Err(bad);
+        }
+        if let Some(f) = &self.shared {
+            // SAFETY: plain system call on our own memfd, range checked.
+            let rc = unsafe {
+                libc::fallocate(
+                    f.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    gpa as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            return if rc == 0 { Ok(()) } else { Err(bad) };
         }
         // SAFETY: the range is inside our private anonymous mapping;
         // MADV_DONTNEED only replaces its pages with zero pages.
@@ -138,5 +195,25 @@ mod host_tests {
         assert_eq!(parse_mem_total(text), Some(24000));
         assert_eq!(parse_mem_total("nothing"), None);
         assert!(host_total_mib().is_some_and(|m| m > 0));
+    }
+
+    #[test]
+    fn shared_memory_gives_discarded_pages_back_as_zeros() {
+        let m = Memory::new_shared(1 << 20).unwrap();
+        assert!(m.shared_file().is_some());
+        m.write(8192, &[0xab; 4096]).unwrap();
+        let f = m.shared_file().unwrap();
+        let blocks = |f: &File| {
+            use std::os::unix::fs::MetadataExt;
+            f.metadata().unwrap().blocks()
+        };
+        assert!(blocks(f) >= 8, "the page is in the memfd");
+        m.discard(8192, 4096).unwrap();
+        assert_eq!(blocks(f), 0, "the page left the memfd");
+        let mut b = [1u8; 16];
+        m.read(8192, &mut b).unwrap();
+        assert_eq!(b, [0; 16]);
+        assert!(m.discard(8191, 4096).is_err());
+        assert!(m.discard(1 << 20, 4096).is_err());
     }
 }

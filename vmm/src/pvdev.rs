@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use api::xlcfg::{Access, DiskFormat, DiskSpec, VifSpec};
+use api::xlcfg::{Access, BackendType, DiskFormat, DiskSpec, VifSpec};
 use devices::blkback;
 use devices::disk::{self, DiskImage, Format};
 
@@ -79,6 +79,9 @@ pub fn open_disk(text: &str) -> Result<OpenDisk, PvDevError> {
     for n in notes {
         log::info!("disk {text:?}: {n}");
     }
+    if spec.backendtype == Some(BackendType::VhostUser) {
+        return open_vhost_user(spec, err);
+    }
     let format = match spec.format {
         DiskFormat::Raw => Format::Raw,
         DiskFormat::Qcow2 => Format::Qcow2,
@@ -100,4 +103,41 @@ pub fn open_disk(text: &str) -> Result<OpenDisk, PvDevError> {
     let read_only = spec.access == Access::Ro;
     let image: Arc<dyn DiskImage> = disk::open(&path, format, read_only)?.into();
     Ok(OpenDisk { spec, path, image })
+}
+
+/// `backendtype=vhost-user`: `target=` is the backend's unix socket; the
+/// backend owns the image (its format and path are its business).
+fn open_vhost_user(
+    spec: DiskSpec,
+    err: impl Fn(String) -> PvDevError,
+) -> Result<OpenDisk, PvDevError> {
+    use std::os::unix::fs::FileTypeExt;
+    if spec.format != DiskFormat::Raw {
+        return Err(err(
+            "format= does not apply to a vhost-user disk (the backend reads the image)".into(),
+        ));
+    }
+    if spec.devtype == api::xlcfg::DevType::Cdrom {
+        return Err(err("a vhost-user disk cannot be a cdrom".into()));
+    }
+    let Some(target) = spec.target.clone().filter(|t| !t.is_empty()) else {
+        return Err(err("a vhost-user disk needs target=SOCKET".into()));
+    };
+    let path = PathBuf::from(&target);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => {}
+        Ok(_) => return Err(err(format!("{target} is not a unix socket"))),
+        Err(e) => return Err(err(format!("{target}: {e}"))),
+    }
+    let disk = devices::vhost_user::image::SocketDisk::open(path.clone())
+        .map_err(|e| err(format!("{target}: {e}")))?;
+    let image: Arc<dyn DiskImage> = Arc::new(disk);
+    Ok(OpenDisk { spec, path, image })
+}
+
+impl OpenDisk {
+    /// Served by a vhost-user backend rather than from an image.
+    pub fn is_vhost_user(&self) -> bool {
+        self.spec.backendtype == Some(BackendType::VhostUser)
+    }
 }

@@ -141,7 +141,12 @@ impl Vm {
         let ram = maxmem_mib << 20;
         let boot_pages = (cfg.memory_mib << 20) / PAGE;
         let mon = Arc::new(MonitorLayout::new(ram));
-        let mem = Arc::new(Memory::new(mon.end)?);
+        // A vhost-user backend maps the guest's RAM: then it is a memfd.
+        let mem = Arc::new(if cfg.disks.iter().any(|d| d.is_vhost_user()) {
+            Memory::new_shared(mon.end)?
+        } else {
+            Memory::new(mon.end)?
+        });
         // SAFETY: the mapping outlives the VM (held in Domain via Arc).
         unsafe {
             vm.set_user_memory_region(kvm_userspace_memory_region {
@@ -266,6 +271,11 @@ impl Vm {
             dom: dom.clone(),
             store: xs.store.clone(),
             backends: host.backends.clone(),
+            shared_ram: mem.shared_file().map(|f| devices::vhost_user::SharedRam {
+                file: f.clone(),
+                host_addr: mem.host_base() as u64,
+                size: ram,
+            }),
         };
         let _ = host.xs.set(xs);
         let devices = crate::hotplug::boot_devices(ctx, cfg)?;

@@ -46,6 +46,10 @@ pub enum BackendType {
     Qdisk,
     Tap,
     Standalone,
+    /// xenkvm's: the disk is served by a vhost-user-blk backend whose
+    /// socket is `target=` (README: vhost-user backends).
+    #[serde(rename = "vhost-user")]
+    VhostUser,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,9 +212,10 @@ impl State {
                     "qdisk" => BackendType::Qdisk,
                     "tap" => BackendType::Tap,
                     "standalone" => BackendType::Standalone,
+                    "vhost-user" => BackendType::VhostUser,
                     _ => {
                         return Err(format!(
-                            "unknown backendtype `{value}` (expected phy, qdisk, tap or standalone)"
+                            "unknown backendtype `{value}` (expected phy, qdisk, tap, standalone or vhost-user)"
                         ))
                     }
                 };
@@ -524,6 +529,9 @@ mod tests {
         assert_eq!((d.format, d.access), (DiskFormat::Raw, Access::Ro));
         let d = p("backendtype=phy,vdev=xvdb,access=w,target=/dev/vg/guest-volume");
         assert_eq!(d.backendtype, Some(BackendType::Phy));
+        let d = p("vdev=xvdb, backendtype=vhost-user, target=/run/vhost-blk.sock");
+        assert_eq!(d.backendtype, Some(BackendType::VhostUser));
+        assert_eq!(d.target.as_deref(), Some("/run/vhost-blk.sock"));
         let d = p("discard,untrusted,direct-io-safe,specification=virtio,grant_usage=0,vdev=hda,target=/x,y");
         assert_eq!(
             (

@@ -44,6 +44,10 @@ pub struct VifSpec {
     /// `gatewaydev=` (or the deprecated `netdev=`), for vif-route.
     pub gatewaydev: Option<String>,
     pub trusted: Option<bool>,
+    /// xenkvm's: `backendtype=vhost-user` with `target=SOCKET`: the nic is
+    /// served by a vhost-user-net backend listening there (no tap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<String>,
     /// The spec string as written.
     pub spec: String,
 }
@@ -146,9 +150,12 @@ impl VifSpec {
             backend: None,
             gatewaydev: None,
             trusted: None,
+            vhost_user: None,
             spec: spec.to_string(),
         };
         let mut notes = Vec::new();
+        let mut backendtype: Option<String> = None;
+        let mut target: Option<String> = None;
         for token in spec.split(',') {
             let token = token.trim_matches([' ', '\t', '\n']);
             if token.is_empty() {
@@ -193,12 +200,23 @@ impl VifSpec {
                 "devid" => v.devid = parse_u32(key, val)?,
                 "mtu" => v.mtu = Some(parse_u32(key, val)?),
                 "vlan" => v.vlan = s(),
+                "backendtype" if val == "vhost-user" => backendtype = s(),
+                "backendtype" => {
+                    return Err(format!("unknown backendtype `{val}` (expected vhost-user)"))
+                }
+                "target" => target = s(),
                 "accel" => notes.push("`accel` is not supported, ignored".to_string()),
                 k if k.starts_with("colo") || k == "forwarddev" => {
                     notes.push(format!("COLO parameter `{k}` ignored"))
                 }
                 _ => notes.push(format!("unrecognized vif argument `{token}` ignored")),
             }
+        }
+        match (backendtype, target) {
+            (Some(_), Some(t)) if !t.is_empty() => v.vhost_user = Some(t),
+            (Some(_), _) => return Err("backendtype=vhost-user needs target=SOCKET".into()),
+            (None, Some(_)) => return Err("target= is only for backendtype=vhost-user".into()),
+            (None, None) => {}
         }
         Ok((v, notes))
     }
@@ -207,6 +225,19 @@ impl VifSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vhost_user_vif() {
+        let (v, _) = VifSpec::parse(
+            "mac=00:16:3e:00:00:01, backendtype=vhost-user, target=/run/n.sock",
+            0,
+        )
+        .unwrap();
+        assert_eq!(v.vhost_user.as_deref(), Some("/run/n.sock"));
+        assert!(VifSpec::parse("backendtype=vhost-user", 0).is_err());
+        assert!(VifSpec::parse("target=/x", 0).is_err());
+        assert!(VifSpec::parse("backendtype=tap", 0).is_err());
+    }
 
     #[test]
     fn vif_keys() {

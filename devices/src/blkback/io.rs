@@ -66,7 +66,7 @@ pub fn execute(dom: &Arc<Domain>, disk: &Disk, p: &Parsed, buf: &mut Vec<u8>) ->
 }
 
 /// The segment list of a read/write, reading indirect pages if needed.
-fn segments(dom: &Arc<Domain>, segs: &Segments) -> Result<Vec<Segment>, IoError> {
+pub(crate) fn segments(dom: &Arc<Domain>, segs: &Segments) -> Result<Vec<Segment>, IoError> {
     match segs {
         Segments::Direct(s) => Ok(s.clone()),
         Segments::Indirect { count, pages } => {

@@ -72,6 +72,7 @@ fn rig(read_only: bool) -> Rig {
         dom: dom.clone(),
         store: Arc::new(Mutex::new(xen_shim::xenstore::Store::new())),
         backends: Default::default(),
+        shared_ram: None,
     };
     let disk = Disk {
         image: image.clone(),
@@ -298,6 +299,7 @@ mod handshake {
             dom: dom.clone(),
             store: Arc::new(Mutex::new(s)),
             backends: Default::default(),
+            shared_ram: None,
         };
         let image = Arc::new(MemDisk(Mutex::new(vec![0u8; 1 << 20])));
         let vbd = spawn(
@@ -393,6 +395,7 @@ mod handshake {
             dom: dom.clone(),
             store: Arc::new(Mutex::new(s)),
             backends: Default::default(),
+            shared_ram: None,
         };
         let image = Arc::new(MemDisk(Mutex::new(vec![0u8; 1 << 20])));
         let config = VbdConfig {

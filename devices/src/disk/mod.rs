@@ -36,6 +36,9 @@ pub trait DiskImage: Send + Sync {
     fn discard_supported(&self) -> bool;
     /// `"raw"` or `"qcow2"`.
     fn format(&self) -> &'static str;
+    /// Let go of what reading it needed until the next access (a
+    /// vhost-user disk's connection, which its backend serves one at a time).
+    fn release(&self) {}
 }
 
 /// Image format requested by the configuration.

@@ -45,6 +45,8 @@ pub struct VifConfig {
     /// hotplug script.
     pub script: Option<String>,
     pub domain_name: String,
+    /// Offer the frontend no GSO (a host end that cannot take it).
+    pub no_gso: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,8 @@ pub enum NetbackError {
     Xenbus(#[from] XenbusError),
     #[error("vif {0}: cannot start its thread: {1}")]
     Thread(u32, std::io::Error),
+    #[error("vif {0}: vhost-user backend {1}: {2}")]
+    VhostUser(u32, String, crate::vhost_user::VhostError),
 }
 
 /// A running vif; dropping it stops the backend and closes the tap.
@@ -161,6 +165,32 @@ pub fn spawn(ctx: &BackendCtx, domid: u32, cfg: VifConfig) -> Result<VifHandle, 
     spawn_with_link(ctx, domid, &cfg, mac, name, Arc::new(tap))
 }
 
+/// Create vif `cfg.devid` whose host end is the vhost-user-net backend
+/// listening on `socket` (no tap; `bridge=` does not apply).
+pub fn spawn_vhost_user(
+    ctx: &BackendCtx,
+    domid: u32,
+    cfg: VifConfig,
+    socket: &std::path::Path,
+) -> Result<VifHandle, NetbackError> {
+    let mac = guest_mac(&cfg)?;
+    let link = crate::vhost_user::net::VhostNetLink::connect(socket)
+        .map_err(|e| NetbackError::VhostUser(cfg.devid, socket.display().to_string(), e))?;
+    let cfg = VifConfig {
+        no_gso: true,
+        bridge: None,
+        ..cfg
+    };
+    log::info!(
+        "vif {}: guest MAC {} on vhost-user backend {}",
+        cfg.devid,
+        mac::format(&mac),
+        socket.display()
+    );
+    let name = format!("vhost-user:{}", socket.display());
+    spawn_with_link(ctx, domid, &cfg, mac, name, Arc::new(link))
+}
+
 fn guest_mac(cfg: &VifConfig) -> Result<[u8; 6], NetbackError> {
     match &cfg.mac {
         Some(s) => mac::parse(s).ok_or_else(|| NetbackError::BadMac(cfg.devid, s.clone())),
@@ -206,10 +236,11 @@ pub(crate) fn spawn_with_link(
     };
     let dev = XenbusDev::new(ctx.store.clone(), paths)?;
     let one = || "1".to_string();
+    let gso = || if cfg.no_gso { "0" } else { "1" }.to_string();
     dev.write_be(&[
         ("feature-sg", one()),
-        ("feature-gso-tcpv4", one()),
-        ("feature-gso-tcpv6", one()),
+        ("feature-gso-tcpv4", gso()),
+        ("feature-gso-tcpv6", gso()),
         ("feature-ipv6-csum-offload", one()),
         ("feature-rx-copy", one()),
         ("feature-rx-flip", "0".into()),

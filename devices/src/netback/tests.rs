@@ -444,6 +444,7 @@ fn handshake_data_and_reconnect() {
         dom: dom.clone(),
         store: store.clone(),
         backends: Arc::new(crate::notify::Backends::default()),
+        shared_ram: None,
     };
     let link = Arc::new(FakeLink::default());
     let cfg = VifConfig {

@@ -23,6 +23,7 @@ fn rig(tag: &str) -> Rig {
         dom,
         store: store.clone(),
         backends: Default::default(),
+        shared_ram: None,
     };
     let dir = std::env::temp_dir().join(format!("xenkvm-hp-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -60,6 +61,17 @@ impl Drop for Rig {
 }
 
 const SHORT: Duration = Duration::from_millis(300);
+
+#[test]
+fn a_vhost_user_disk_is_refused_when_the_memory_is_not_shared() {
+    let r = rig("vhu");
+    let e = r
+        .attach("vdev=xvdb, backendtype=vhost-user, target=/nonexistent.sock")
+        .unwrap_err();
+    assert!(matches!(e, HotplugError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("shared"), "{e}");
+    assert!(lock(&r.set).disks().is_empty());
+}
 
 #[test]
 fn attach_lists_and_detach_removes_everything() {
