@@ -53,6 +53,8 @@ pub struct Host {
     pub devices: OnceLock<crate::hotplug::SharedDevices>,
     pub console_lock: Mutex<()>,
     drain_lock: Mutex<()>,
+    /// The vCPU state kept at SCHEDOP_shutdown(suspend) (crate::migrate).
+    pub suspended: Mutex<Option<crate::migrate::SuspendedVcpu>>,
 }
 
 impl Host {
@@ -76,6 +78,7 @@ impl Host {
             devices: OnceLock::new(),
             console_lock: Mutex::new(()),
             drain_lock: Mutex::new(()),
+            suspended: Mutex::new(None),
         }
     }
 

@@ -853,6 +853,10 @@ impl Vcpu {
                     self.down_regs = Some(regs);
                     return VcpuEnd::Down;
                 }
+                Action::Shutdown(crate::migrate::SHUTDOWN_SUSPEND) => {
+                    crate::migrate::save::keep_suspended(self, &regs);
+                    return VcpuEnd::Shutdown(crate::migrate::SHUTDOWN_SUSPEND);
+                }
                 other => return self.end(other),
             }
             // The checks below answer every kick so far (the events raised,

@@ -101,8 +101,8 @@ pub struct Vm {
     pub dom: Arc<Domain>,
     pub host: Arc<Host>,
     pub layout: PvLayout,
-    vcpus: Vec<Vcpu>,
-    boot_regs: Regs,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) boot_regs: Regs,
     /// Print machine-readable exit and hypercall counts at the end.
     pub print_stats: bool,
     /// The PV device backends; stopped when the VM ends (or, with

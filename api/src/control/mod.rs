@@ -24,6 +24,7 @@
 //! | POST | `/v1/domains/{dom}/vcpus` | [`VcpuSetRequest`] → [`DomainInfo`] |
 //! | POST | `/v1/domains/{dom}/sysrq` | [`SysrqRequest`] → [`DomainInfo`] |
 //! | POST | `/v1/domains/{dom}/memory` | [`MemoryRequest`] → [`DomainInfo`] |
+//! | POST | `/v1/domains/{dom}/save` | [`SaveRequest`] → [`SaveInfo`] |
 //! | GET | `/v1/domains/{dom}/disks` | `[DiskInfo]` |
 //! | POST | `/v1/domains/{dom}/disks` | [`AttachRequest`] → 201 [`DiskInfo`] |
 //! | POST | `/v1/domains/{dom}/disks/{vdev}/detach` | [`DetachRequest`] → `{}` |
@@ -175,6 +176,30 @@ pub struct CreateRequest {
     /// `resume` runs it.
     #[serde(default)]
     pub paused: bool,
+    /// Restore the domain from this save file (`xl restore`) instead of
+    /// booting it; `config` is the one the file carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
+}
+
+/// `POST /v1/domains/{dom}/save` (`xl save`): suspend the guest, write it
+/// to `path` (on the monitor's host) and destroy the domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveRequest {
+    pub path: String,
+}
+
+/// What a save wrote, and how long the guest took to suspend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveInfo {
+    pub path: String,
+    pub bytes: u64,
+    pub pages: u64,
+    /// From the suspend request to the guest's SCHEDOP_shutdown(suspend).
+    pub suspend_ms: u64,
+    /// Writing the image.
+    pub write_ms: u64,
 }
 
 /// One vCPU in `GET /v1/domains/{dom}/vcpus` (`xl vcpu-list`).
@@ -395,6 +420,11 @@ pub trait Backend: Send + Sync {
         Err(ApiError::NotFound(
             "network-attach is not supported here".into(),
         ))
+    }
+    /// Suspend the guest, save it to a file and destroy it (`xl save`).
+    fn save(&self, dom: &str, req: &SaveRequest) -> Result<SaveInfo, ApiError> {
+        let _ = (dom, req);
+        Err(ApiError::NotFound("save is not supported here".into()))
     }
     /// Remove PV nic `id` (a devid or MAC).
     fn nic_detach(&self, dom: &str, id: &str, req: &DetachRequest) -> Result<(), ApiError> {

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::{
     ApiError, AttachRequest, Backend, CreateRequest, DetachRequest, DomainOp, ErrorBody,
-    MemoryRequest, SysrqRequest, VcpuSetRequest, VersionInfo, API_PREFIX,
+    MemoryRequest, SaveRequest, SysrqRequest, VcpuSetRequest, VersionInfo, API_PREFIX,
 };
 
 /// Request bodies larger than this are refused with 413.
@@ -225,6 +225,11 @@ pub fn route(backend: &dyn Backend, method: &str, url: &str, body: &[u8]) -> (u1
             }
         }
         (_, ["domains", _, "memory"]) => Err(no_method(method, path)),
+        ("POST", ["domains", dom, "save"]) => match serde_json::from_slice::<SaveRequest>(body) {
+            Ok(req) => backend.save(dom, &req).map(|i| json(200, &i)),
+            Err(e) => Err(ApiError::BadRequest(format!("malformed save request: {e}"))),
+        },
+        (_, ["domains", _, "save"]) => Err(no_method(method, path)),
         (_, ["domains", dom, kind @ ("disks" | "nics")]) => {
             device_list_or_attach(backend, method, path, dom, kind, body)
         }

@@ -57,6 +57,8 @@ struct Running {
     start_paused: bool,
     /// Devices attached and detached, for the next boots.
     ledger: Mutex<hotplug::Ledger>,
+    /// A save waiting for the guest to suspend (crate::migrate).
+    save: Mutex<Option<crate::migrate::job::SaveJob>>,
 }
 
 type Reply = SyncSender<Result<DomainInfo, ApiError>>;
@@ -478,10 +480,15 @@ impl Monitor {
                 ApiError::Internal(format!("console socket: {e}")),
             ));
         }
-        let vm = match boot.create_vm(&claim.xenstore_socket()) {
+        let mut vm = match boot.create_vm(&claim.xenstore_socket()) {
             Ok(vm) => vm,
             Err(e) => return Err(fail(&claim, e)),
         };
+        if let Some(path) = &req.restore {
+            if let Err(e) = crate::migrate::job::restore_file(Path::new(path), &mut vm) {
+                return Err(fail(&claim, e));
+            }
+        }
         let mut log = None;
         if let Some((sock, staged_log)) = &self.staging {
             if let Err(e) = std::fs::rename(sock, claim.api_socket()) {
@@ -507,6 +514,7 @@ impl Monitor {
             claim,
             start_paused: req.paused,
             ledger: Mutex::new(hotplug::Ledger::default()),
+            save: Mutex::new(None),
         });
         *lock(&self.dom) = Some(running.clone());
         Ok((running, vm, boot))
@@ -584,7 +592,16 @@ impl Monitor {
                         ShutdownReason::Watchdog => cfg.on_watchdog,
                         ShutdownReason::SoftReset => cfg.on_soft_reset,
                         ShutdownReason::Suspend => {
-                            eprintln!("xenkvm: suspend is not supported; destroying");
+                            match lock(&r.save).take() {
+                                Some(job) => {
+                                    let json = serde_json::to_string(&r.cfg).unwrap_or_default();
+                                    crate::migrate::job::finish_save(job, &json, &host, &dom);
+                                    eprintln!("xenkvm: domain {name} saved");
+                                }
+                                None => {
+                                    eprintln!("xenkvm: suspended with no save asked; destroying")
+                                }
+                            }
                             Action::Destroy
                         }
                         _ => cfg.on_crash,
@@ -680,6 +697,46 @@ impl Backend for Monitor {
         let r = self.running(dom)?;
         r.memory(req)?;
         Ok(r.info())
+    }
+
+    fn save(
+        &self,
+        dom: &str,
+        req: &api::control::SaveRequest,
+    ) -> Result<api::control::SaveInfo, ApiError> {
+        let r = self.running(dom)?;
+        let (tx, rx) = sync_channel(1);
+        {
+            let mut g = lock(&r.save);
+            if g.is_some() {
+                return Err(ApiError::Conflict("a save is already under way".into()));
+            }
+            if let Some((_, d)) = r.current.get() {
+                if d.online.load(Ordering::SeqCst).count_ones() != 1 {
+                    return Err(ApiError::Conflict(
+                        "save/migrate of a domain with more than one vCPU online is not supported yet".into(),
+                    ));
+                }
+            }
+            *g = Some(crate::migrate::job::SaveJob {
+                path: PathBuf::from(&req.path),
+                asked: std::time::Instant::now(),
+                reply: tx,
+            });
+        }
+        if let Err(e) = r.control_shutdown("suspend") {
+            lock(&r.save).take();
+            return Err(e);
+        }
+        match rx.recv_timeout(crate::migrate::job::SUSPEND_TIMEOUT) {
+            Ok(res) => res,
+            Err(_) => {
+                lock(&r.save).take();
+                Err(ApiError::Conflict(
+                    "the guest did not suspend (control/shutdown = suspend) in time".into(),
+                ))
+            }
+        }
     }
 
     fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {

@@ -1,0 +1,300 @@
+//! Loading a save stream into a freshly built domain (Xen's "resumed in a
+//! new domain"): memory, page types, the vCPU, then start_info's store and
+//! console fields rewritten for the new domain.
+
+use std::io::Read;
+
+use xen_shim::mmu::Mmu;
+
+use super::save::SI_ARCH;
+use super::stream::{self, libxl_rec, pfinfo, rec, PAGE_SIZE};
+use super::MigrateError;
+use crate::vm::Vm;
+
+const PTE_PRESENT: u64 = 1;
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+/// start_info offsets (x86_64, public/xen.h).
+mod si {
+    pub const SHARED_INFO: u64 = 40;
+    pub const STORE_MFN: u64 = 56;
+    pub const STORE_EVTCHN: u64 = 64;
+    pub const CONSOLE_MFN: u64 = 72;
+    pub const CONSOLE_EVTCHN: u64 = 80;
+}
+
+/// What a restore loaded.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RestoreStats {
+    pub pages: u64,
+    pub pinned: u64,
+}
+
+/// Localise a page table from the stream: every present entry must name
+/// a PFN of the domain (the P2M is the identity, so PFN = MFN).
+pub fn localise_table(page: &[u8], level: u8, mmu: &Mmu) -> Result<(), MigrateError> {
+    for (i, e) in page.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+        if v & PTE_PRESENT == 0 || (level == 4 && (256..=271).contains(&i)) {
+            continue;
+        }
+        let pfn = (v & PTE_ADDR) >> 12;
+        if !mmu.is_ram(pfn) {
+            return Err(MigrateError::Mismatch(format!(
+                "an L{level} entry names PFN {pfn:#x}, outside the domain's memory"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Read the stream from `r` (positioned after xl's header) into `vm`,
+/// which was just built and has not run.
+pub fn restore_into(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateError> {
+    stream::read_libxl_header(r)?;
+    let mut stats = RestoreStats::default();
+    let mut xc_done = false;
+    loop {
+        let rr = stream::read_record(r)?;
+        match rr.ty {
+            libxl_rec::END => break,
+            libxl_rec::LIBXC_CONTEXT if !xc_done => {
+                stats = restore_xc(r, vm)?;
+                xc_done = true;
+            }
+            libxl_rec::EMULATOR_XENSTORE_DATA | libxl_rec::EMULATOR_CONTEXT => {
+                log::info!("restore: emulator record {:#x} ignored (PV domain)", rr.ty);
+            }
+            libxl_rec::CHECKPOINT_END => {}
+            t if t & rec::OPTIONAL != 0 => {}
+            t => {
+                return Err(MigrateError::Format(format!(
+                    "unexpected libxl record {t:#x}"
+                )))
+            }
+        }
+    }
+    if !xc_done {
+        return Err(MigrateError::Format("no LIBXC_CONTEXT record".into()));
+    }
+    Ok(stats)
+}
+
+/// The libxc stream: headers, records up to END, then the domain is
+/// completed (tables pinned, vCPU loaded, start_info rewritten).
+fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateError> {
+    let (major, minor) = stream::read_xc_headers(r)?;
+    log::info!("restore: stream saved under Xen {major}.{minor}");
+    let dom = vm.dom.clone();
+    let mem = &*dom.mem;
+    dom.mmu
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear_types();
+    let mut stats = RestoreStats::default();
+    let mut pins: Vec<(u64, u8)> = Vec::new();
+    let mut basic: Option<Vec<u8>> = None;
+    let mut xsave: Option<Vec<u8>> = None;
+    let mut shinfo: Option<Vec<u8>> = None;
+    let mut seen_info = false;
+    loop {
+        let rr = stream::read_record(r)?;
+        match rr.ty {
+            rec::END => break,
+            rec::X86_PV_INFO => {
+                stream::check_pv_info(&rr.body)?;
+                seen_info = true;
+            }
+            rec::PAGE_DATA => {
+                if !seen_info {
+                    return Err(MigrateError::Format("PAGE_DATA before X86_PV_INFO".into()));
+                }
+                let entries = stream::parse_page_data(&rr.body)?;
+                let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+                for (pfn, ty, off) in entries {
+                    if pfn >= mmu.nr_frames() {
+                        return Err(MigrateError::Mismatch(format!(
+                            "PFN {pfn:#x} beyond the domain's {} frames",
+                            mmu.nr_frames()
+                        )));
+                    }
+                    match ty {
+                        pfinfo::XTAB | pfinfo::BROKEN => {
+                            if mmu.is_ram(pfn) {
+                                let _ = mmu.depopulate(pfn);
+                            }
+                            continue;
+                        }
+                        _ => {
+                            if !mmu.is_ram(pfn) {
+                                mmu.populate(pfn, 0).map_err(|e| {
+                                    MigrateError::Mismatch(format!("populate {pfn:#x}: {e}"))
+                                })?;
+                            }
+                        }
+                    }
+                    let Some(off) = off else { continue };
+                    let page = &rr.body[off..off + PAGE_SIZE];
+                    let level = ty & 0x7;
+                    if (1..=4).contains(&level) {
+                        localise_table(page, level, &mmu)?;
+                        if ty & pfinfo::PIN != 0 {
+                            pins.push((pfn, level));
+                        }
+                    }
+                    mem.write(pfn << 12, page)
+                        .map_err(|e| MigrateError::Memory(e.to_string()))?;
+                    stats.pages += 1;
+                }
+            }
+            rec::X86_PV_VCPU_BASIC | rec::X86_PV_VCPU_XSAVE => {
+                let (id, blob) = stream::parse_vcpu_body(&rr.body)?;
+                if id != 0 {
+                    return Err(MigrateError::Mismatch(format!(
+                        "state for vCPU {id}: only one-vCPU domains are restored"
+                    )));
+                }
+                if rr.ty == rec::X86_PV_VCPU_BASIC {
+                    basic = Some(blob.to_vec());
+                } else {
+                    xsave = Some(blob.to_vec());
+                }
+            }
+            rec::SHARED_INFO => {
+                if rr.body.len() != PAGE_SIZE {
+                    return Err(MigrateError::Format("SHARED_INFO is not one page".into()));
+                }
+                shinfo = Some(rr.body);
+            }
+            rec::X86_TSC_INFO => {
+                let t = stream::TscInfo::parse(&rr.body)?;
+                if t.mode != 0 {
+                    log::warn!("restore: TSC mode {} taken as the default mode", t.mode);
+                }
+            }
+            rec::X86_PV_P2M_FRAMES
+            | rec::X86_PV_VCPU_EXTENDED
+            | rec::X86_PV_VCPU_MSRS
+            | rec::VERIFY
+            | rec::STATIC_DATA_END
+            | rec::X86_CPUID_POLICY
+            | rec::X86_MSR_POLICY => {
+                // The P2M is the identity here; the other state has no
+                // counterpart yet (see the module docs).
+                log::debug!("restore: record {:#x} not used", rr.ty);
+            }
+            t if t & rec::OPTIONAL != 0 => {}
+            t => {
+                return Err(MigrateError::Format(format!(
+                    "unsupported mandatory record {t:#x}"
+                )))
+            }
+        }
+    }
+    let basic = basic.ok_or_else(|| MigrateError::Format("no X86_PV_VCPU_BASIC".into()))?;
+    let v0 = vm
+        .vcpus
+        .first_mut()
+        .ok_or_else(|| MigrateError::Mismatch("the domain has no vCPU".into()))?;
+    // The tables the guest had pinned, typed afresh (their validation
+    // fills the hypervisor's L4 slots in again).
+    {
+        let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        for &(pfn, level) in &pins {
+            mmu.pin(mem, &mut v0.pv.pt_log, pfn, level).map_err(|e| {
+                MigrateError::Mismatch(format!("pinning L{level} table {pfn:#x}: error {e}"))
+            })?;
+            stats.pinned += 1;
+        }
+    }
+    let ctx = xen_shim::vcpuctx::parse_context(&basic);
+    v0.pv.root_kernel = 0;
+    v0.pv.root_user = 0;
+    v0.pv.gdt_frames.clear();
+    let mut regs = xen_shim::vcpuctx::apply_context(&mut v0.pv, &ctx)
+        .map_err(|e| MigrateError::Mismatch(format!("the vCPU context is refused: {e}")))?;
+    // SCHEDOP_shutdown(suspend) returns 0: resumed in a new domain.
+    let start_info_pfn = regs.rdx;
+    regs.rax = 0;
+    vm.boot_regs = regs;
+    if let Some(x) = xsave {
+        load_xsave(v0, &x)?;
+    }
+    if let Some(s) = shinfo {
+        let at = dom.layout.shared_info_gpa + SI_ARCH.start as u64;
+        mem.write(at, &s[SI_ARCH])
+            .map_err(|e| MigrateError::Memory(e.to_string()))?;
+    }
+    rewrite_start_info(&dom, start_info_pfn)?;
+    Ok(stats)
+}
+
+/// X86_PV_VCPU_XSAVE: xcr0, xcr0_accum, the XSAVE area.
+fn load_xsave(v: &crate::vcpu::Vcpu, blob: &[u8]) -> Result<(), MigrateError> {
+    if blob.len() < 16 + 512 {
+        return Err(MigrateError::Format("short X86_PV_VCPU_XSAVE".into()));
+    }
+    let mut x = kvm_bindings::kvm_xsave::default();
+    for (i, w) in blob[16..].chunks_exact(4).take(x.region.len()).enumerate() {
+        x.region[i] = u32::from_le_bytes(w.try_into().unwrap_or([0; 4]));
+    }
+    // SAFETY: `x` is a whole kvm_xsave (KVM_SET_XSAVE reads 4 KiB of it).
+    unsafe { v.fd.set_xsave(&x) }.map_err(|e| MigrateError::Kvm(format!("KVM_SET_XSAVE: {e}")))
+}
+
+/// Point start_info (frame `pfn`, passed by the guest in %rdx) at this
+/// domain's shared_info, xenstore and console pages and ports.
+fn rewrite_start_info(dom: &xen_shim::domain::Domain, pfn: u64) -> Result<(), MigrateError> {
+    let l = &dom.layout;
+    if !dom
+        .mmu
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_ram(pfn)
+    {
+        return Err(MigrateError::Mismatch(format!(
+            "start_info frame {pfn:#x} (the suspend hypercall's %rdx) is not the guest's RAM"
+        )));
+    }
+    let base = pfn << 12;
+    let mem = &*dom.mem;
+    let rd = |o: u64| mem.read_u64(base + o).unwrap_or(u64::MAX);
+    // The guest made these PFNs before it suspended; this domain's pages
+    // must be the same ones (its layout comes from the same kernel and
+    // memory size).
+    let (store, console) = (rd(si::STORE_MFN), rd(si::CONSOLE_MFN));
+    if store != l.store_mfn || console != l.console_mfn {
+        return Err(MigrateError::Mismatch(format!(
+            "the guest's xenstore/console pages ({store:#x}/{console:#x}) are not this \
+             domain's ({:#x}/{:#x}): restore with the saved domain's kernel and memory",
+            l.store_mfn, l.console_mfn
+        )));
+    }
+    let w = |o: u64, v: u64| mem.write_u64(base + o, v);
+    let w32 = |o: u64, v: u32| mem.write_u32(base + o, v);
+    w(si::SHARED_INFO, l.shared_info_gpa)
+        .and_then(|()| w(si::STORE_MFN, l.store_mfn))
+        .and_then(|()| w32(si::STORE_EVTCHN, l.store_port))
+        .and_then(|()| w(si::CONSOLE_MFN, l.console_mfn))
+        .and_then(|()| w32(si::CONSOLE_EVTCHN, l.console_port))
+        .map_err(|e| MigrateError::Memory(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localise_refuses_frames_outside_the_domain() {
+        let mmu = Mmu::new(16);
+        let mut page = vec![0u8; PAGE_SIZE];
+        page[..8].copy_from_slice(&((3u64 << 12) | 0x67).to_le_bytes());
+        localise_table(&page, 1, &mmu).unwrap();
+        page[8..16].copy_from_slice(&((16u64 << 12) | 0x67).to_le_bytes());
+        assert!(localise_table(&page, 1, &mmu).is_err());
+        // In an L4's hypervisor slots anything goes (they are refilled).
+        let mut l4 = vec![0u8; PAGE_SIZE];
+        l4[256 * 8..257 * 8].copy_from_slice(&((1u64 << 40) | 0x63).to_le_bytes());
+        localise_table(&l4, 4, &mmu).unwrap();
+    }
+}

@@ -1,0 +1,294 @@
+//! Writing a suspended domain as xl's save file (see [`super::stream`]).
+
+use std::io::Write;
+
+use xen_shim::domain::Domain;
+use xen_shim::mmu::PageType;
+use xen_shim::regs::Regs;
+
+use super::stream::{self, pfinfo, rec, PAGE_SIZE};
+use super::{MigrateError, SuspendedVcpu};
+use crate::vcpu::Vcpu;
+
+/// The Xen version the stream says it was saved under.
+pub const XEN_VERSION: (u32, u32) = (4, 17);
+/// L4 slots 256..=271 belong to the hypervisor: zeroed in the stream (as
+/// libxc's normalise_pagetable does) and filled in again on restore.
+const RESERVED_L4: std::ops::RangeInclusive<usize> = 256..=271;
+const PTE_PRESENT: u64 = 1;
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+/// Called by the vCPU thread at SCHEDOP_shutdown(suspend): keep its state
+/// for the save. `regs` are the registers as the hypercall returns.
+pub fn keep_suspended(v: &Vcpu, regs: &Regs) {
+    let ctx = xen_shim::vcpuctx_save::capture_context(&v.pv, regs);
+    let xsave = match v.fd.get_xsave() {
+        Ok(x) => x.region.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        Err(e) => {
+            log::warn!("suspend: KVM_GET_XSAVE failed ({e}); FPU state not saved");
+            Vec::new()
+        }
+    };
+    let xcr0 =
+        v.fd.get_xcrs()
+            .ok()
+            .and_then(|x| {
+                x.xcrs[..x.nr_xcrs.min(16) as usize]
+                    .iter()
+                    .find(|c| c.xcr == 0)
+                    .map(|c| c.value)
+            })
+            .unwrap_or(1);
+    let s = SuspendedVcpu {
+        id: v.pv.id,
+        ctx,
+        xsave,
+        xcr0,
+    };
+    *v.host.suspended.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+}
+
+/// What a save wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SaveStats {
+    pub pages: u64,
+    pub bytes: u64,
+}
+
+/// A writer that counts bytes.
+struct Counting<'a> {
+    w: &'a mut dyn Write,
+    n: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.w.write(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// The stream type of frame `pfn`.
+fn pfn_type(mmu: &xen_shim::mmu::Mmu, pfn: u64) -> u8 {
+    if !mmu.is_ram(pfn) {
+        return pfinfo::XTAB;
+    }
+    let t = match mmu.type_of(pfn) {
+        PageType::L1 => 1,
+        PageType::L2 => 2,
+        PageType::L3 => 3,
+        PageType::L4 => 4,
+        _ => return pfinfo::NOTAB,
+    };
+    if mmu.is_pinned(pfn) {
+        t | pfinfo::PIN
+    } else {
+        t
+    }
+}
+
+/// Normalise a page table for the stream: frame numbers become PFNs (the
+/// P2M is the identity here, so that is a check that each frame is the
+/// domain's RAM) and the hypervisor's L4 slots are cleared.
+pub fn normalise_table(
+    page: &mut [u8],
+    level: u8,
+    is_ram: &dyn Fn(u64) -> bool,
+) -> Result<(), MigrateError> {
+    for (i, e) in page.chunks_exact_mut(8).enumerate() {
+        if level == 4 && RESERVED_L4.contains(&i) {
+            e.copy_from_slice(&[0; 8]);
+            continue;
+        }
+        let v = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+        if v & PTE_PRESENT == 0 {
+            continue;
+        }
+        let mfn = (v & PTE_ADDR) >> 12;
+        if !is_ram(mfn) {
+            return Err(MigrateError::State(format!(
+                "an L{level} entry maps frame {mfn:#x}, which is not the guest's RAM \
+                 (a mapping of shared_info or a grant frame left in place)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The P2M's frames, from shared_info's pfn_to_mfn_frame_list_list (a
+/// three-level list, as libxc's map_p2m_tree reads it); empty when the
+/// guest set none.
+fn p2m_frames(dom: &Domain, max_pfn: u64) -> Vec<u64> {
+    let mem = &*dom.mem;
+    let si = dom.layout.shared_info_gpa;
+    let Ok(fll) = mem.read_u64(si + SI_FLL) else {
+        return Vec::new();
+    };
+    let nr = max_pfn.div_ceil(512);
+    let mut out = Vec::new();
+    let ok = |m: u64| m != 0 && m < dom.layout.nr_pages;
+    if !ok(fll) {
+        return Vec::new();
+    }
+    for i in 0..nr.div_ceil(512) {
+        let Ok(fl) = mem.read_u64((fll << 12) + i * 8) else {
+            return Vec::new();
+        };
+        if !ok(fl) {
+            return Vec::new();
+        }
+        for j in 0..512.min(nr - i * 512) {
+            match mem.read_u64((fl << 12) + j * 8) {
+                Ok(f) if ok(f) => out.push(f),
+                _ => return Vec::new(),
+            }
+        }
+    }
+    out
+}
+
+/// shared_info offsets (x86_64): arch.max_pfn and
+/// arch.pfn_to_mfn_frame_list_list.
+pub const SI_MAX_PFN: u64 = 3088;
+pub const SI_FLL: u64 = 3096;
+/// The arch part of shared_info a restore takes over (max_pfn .. p2m_generation).
+pub const SI_ARCH: std::ops::Range<usize> = 3088..3136;
+
+/// Write the domain as an xl save file: xl's header with `config_json`,
+/// libxl's container, libxc's stream.
+pub fn write_image(
+    w: &mut dyn Write,
+    config_json: &str,
+    dom: &Domain,
+    cpu: &SuspendedVcpu,
+) -> Result<SaveStats, MigrateError> {
+    let mut w = Counting { w, n: 0 };
+    stream::write_xl_header(&mut w, config_json)?;
+    stream::write_libxl_header(&mut w)?;
+    stream::write_record(&mut w, stream::libxl_rec::LIBXC_CONTEXT, &[])?;
+    stream::write_xc_headers(&mut w, XEN_VERSION)?;
+    stream::write_record(&mut w, rec::X86_PV_INFO, &stream::pv_info_body())?;
+    let mem = &*dom.mem;
+    let si = dom.layout.shared_info_gpa;
+    let max_pfn = mem
+        .read_u64(si + SI_MAX_PFN)
+        .ok()
+        .filter(|&m| m > 0 && m <= dom.layout.nr_pages)
+        .unwrap_or(dom.layout.nr_pages);
+    let frames = p2m_frames(dom, max_pfn);
+    if !frames.is_empty() {
+        let body = stream::p2m_frames_body((max_pfn - 1) as u32, &frames);
+        stream::write_record(&mut w, rec::X86_PV_P2M_FRAMES, &body)?;
+    }
+    let pages = write_pages(&mut w, dom, 0..dom.layout.nr_pages)?;
+    let tsc = stream::TscInfo {
+        mode: 0,
+        khz: dom.clock.tsc_khz as u32,
+        nsec: dom.clock.now_ns(dom.platform.tsc()),
+        incarnation: 0,
+    };
+    stream::write_record(&mut w, rec::X86_TSC_INFO, &tsc.body())?;
+    let mut shinfo = vec![0u8; PAGE_SIZE];
+    mem.read(si, &mut shinfo)
+        .map_err(|e| MigrateError::Memory(e.to_string()))?;
+    stream::write_record(&mut w, rec::SHARED_INFO, &shinfo)?;
+    write_vcpu(&mut w, cpu)?;
+    stream::write_record(&mut w, rec::END, &[])?;
+    stream::write_record(&mut w, stream::libxl_rec::END, &[])?;
+    w.flush()?;
+    Ok(SaveStats { pages, bytes: w.n })
+}
+
+/// The vCPU records: BASIC (vcpu_guest_context) and XSAVE (xcr0,
+/// xcr0_accum, the XSAVE area, as XEN_DOMCTL_getvcpuextstate gives them).
+pub fn write_vcpu(w: &mut dyn Write, cpu: &SuspendedVcpu) -> Result<(), MigrateError> {
+    let fpu: Option<[u8; 512]> = cpu.xsave.get(..512).and_then(|s| s.try_into().ok());
+    let basic = xen_shim::vcpuctx_save::encode_context(&cpu.ctx, fpu.as_ref());
+    stream::write_record(
+        w,
+        rec::X86_PV_VCPU_BASIC,
+        &stream::vcpu_body(cpu.id, &basic),
+    )?;
+    if !cpu.xsave.is_empty() {
+        let mut x = Vec::with_capacity(16 + cpu.xsave.len());
+        x.extend_from_slice(&cpu.xcr0.to_le_bytes());
+        x.extend_from_slice(&cpu.xcr0.to_le_bytes());
+        x.extend_from_slice(&cpu.xsave);
+        stream::write_record(w, rec::X86_PV_VCPU_XSAVE, &stream::vcpu_body(cpu.id, &x))?;
+    }
+    Ok(())
+}
+
+/// PAGE_DATA records for `pfns`, in batches; returns the pages written.
+pub fn write_pages(
+    w: &mut dyn Write,
+    dom: &Domain,
+    pfns: impl Iterator<Item = u64>,
+) -> Result<u64, MigrateError> {
+    let mem = &*dom.mem;
+    let mut entries = Vec::with_capacity(stream::MAX_BATCH);
+    let mut data = Vec::with_capacity(stream::MAX_BATCH * PAGE_SIZE);
+    let mut written = 0u64;
+    let mut flush = |entries: &mut Vec<(u64, u8)>, data: &mut Vec<u8>| {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let body = stream::page_data_body(entries, data);
+        entries.clear();
+        data.clear();
+        stream::write_record(w, rec::PAGE_DATA, &body)
+    };
+    let mut page = vec![0u8; PAGE_SIZE];
+    for pfn in pfns {
+        let mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        let ty = pfn_type(&mmu, pfn);
+        if pfinfo::has_data(ty) {
+            mem.read(pfn << 12, &mut page)
+                .map_err(|e| MigrateError::Memory(e.to_string()))?;
+            let level = ty & 0x7;
+            if (1..=4).contains(&level) {
+                normalise_table(&mut page, level, &|m| mmu.is_ram(m))?;
+            }
+            drop(mmu);
+            data.extend_from_slice(&page);
+            written += 1;
+        } else {
+            drop(mmu);
+        }
+        entries.push((pfn, ty));
+        if entries.len() == stream::MAX_BATCH {
+            flush(&mut entries, &mut data)?;
+        }
+    }
+    flush(&mut entries, &mut data)?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_clears_hypervisor_slots_and_refuses_foreign_frames() {
+        let mut page = vec![0u8; PAGE_SIZE];
+        let put = |p: &mut Vec<u8>, i: usize, v: u64| {
+            p[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put(&mut page, 0, (5 << 12) | 0x67);
+        put(&mut page, 256, (0x9000 << 12) | 0x63);
+        put(&mut page, 271, 0x1234_5003);
+        put(&mut page, 272, 0); // not present: anything goes
+        let ram = |m: u64| m < 100;
+        normalise_table(&mut page, 4, &ram).unwrap();
+        assert_eq!(&page[256 * 8..272 * 8], &[0u8; 128][..]);
+        assert_eq!(page[0], 0x67);
+        // The same frame in an L1 is outside RAM: refused.
+        let mut l1 = vec![0u8; PAGE_SIZE];
+        put(&mut l1, 3, (0x9000 << 12) | 0x63);
+        assert!(normalise_table(&mut l1, 1, &ram).is_err());
+    }
+}
