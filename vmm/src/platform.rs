@@ -55,6 +55,8 @@ pub struct Host {
     drain_lock: Mutex<()>,
     /// The vCPU state kept at SCHEDOP_shutdown(suspend) (crate::migrate).
     pub suspended: Mutex<Option<crate::migrate::SuspendedVcpu>>,
+    /// KVM's dirty log of guest RAM (live migration).
+    pub dirty_log: OnceLock<crate::migrate::dirty::DirtyLog>,
 }
 
 impl Host {
@@ -79,6 +81,7 @@ impl Host {
             console_lock: Mutex::new(()),
             drain_lock: Mutex::new(()),
             suspended: Mutex::new(None),
+            dirty_log: OnceLock::new(),
         }
     }
 

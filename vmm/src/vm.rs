@@ -97,7 +97,7 @@ pub enum Outcome {
 
 pub struct Vm {
     _kvm: Kvm,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     pub dom: Arc<Domain>,
     pub host: Arc<Host>,
     pub layout: PvLayout,
@@ -137,21 +137,22 @@ impl Vm {
         };
         let kvm = Kvm::new().map_err(VmError::NoKvm)?;
         let profile = crate::host_profile::get(&kvm).map_err(VmError::Kvm)?;
-        let vm = kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?);
         let ram = maxmem_mib << 20;
         let boot_pages = (cfg.memory_mib << 20) / PAGE;
         let mon = Arc::new(MonitorLayout::new(ram));
         let mem = Arc::new(Memory::new(mon.end)?);
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mon.end,
+            userspace_addr: mem.host_base() as u64,
+        };
         // SAFETY: the mapping outlives the VM (held in Domain via Arc).
         unsafe {
-            vm.set_user_memory_region(kvm_userspace_memory_region {
-                slot: 0,
-                flags: 0,
-                guest_phys_addr: 0,
-                memory_size: mon.end,
-                userspace_addr: mem.host_base() as u64,
-            })
-            .map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
+            vm.set_user_memory_region(region)
+                .map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
         }
         let slots = ring0::build(&*mem, &mon, cfg.vcpus, profile.ring0_for(cfg.vcpus))?;
         let nr_pages = ram / PAGE;
@@ -208,6 +209,11 @@ impl Vm {
         add_brand_string(&mut entries);
         let policy = CpuidPolicy::pv_from_host(&entries, tsc_khz);
         let host = Arc::new(Host::new(cfg.vcpus));
+        let _ = host.dirty_log.set(crate::migrate::dirty::DirtyLog::new(
+            vm.clone(),
+            region,
+            mem.clone(),
+        ));
         // SAFETY: rdtsc has no preconditions.
         let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
         let wall = SystemTime::now()

@@ -220,6 +220,62 @@ impl Running {
         self.write_control("shutdown", what)
     }
 
+    /// The running domain's host and Xen state, refused unless one vCPU is
+    /// online (save and migration handle one vCPU so far).
+    fn one_vcpu(
+        &self,
+    ) -> Result<(Arc<crate::platform::Host>, Arc<xen_shim::domain::Domain>), ApiError> {
+        let (h, d) = self
+            .current
+            .get()
+            .ok_or_else(|| ApiError::Conflict("the domain is starting".into()))?;
+        if d.online.load(Ordering::SeqCst).count_ones() != 1 {
+            return Err(ApiError::Conflict(
+                "save/migrate of a domain with more than one vCPU online is not supported yet"
+                    .into(),
+            ));
+        }
+        Ok((h, d))
+    }
+
+    /// Ask the guest to suspend (control/shutdown = suspend) and wait until
+    /// the run loop has sent it to `dest`.
+    fn suspend_for(
+        &self,
+        dest: crate::migrate::job::Dest,
+    ) -> Result<api::control::SaveInfo, ApiError> {
+        self.one_vcpu()?;
+        let (tx, rx) = sync_channel(1);
+        {
+            let mut g = lock(&self.save);
+            if g.is_some() {
+                return Err(ApiError::Conflict("a save is already under way".into()));
+            }
+            *g = Some(crate::migrate::job::SaveJob {
+                dest,
+                asked: std::time::Instant::now(),
+                reply: tx,
+            });
+        }
+        if let Err(e) = self.control_shutdown("suspend") {
+            lock(&self.save).take();
+            return Err(e);
+        }
+        match rx.recv_timeout(crate::migrate::job::SUSPEND_TIMEOUT) {
+            Ok(res) => res,
+            Err(_) => {
+                if lock(&self.save).take().is_some() {
+                    return Err(ApiError::Conflict(
+                        "the guest did not suspend (control/shutdown = suspend) in time".into(),
+                    ));
+                }
+                // The guest suspended just now: the run loop has the job.
+                rx.recv()
+                    .map_err(|_| ApiError::Internal("the save was lost".into()))?
+            }
+        }
+    }
+
     /// Write `value` to the guest's `control/NODE` in its xenstore.
     fn write_control(&self, node: &str, value: &str) -> Result<(), ApiError> {
         self.write_domain_node(&format!("control/{node}"), value)
@@ -560,7 +616,7 @@ impl Monitor {
             log::info!("domain {name} (id {}) running", r.claim.id);
             // The devices live until the end of this boot: through the wait of
             // a preserved domain, dropped before a restart builds new ones.
-            let (outcome, _devices) = vm.run_keeping_devices();
+            let (outcome, devices) = vm.run_keeping_devices();
             if host.escaped.load(Ordering::SeqCst) {
                 eprintln!("\r\nxenkvm: stopped by the console escape (Ctrl-])");
                 break ExitCode::from(130);
@@ -594,6 +650,9 @@ impl Monitor {
                         ShutdownReason::Suspend => {
                             match lock(&r.save).take() {
                                 Some(job) => {
+                                    // Backends stop first: none writes guest
+                                    // memory behind the image.
+                                    drop(devices);
                                     let json = serde_json::to_string(&r.cfg).unwrap_or_default();
                                     crate::migrate::job::finish_save(job, &json, &host, &dom);
                                     eprintln!("xenkvm: domain {name} saved");
@@ -705,38 +764,31 @@ impl Backend for Monitor {
         req: &api::control::SaveRequest,
     ) -> Result<api::control::SaveInfo, ApiError> {
         let r = self.running(dom)?;
-        let (tx, rx) = sync_channel(1);
-        {
-            let mut g = lock(&r.save);
-            if g.is_some() {
-                return Err(ApiError::Conflict("a save is already under way".into()));
-            }
-            if let Some((_, d)) = r.current.get() {
-                if d.online.load(Ordering::SeqCst).count_ones() != 1 {
-                    return Err(ApiError::Conflict(
-                        "save/migrate of a domain with more than one vCPU online is not supported yet".into(),
-                    ));
-                }
-            }
-            *g = Some(crate::migrate::job::SaveJob {
-                path: PathBuf::from(&req.path),
-                asked: std::time::Instant::now(),
-                reply: tx,
-            });
-        }
-        if let Err(e) = r.control_shutdown("suspend") {
-            lock(&r.save).take();
-            return Err(e);
-        }
-        match rx.recv_timeout(crate::migrate::job::SUSPEND_TIMEOUT) {
-            Ok(res) => res,
-            Err(_) => {
-                lock(&r.save).take();
-                Err(ApiError::Conflict(
-                    "the guest did not suspend (control/shutdown = suspend) in time".into(),
-                ))
-            }
-        }
+        let dest = crate::migrate::job::Dest::File(PathBuf::from(&req.path));
+        r.suspend_for(dest)
+    }
+
+    fn migrate(
+        &self,
+        dom: &str,
+        req: &api::control::MigrateRequest,
+    ) -> Result<api::control::SaveInfo, ApiError> {
+        let r = self.running(dom)?;
+        let (host, d) = r.one_vcpu()?;
+        let log = host
+            .dirty_log
+            .get()
+            .ok_or_else(|| ApiError::Internal("no dirty log".into()))?;
+        let conn = std::os::unix::net::UnixStream::connect(&req.socket)
+            .map_err(|e| ApiError::BadRequest(format!("{}: {e}", req.socket)))?;
+        let json = serde_json::to_string(&r.cfg).unwrap_or_default();
+        let pre =
+            crate::migrate::live::PreCopy::run(Box::new(conn), &json, &d, log).map_err(|e| {
+                log.stop();
+                ApiError::Internal(format!("migration failed: {e}"))
+            })?;
+        r.suspend_for(crate::migrate::job::Dest::Live(Box::new(pre)))
+            .inspect_err(|_| log.stop())
     }
 
     fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {
@@ -851,6 +903,8 @@ pub fn serve_empty(run: RunDir, api_socket: PathBuf, log: Option<PathBuf>) -> Ex
                 );
                 let code = mon.run_loop(&r, vm, &boot);
                 server.stop();
+                // A save or migration is answered as the domain ends.
+                server.drain(Duration::from_secs(5));
                 return code;
             }
             Err(e) => {

@@ -12,8 +12,16 @@ use xen_shim::domain::Domain;
 
 use crate::platform::Host;
 
+/// Where the suspended domain goes.
+pub enum Dest {
+    /// `save`: a file.
+    File(PathBuf),
+    /// `migrate`: the final round of a live migration under way.
+    Live(Box<super::live::PreCopy>),
+}
+
 pub struct SaveJob {
-    pub path: PathBuf,
+    pub dest: Dest,
     pub asked: Instant,
     pub reply: SyncSender<Result<SaveInfo, ApiError>>,
 }
@@ -21,24 +29,39 @@ pub struct SaveJob {
 /// How long a guest may take to suspend before the save is given up.
 pub const SUSPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The guest has suspended: write the image and answer the request.
+/// The guest has suspended (and its backends have stopped): write the
+/// image or send the final round, and answer the request.
 pub fn finish_save(job: SaveJob, config_json: &str, host: &Host, dom: &Domain) {
     let suspend_ms = job.asked.elapsed().as_millis() as u64;
     let t = Instant::now();
+    let cpu = host
+        .suspended
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let Some(cpu) = cpu else {
+        let _ = job
+            .reply
+            .send(Err(ApiError::Internal("no suspended vCPU state".into())));
+        return;
+    };
+    let path = match job.dest {
+        Dest::File(p) => p,
+        Dest::Live(pre) => {
+            let r = finish_live(*pre, host, dom, &cpu, suspend_ms);
+            let _ = job.reply.send(r);
+            return;
+        }
+    };
+    let job_path = path;
     let r = (|| {
-        let cpu = host
-            .suspended
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| ApiError::Internal("no suspended vCPU state".into()))?;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&job.path)
-            .map_err(|e| ApiError::BadRequest(format!("{}: {e}", job.path.display())))?;
+            .open(&job_path)
+            .map_err(|e| ApiError::BadRequest(format!("{}: {e}", job_path.display())))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
         let stats = super::save::write_image(&mut w, config_json, dom, &cpu)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -46,13 +69,15 @@ pub fn finish_save(job: SaveJob, config_json: &str, host: &Host, dom: &Domain) {
             .into_inner()
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         f.sync_all()
-            .map_err(|e| ApiError::Internal(format!("{}: {e}", job.path.display())))?;
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", job_path.display())))?;
         Ok(SaveInfo {
-            path: job.path.display().to_string(),
+            path: job_path.display().to_string(),
             bytes: stats.bytes,
             pages: stats.pages,
             suspend_ms,
             write_ms: t.elapsed().as_millis() as u64,
+            rounds: Vec::new(),
+            downtime_ms: None,
         })
     })();
     match &r {
@@ -64,15 +89,55 @@ pub fn finish_save(job: SaveJob, config_json: &str, host: &Host, dom: &Domain) {
             i.suspend_ms,
             i.write_ms
         ),
-        Err(e) => log::error!("save to {} failed: {e}", job.path.display()),
+        Err(e) => log::error!("save to {} failed: {e}", job_path.display()),
     }
     let _ = job.reply.send(r);
 }
 
+fn finish_live(
+    pre: super::live::PreCopy,
+    host: &Host,
+    dom: &Domain,
+    cpu: &super::SuspendedVcpu,
+    suspend_ms: u64,
+) -> Result<SaveInfo, ApiError> {
+    let t = Instant::now();
+    let log = host
+        .dirty_log
+        .get()
+        .ok_or_else(|| ApiError::Internal("no dirty log".into()))?;
+    let r = pre.finish(dom, log, cpu, cpu.at);
+    log.stop();
+    let s = r.map_err(|e| ApiError::Internal(format!("migration failed: {e}")))?;
+    log::info!(
+        "migrated: rounds {:?} ({} frames), downtime {} ms, total {} ms",
+        s.rounds,
+        s.pages,
+        s.downtime_ms,
+        s.total_ms
+    );
+    Ok(SaveInfo {
+        path: String::new(),
+        bytes: 0,
+        pages: s.pages,
+        suspend_ms,
+        write_ms: t.elapsed().as_millis() as u64,
+        rounds: s.rounds,
+        downtime_ms: Some(s.downtime_ms),
+    })
+}
+
 /// Restore `path` (an xl save file) into `vm`, which has not run yet.
 pub fn restore_file(path: &std::path::Path, vm: &mut crate::vm::Vm) -> Result<(), ApiError> {
-    let f = std::fs::File::open(path)
-        .map_err(|e| ApiError::BadRequest(format!("{}: {e}", path.display())))?;
+    use std::os::unix::fs::FileTypeExt;
+    let open = || -> std::io::Result<Box<dyn std::io::Read>> {
+        // A unix socket: a migration's stream, relayed by migrate-receive.
+        if std::fs::metadata(path)?.file_type().is_socket() {
+            return Ok(Box::new(std::os::unix::net::UnixStream::connect(path)?));
+        }
+        Ok(Box::new(std::fs::File::open(path)?))
+    };
+    let f = open().map_err(|e| ApiError::BadRequest(format!("{}: {e}", path.display())))?;
     let mut r = std::io::BufReader::with_capacity(1 << 20, f);
     let t = Instant::now();
     super::stream::read_xl_header(&mut r)

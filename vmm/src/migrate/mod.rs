@@ -10,7 +10,9 @@
 //! hypercall then returns 0 ("resumed in a new domain").
 
 pub mod cli;
+pub mod dirty;
 pub mod job;
+pub mod live;
 pub mod restore;
 pub mod save;
 pub mod stream;
@@ -48,4 +50,6 @@ pub struct SuspendedVcpu {
     pub xsave: Vec<u8>,
     /// XCR0.
     pub xcr0: u64,
+    /// When the vCPU suspended (the start of a migration's downtime).
+    pub at: std::time::Instant,
 }

@@ -92,7 +92,9 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
         .unwrap_or_else(|e| e.into_inner())
         .clear_types();
     let mut stats = RestoreStats::default();
-    let mut pins: Vec<(u64, u8)> = Vec::new();
+    // The last type each frame was sent with wins (a live stream sends
+    // frames again as they change).
+    let mut pins: std::collections::BTreeMap<u64, u8> = Default::default();
     let mut basic: Option<Vec<u8>> = None;
     let mut xsave: Option<Vec<u8>> = None;
     let mut shinfo: Option<Vec<u8>> = None;
@@ -120,6 +122,7 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
                     }
                     match ty {
                         pfinfo::XTAB | pfinfo::BROKEN => {
+                            pins.remove(&pfn);
                             if mmu.is_ram(pfn) {
                                 let _ = mmu.depopulate(pfn);
                             }
@@ -136,10 +139,11 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
                     let Some(off) = off else { continue };
                     let page = &rr.body[off..off + PAGE_SIZE];
                     let level = ty & 0x7;
+                    pins.remove(&pfn);
                     if (1..=4).contains(&level) {
                         localise_table(page, level, &mmu)?;
                         if ty & pfinfo::PIN != 0 {
-                            pins.push((pfn, level));
+                            pins.insert(pfn, level);
                         }
                     }
                     mem.write(pfn << 12, page)
@@ -200,7 +204,7 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
     // fills the hypervisor's L4 slots in again).
     {
         let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
-        for &(pfn, level) in &pins {
+        for (&pfn, &level) in &pins {
             mmu.pin(mem, &mut v0.pv.pt_log, pfn, level).map_err(|e| {
                 MigrateError::Mismatch(format!("pinning L{level} table {pfn:#x}: error {e}"))
             })?;

@@ -44,6 +44,7 @@ pub fn keep_suspended(v: &Vcpu, regs: &Regs) {
         ctx,
         xsave,
         xcr0,
+        at: std::time::Instant::now(),
     };
     *v.host.suspended.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
 }
@@ -73,7 +74,7 @@ impl Write for Counting<'_> {
 }
 
 /// The stream type of frame `pfn`.
-fn pfn_type(mmu: &xen_shim::mmu::Mmu, pfn: u64) -> u8 {
+pub fn pfn_type(mmu: &xen_shim::mmu::Mmu, pfn: u64) -> u8 {
     if !mmu.is_ram(pfn) {
         return pfinfo::XTAB;
     }
@@ -151,6 +152,23 @@ fn p2m_frames(dom: &Domain, max_pfn: u64) -> Vec<u64> {
     out
 }
 
+/// X86_PV_P2M_FRAMES, when the guest has published its P2M's frames.
+pub fn write_p2m_frames(w: &mut dyn Write, dom: &Domain) -> Result<(), MigrateError> {
+    let mem = &*dom.mem;
+    let si = dom.layout.shared_info_gpa;
+    let max_pfn = mem
+        .read_u64(si + SI_MAX_PFN)
+        .ok()
+        .filter(|&m| m > 0 && m <= dom.layout.nr_pages)
+        .unwrap_or(dom.layout.nr_pages);
+    let frames = p2m_frames(dom, max_pfn);
+    if !frames.is_empty() {
+        let body = stream::p2m_frames_body((max_pfn - 1) as u32, &frames);
+        stream::write_record(w, rec::X86_PV_P2M_FRAMES, &body)?;
+    }
+    Ok(())
+}
+
 /// shared_info offsets (x86_64): arch.max_pfn and
 /// arch.pfn_to_mfn_frame_list_list.
 pub const SI_MAX_PFN: u64 = 3088;
@@ -167,39 +185,16 @@ pub fn write_image(
     cpu: &SuspendedVcpu,
 ) -> Result<SaveStats, MigrateError> {
     let mut w = Counting { w, n: 0 };
-    stream::write_xl_header(&mut w, config_json)?;
-    stream::write_libxl_header(&mut w)?;
-    stream::write_record(&mut w, stream::libxl_rec::LIBXC_CONTEXT, &[])?;
-    stream::write_xc_headers(&mut w, XEN_VERSION)?;
-    stream::write_record(&mut w, rec::X86_PV_INFO, &stream::pv_info_body())?;
-    let mem = &*dom.mem;
-    let si = dom.layout.shared_info_gpa;
-    let max_pfn = mem
-        .read_u64(si + SI_MAX_PFN)
-        .ok()
-        .filter(|&m| m > 0 && m <= dom.layout.nr_pages)
-        .unwrap_or(dom.layout.nr_pages);
-    let frames = p2m_frames(dom, max_pfn);
-    if !frames.is_empty() {
-        let body = stream::p2m_frames_body((max_pfn - 1) as u32, &frames);
-        stream::write_record(&mut w, rec::X86_PV_P2M_FRAMES, &body)?;
-    }
-    let pages = write_pages(&mut w, dom, 0..dom.layout.nr_pages)?;
-    let tsc = stream::TscInfo {
-        mode: 0,
-        khz: dom.clock.tsc_khz as u32,
-        nsec: dom.clock.now_ns(dom.platform.tsc()),
-        incarnation: 0,
-    };
-    stream::write_record(&mut w, rec::X86_TSC_INFO, &tsc.body())?;
-    let mut shinfo = vec![0u8; PAGE_SIZE];
-    mem.read(si, &mut shinfo)
-        .map_err(|e| MigrateError::Memory(e.to_string()))?;
-    stream::write_record(&mut w, rec::SHARED_INFO, &shinfo)?;
-    write_vcpu(&mut w, cpu)?;
-    stream::write_record(&mut w, rec::END, &[])?;
-    stream::write_record(&mut w, stream::libxl_rec::END, &[])?;
-    w.flush()?;
+    write_prologue(&mut w, config_json)?;
+    write_p2m_frames(&mut w, dom)?;
+    let pages = write_pages(
+        &mut w,
+        dom,
+        0..dom.layout.nr_pages,
+        false,
+        &mut |_, _, _| {},
+    )?;
+    write_epilogue(&mut w, dom, cpu)?;
     Ok(SaveStats { pages, bytes: w.n })
 }
 
@@ -223,11 +218,54 @@ pub fn write_vcpu(w: &mut dyn Write, cpu: &SuspendedVcpu) -> Result<(), MigrateE
     Ok(())
 }
 
+/// The header records of a libxc stream inside xl's and libxl's.
+pub fn write_prologue(w: &mut dyn Write, config_json: &str) -> Result<(), MigrateError> {
+    stream::write_xl_header(w, config_json)?;
+    stream::write_libxl_header(w)?;
+    stream::write_record(w, stream::libxl_rec::LIBXC_CONTEXT, &[])?;
+    stream::write_xc_headers(w, XEN_VERSION)?;
+    stream::write_record(w, rec::X86_PV_INFO, &stream::pv_info_body())
+}
+
+/// The records after the memory: TSC, shared_info, the vCPU, the ENDs.
+pub fn write_epilogue(
+    w: &mut dyn Write,
+    dom: &Domain,
+    cpu: &SuspendedVcpu,
+) -> Result<(), MigrateError> {
+    let tsc = stream::TscInfo {
+        mode: 0,
+        khz: dom.clock.tsc_khz as u32,
+        nsec: dom.clock.now_ns(dom.platform.tsc()),
+        incarnation: 0,
+    };
+    stream::write_record(w, rec::X86_TSC_INFO, &tsc.body())?;
+    let mut shinfo = vec![0u8; PAGE_SIZE];
+    dom.mem
+        .read(dom.layout.shared_info_gpa, &mut shinfo)
+        .map_err(|e| MigrateError::Memory(e.to_string()))?;
+    stream::write_record(w, rec::SHARED_INFO, &shinfo)?;
+    write_vcpu(w, cpu)?;
+    stream::write_record(w, rec::END, &[])?;
+    stream::write_record(w, stream::libxl_rec::END, &[])?;
+    w.flush()?;
+    Ok(())
+}
+
+/// A frame left out of a live round: a page table that maps a frame
+/// outside RAM while the guest runs (shared_info, grant frames); it is
+/// sent in the final round, once the guest has unmapped them to suspend.
+pub const DEFERRED: u8 = 0xff;
+
 /// PAGE_DATA records for `pfns`, in batches; returns the pages written.
+/// `seen` is told each frame's type and (normalised) contents as sent.
+/// `live`: a table that cannot be normalised is deferred, not an error.
 pub fn write_pages(
     w: &mut dyn Write,
     dom: &Domain,
     pfns: impl Iterator<Item = u64>,
+    live: bool,
+    seen: &mut dyn FnMut(u64, u8, Option<&[u8]>),
 ) -> Result<u64, MigrateError> {
     let mem = &*dom.mem;
     let mut entries = Vec::with_capacity(stream::MAX_BATCH);
@@ -251,13 +289,23 @@ pub fn write_pages(
                 .map_err(|e| MigrateError::Memory(e.to_string()))?;
             let level = ty & 0x7;
             if (1..=4).contains(&level) {
-                normalise_table(&mut page, level, &|m| mmu.is_ram(m))?;
+                match normalise_table(&mut page, level, &|m| mmu.is_ram(m)) {
+                    Ok(()) => {}
+                    Err(_) if live => {
+                        drop(mmu);
+                        seen(pfn, DEFERRED, None);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             drop(mmu);
+            seen(pfn, ty, Some(&page));
             data.extend_from_slice(&page);
             written += 1;
         } else {
             drop(mmu);
+            seen(pfn, ty, None);
         }
         entries.push((pfn, ty));
         if entries.len() == stream::MAX_BATCH {
