@@ -252,6 +252,9 @@ pub fn write_epilogue(
     Ok(())
 }
 
+/// Told of each frame written: its PFN, stream type and contents.
+pub type PageSeen<'a> = dyn FnMut(u64, u8, Option<&[u8]>) + 'a;
+
 /// A frame left out of a live round: a page table that maps a frame
 /// outside RAM while the guest runs (shared_info, grant frames); it is
 /// sent in the final round, once the guest has unmapped them to suspend.
@@ -265,7 +268,7 @@ pub fn write_pages(
     dom: &Domain,
     pfns: impl Iterator<Item = u64>,
     live: bool,
-    seen: &mut dyn FnMut(u64, u8, Option<&[u8]>),
+    seen: &mut PageSeen<'_>,
 ) -> Result<u64, MigrateError> {
     let mem = &*dom.mem;
     let mut entries = Vec::with_capacity(stream::MAX_BATCH);

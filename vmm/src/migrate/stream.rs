@@ -296,7 +296,6 @@ pub fn page_data_body(pages: &[(u64, u8)], data: &[u8]) -> Vec<u8> {
 
 /// Decode a PAGE_DATA body: the (pfn, type) entries and the offset in
 /// `body` of each entry's page (None for types without contents).
-#[allow(clippy::type_complexity)]
 pub fn parse_page_data(body: &[u8]) -> Result<Vec<(u64, u8, Option<usize>)>, MigrateError> {
     let bad = |m: &str| MigrateError::Format(format!("PAGE_DATA: {m}"));
     if body.len() < 8 {

@@ -1,0 +1,193 @@
+//! Save, restore and live migration of a running busybox guest (issue 16):
+//! a counter printed on the console and appended to a file on an ext4 PV
+//! disk, plus a loop that keeps dirtying memory. The guest is saved to a
+//! file (`xenkvm save`), restored (`xenkvm restore`): its counter goes on
+//! where it was and the file holds every line; then it is live-migrated
+//! (`xenkvm migrate --socket`) to a `xenkvm migrate-receive` with a run
+//! directory of its own (another "host"), and checked the same way. One
+//! boot.
+
+mod common;
+#[path = "support/domains.rs"]
+mod domains;
+use domains::{text, xenkvm, Attached};
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NAME: &str = "xkmigrate";
+
+/// Destroys the domain of a run directory when dropped (also on failure).
+struct Domain(PathBuf);
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let _ = xenkvm(&self.0, &["destroy", NAME]);
+    }
+}
+
+fn ok(run: &Path, args: &[&str]) -> String {
+    let o = xenkvm(run, args);
+    assert!(o.status.success(), "{args:?} failed: {}", text(&o));
+    text(&o)
+}
+
+/// The counter values the console shows.
+fn counters(out: &str) -> Vec<u64> {
+    out.split("C=")
+        .skip(1)
+        .filter_map(|s| {
+            let d: String = s.chars().take_while(char::is_ascii_digit).collect();
+            d.parse().ok()
+        })
+        .collect()
+}
+
+/// Attach to the domain in `run` and check that its counter goes on from
+/// at least `from` and that the file on its disk has every line.
+fn check_continues(run: &Path, from: u64, what: &str) -> u64 {
+    let mut con = Attached::start(run, NAME);
+    let seen = |con: &Attached| counters(&con.text());
+    let start = Instant::now();
+    while seen(&con).len() < 3 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let c = seen(&con);
+    assert!(
+        c.len() >= 3,
+        "{what}: the counter does not run:\n{}",
+        con.text()
+    );
+    assert!(
+        c[0] >= from,
+        "{what}: the counter started again ({} after {from}):\n{}",
+        c[0],
+        con.text()
+    );
+    assert!(
+        c.windows(2).all(|w| w[1] == w[0] + 1),
+        "{what}: counter not consecutive: {c:?}"
+    );
+    // Lines in the file and its last line, read at once.
+    let a = con.query("awk 'END{print NR, $0}' /mnt/count.log");
+    let mut it = a.split_whitespace();
+    let lines: u64 = it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let last = it.next().unwrap_or("");
+    assert_eq!(
+        format!("L={lines}"),
+        last,
+        "{what}: the file lost lines ({a:?})"
+    );
+    assert!(lines >= from, "{what}: file behind the counter ({a:?})");
+    *seen(&con).last().unwrap_or(&0)
+}
+
+#[test]
+fn save_restore_and_live_migration_keep_the_guest_running() {
+    let Some(cache) = common::assets() else {
+        return;
+    };
+    let dir = domains::temp_dir("migrate");
+    let run = dir.join("run");
+    let run2 = dir.join("run2");
+    let disk = dir.join("disk.raw");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(cache.join("disk-root.raw"))
+        .arg(&disk)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "copy of disk-root.raw");
+    let cfg = dir.join("m.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{NAME}\"\nmemory = 128\nkernel = \"{}\"\nramdisk = \"{}\"\n\
+             extra = \"console=hvc0 quiet\"\ndisk = ['file:{},xvda,w']\n",
+            cache.join("vmlinuz").display(),
+            cache.join("initramfs-hotplug.cpio.gz").display(),
+            disk.display()
+        ),
+    )
+    .expect("write cfg");
+    let _d1 = Domain(run.clone());
+    let _d2 = Domain(run2.clone());
+    ok(&run, &["create", cfg.to_str().unwrap()]);
+    let mut con = Attached::start(&run, NAME);
+    assert!(
+        con.wait_for("XKHP-READY", Duration::from_secs(120)),
+        "guest did not start:\n{}",
+        con.text()
+    );
+    assert_eq!(
+        con.query("mount /dev/xvda1 /mnt && echo mounted"),
+        "mounted"
+    );
+    con.send(
+        b"exec 3>>/mnt/count.log; i=0; while true; do i=$((i+1)); echo C=$i; echo L=$i >&3; \
+          sleep 1; done &\n",
+    );
+    con.send(
+        b"while true; do dd if=/dev/urandom of=/tmp/load bs=64k count=64 2>/dev/null; done &\n",
+    );
+    assert!(
+        con.wait_for("C=3", Duration::from_secs(60)),
+        "{}",
+        con.text()
+    );
+
+    // Save: the guest suspends, the file is written, the domain is gone.
+    let image = dir.join("m.save");
+    let out = ok(&run, &["save", NAME, image.to_str().unwrap()]);
+    assert!(out.contains("saved domain"), "{out}");
+    let before = *counters(&con.text()).last().unwrap();
+    drop(con);
+    let head = std::fs::read(&image).expect("save file");
+    assert!(head.starts_with(b"Xen saved domain, xl format\n"));
+    assert!(
+        domains::row(&run, NAME).is_none(),
+        "the saved domain is still listed"
+    );
+
+    // Restore: the counter goes on, the file is whole.
+    ok(&run, &["restore", image.to_str().unwrap()]);
+    let after_restore = check_continues(&run, before, "after restore");
+    eprintln!("counter {before} at save, {after_restore} after restore");
+
+    // Live migration to another run directory, under load.
+    let sock = dir.join("recv.sock");
+    let recv = Command::new(env!("CARGO_BIN_EXE_xenkvm"))
+        .arg("--run-dir")
+        .arg(&run2)
+        .args(["migrate-receive", "--socket"])
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("migrate-receive");
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = ok(&run, &["migrate", "--socket", sock.to_str().unwrap(), NAME]);
+    eprintln!("{out}");
+    let downtime: u64 = out
+        .split("downtime (suspend to running at the receiver) ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no downtime reported:\n{out}"));
+    assert!(
+        out.contains("pre-copy round 0: ") && out.contains("final round"),
+        "no rounds reported:\n{out}"
+    );
+    let r = recv.wait_with_output().expect("migrate-receive");
+    assert!(r.status.success(), "migrate-receive: {r:?}");
+    assert!(domains::row(&run, NAME).is_none(), "the source still runs");
+    let after_migrate = check_continues(&run2, after_restore, "after migration");
+    eprintln!("migrated with {downtime} ms downtime; counter {after_migrate}");
+    ok(&run2, &["destroy", NAME]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
