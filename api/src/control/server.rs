@@ -720,6 +720,9 @@ pub fn serve_with(
 }
 
 #[cfg(test)]
+mod save_tests;
+
+#[cfg(test)]
 mod tests {
     use super::super::{ConsoleInfo, DomainInfo, DomainState};
     use super::*;
