@@ -648,20 +648,24 @@ impl Monitor {
                         ShutdownReason::Watchdog => cfg.on_watchdog,
                         ShutdownReason::SoftReset => cfg.on_soft_reset,
                         ShutdownReason::Suspend => {
-                            match lock(&r.save).take() {
-                                Some(job) => {
-                                    // Backends stop first: none writes guest
-                                    // memory behind the image.
-                                    drop(devices);
-                                    let json = serde_json::to_string(&r.cfg).unwrap_or_default();
-                                    crate::migrate::job::finish_save(job, &json, &host, &dom);
-                                    eprintln!("xenkvm: domain {name} saved");
+                            // Backends stop first: none writes guest memory
+                            // behind the image.
+                            drop(devices);
+                            let json = serde_json::to_string(&r.cfg).unwrap_or_default();
+                            let job = lock(&r.save).take();
+                            let create = || boot.create_vm(&r.claim.xenstore_socket());
+                            match crate::migrate::job::after_suspend(
+                                job, &json, &host, &dom, create,
+                            ) {
+                                Some(vm) => {
+                                    if let Some(d) = vm.host.devices.get() {
+                                        lock(&r.ledger).replay(d);
+                                    }
+                                    next = Some(vm);
+                                    Action::Restart
                                 }
-                                None => {
-                                    eprintln!("xenkvm: suspended with no save asked; destroying")
-                                }
+                                None => Action::Destroy,
                             }
-                            Action::Destroy
                         }
                         _ => cfg.on_crash,
                     };
@@ -764,7 +768,7 @@ impl Backend for Monitor {
         req: &api::control::SaveRequest,
     ) -> Result<api::control::SaveInfo, ApiError> {
         let r = self.running(dom)?;
-        let dest = crate::migrate::job::Dest::File(PathBuf::from(&req.path));
+        let dest = crate::migrate::job::open_save_file(Path::new(&req.path))?;
         r.suspend_for(dest)
     }
 

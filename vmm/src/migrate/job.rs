@@ -14,8 +14,8 @@ use crate::platform::Host;
 
 /// Where the suspended domain goes.
 pub enum Dest {
-    /// `save`: a file.
-    File(PathBuf),
+    /// `save`: a file, opened (created, mode 0600) before the suspend.
+    File(PathBuf, std::fs::File),
     /// `migrate`: the final round of a live migration under way.
     Live(Box<super::live::PreCopy>),
 }
@@ -26,44 +26,125 @@ pub struct SaveJob {
     pub reply: SyncSender<Result<SaveInfo, ApiError>>,
 }
 
+/// Open (create) the file a save writes, before the guest is suspended.
+pub fn open_save_file(path: &std::path::Path) -> Result<Dest, ApiError> {
+    if !path.is_absolute() {
+        return Err(ApiError::BadRequest(format!(
+            "{}: the save file's path must be absolute",
+            path.display()
+        )));
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ApiError::BadRequest(format!("{}: {e}", path.display())))?;
+    Ok(Dest::File(path.to_path_buf(), f))
+}
+
 /// How long a guest may take to suspend before the save is given up.
 pub const SUSPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The guest has suspended (and its backends have stopped): write the
-/// image or send the final round, and answer the request.
-pub fn finish_save(job: SaveJob, config_json: &str, host: &Host, dom: &Domain) {
-    let suspend_ms = job.asked.elapsed().as_millis() as u64;
-    let t = Instant::now();
+/// The guest has suspended and its backends have stopped. With a job,
+/// write the image or send the final round, and answer the request; the
+/// domain is then done here (`None`). Without one (a guest that suspended
+/// after its save gave up waiting), or when the job failed, the guest
+/// resumes here in a new domain built by `create` (Xen's suspend-cancel,
+/// through a local restore): that domain is returned.
+pub fn after_suspend(
+    job: Option<SaveJob>,
+    config_json: &str,
+    host: &Host,
+    dom: &Domain,
+    create: impl FnOnce() -> Result<crate::vm::Vm, ApiError>,
+) -> Option<crate::vm::Vm> {
     let cpu = host
         .suspended
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
     let Some(cpu) = cpu else {
-        let _ = job
-            .reply
-            .send(Err(ApiError::Internal("no suspended vCPU state".into())));
-        return;
-    };
-    let path = match job.dest {
-        Dest::File(p) => p,
-        Dest::Live(pre) => {
-            let r = finish_live(*pre, host, dom, &cpu, suspend_ms);
-            let _ = job.reply.send(r);
-            return;
+        if let Some(job) = job {
+            let _ = job
+                .reply
+                .send(Err(ApiError::Internal("no suspended vCPU state".into())));
         }
+        log::error!("suspended without a vCPU state: the domain is lost");
+        return None;
     };
-    let job_path = path;
+    if let Some(job) = job {
+        let r = run_job(job.dest, job.asked, config_json, host, dom, &cpu);
+        let done = r.is_ok();
+        let _ = job.reply.send(r);
+        if done {
+            return None;
+        }
+    }
+    eprintln!("xenkvm: the domain resumes here");
+    let t = Instant::now();
+    let r = create().and_then(|mut vm| {
+        resume_locally(&mut vm, dom, &cpu, config_json)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(vm)
+    });
+    match r {
+        Ok(vm) => {
+            log::info!("resumed in a new domain in {} ms", t.elapsed().as_millis());
+            Some(vm)
+        }
+        Err(e) => {
+            eprintln!("xenkvm: the domain cannot resume: {e}");
+            None
+        }
+    }
+}
+
+/// Move the suspended domain's state into `vm` (a fresh domain) through
+/// the stream, as a save then a restore would, without a file.
+pub fn resume_locally(
+    vm: &mut crate::vm::Vm,
+    dom: &Domain,
+    cpu: &super::SuspendedVcpu,
+    config_json: &str,
+) -> Result<(), super::MigrateError> {
+    let (rd, wr) = std::io::pipe()?;
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            let mut w = BufWriter::with_capacity(1 << 20, wr);
+            super::save::write_image(&mut w, config_json, dom, cpu)
+        });
+        let mut r = std::io::BufReader::with_capacity(1 << 20, rd);
+        let res = super::stream::read_xl_header(&mut r)
+            .and_then(|_| super::restore::restore_into(&mut r, vm));
+        // The writer ends (EPIPE) if the reader stopped early.
+        drop(r);
+        let w = writer
+            .join()
+            .unwrap_or_else(|_| Err(super::MigrateError::State("the writer panicked".into())));
+        res.and(w.map(|_| ()))
+    })
+}
+
+fn run_job(
+    dest: Dest,
+    asked: Instant,
+    config_json: &str,
+    host: &Host,
+    dom: &Domain,
+    cpu: &super::SuspendedVcpu,
+) -> Result<SaveInfo, ApiError> {
+    let suspend_ms = asked.elapsed().as_millis() as u64;
+    let t = Instant::now();
+    let path = match dest {
+        Dest::File(p, f) => (p, f),
+        Dest::Live(pre) => return finish_live(*pre, host, dom, cpu, suspend_ms),
+    };
+    let (job_path, f) = path;
     let r = (|| {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&job_path)
-            .map_err(|e| ApiError::BadRequest(format!("{}: {e}", job_path.display())))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
-        let stats = super::save::write_image(&mut w, config_json, dom, &cpu)
+        let stats = super::save::write_image(&mut w, config_json, dom, cpu)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let f = w
             .into_inner()
@@ -91,7 +172,7 @@ pub fn finish_save(job: SaveJob, config_json: &str, host: &Host, dom: &Domain) {
         ),
         Err(e) => log::error!("save to {} failed: {e}", job_path.display()),
     }
-    let _ = job.reply.send(r);
+    r
 }
 
 fn finish_live(
