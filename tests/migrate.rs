@@ -222,6 +222,32 @@ fn save_restore_and_live_migration_keep_the_guest_running() {
     assert!(domains::row(&run, NAME).is_none(), "the source still runs");
     let after_migrate = check_continues(&run2, after_refusal, "after migration");
     eprintln!("migrated with {downtime} ms downtime; counter {after_migrate}");
-    ok(&run2, &["destroy", NAME]);
+
+    // And on through the ssh-style transport (`migrate DOM HOST` runs
+    // `SSH HOST xenkvm migrate-receive`): a stand-in for ssh runs the
+    // receiver here, with a third run directory, on its stdin and stdout.
+    let run3 = dir.join("run3");
+    let _d3 = Domain(run3.clone());
+    let ssh = dir.join("ssh.sh");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\n# ssh stand-in: HOST xenkvm migrate-receive\nexec {} --run-dir {} migrate-receive\n",
+            env!("CARGO_BIN_EXE_xenkvm"),
+            run3.display()
+        ),
+    )
+    .expect("write ssh.sh");
+    let st = Command::new("chmod").arg("+x").arg(&ssh).status();
+    assert!(st.is_ok_and(|s| s.success()));
+    let out = ok(
+        &run2,
+        &["migrate", "--ssh", ssh.to_str().unwrap(), NAME, "elsewhere"],
+    );
+    assert!(out.contains("migrated domain"), "{out}");
+    assert!(domains::row(&run2, NAME).is_none(), "the source still runs");
+    let after_ssh = check_continues(&run3, after_migrate, "after migration over ssh");
+    eprintln!("{out}counter {after_ssh}");
+    ok(&run3, &["destroy", NAME]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -76,6 +76,24 @@ fn report_migration(name: &str, info: &api::control::SaveInfo) {
     );
 }
 
+/// Copy `r` to `w` until the end of `r` or an error, with plain reads and
+/// writes (std's `io::copy` may splice between sockets and pipes).
+fn relay(r: &mut dyn std::io::Read, w: &mut dyn std::io::Write) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if w.write_all(&buf[..n]).and_then(|()| w.flush()).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
 /// A private directory for a relay socket.
 fn private_dir(run: &RunDir, tag: &str) -> anyhow::Result<std::path::PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
@@ -133,11 +151,11 @@ pub fn migrate(
                 if let Ok((conn, _)) = listener.accept() {
                     if let Ok(mut back) = conn.try_clone() {
                         std::thread::spawn(move || {
-                            let _ = std::io::copy(&mut from, &mut back);
+                            relay(&mut from, &mut back);
                         });
                     }
                     let mut conn = conn;
-                    let _ = std::io::copy(&mut conn, &mut to);
+                    relay(&mut conn, &mut to);
                 }
             });
             let r = send(&c, &sock);
@@ -188,7 +206,7 @@ pub fn receive(run: &RunDir, socket: Option<&Path>, verbose: u8) -> anyhow::Resu
     std::thread::spawn(move || {
         if let Ok((mut conn, _)) = listener.accept() {
             if conn.write_all(&head).is_ok() {
-                let _ = std::io::copy(&mut input, &mut conn);
+                relay(&mut input, &mut conn);
             }
         }
     });
