@@ -242,6 +242,19 @@ fn load_xsave(v: &crate::vcpu::Vcpu, blob: &[u8]) -> Result<(), MigrateError> {
     for (i, w) in blob[16..].chunks_exact(4).take(x.region.len()).enumerate() {
         x.region[i] = u32::from_le_bytes(w.try_into().unwrap_or([0; 4]));
     }
+    // XCR0 first: the XSAVE area's components must be enabled in it.
+    let xcr0 = u64::from_le_bytes(blob[..8].try_into().unwrap_or([0; 8]));
+    if xcr0 != 0 {
+        let mut xcrs = kvm_bindings::kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = xcr0;
+        v.fd.set_xcrs(&xcrs).map_err(|e| {
+            MigrateError::Mismatch(format!("XCR0 {xcr0:#x} is refused by this host's KVM: {e}"))
+        })?;
+    }
     // SAFETY: `x` is a whole kvm_xsave (KVM_SET_XSAVE reads 4 KiB of it).
     unsafe { v.fd.set_xsave(&x) }.map_err(|e| MigrateError::Kvm(format!("KVM_SET_XSAVE: {e}")))
 }

@@ -322,6 +322,99 @@ pub fn write_pages(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::migrate::stream::{libxl_rec, read_record};
+
+    /// A whole image of a small test domain, read back record by record
+    /// in the order the libxc and libxl specifications give.
+    #[test]
+    fn image_follows_the_stream_layout() {
+        let (dom, _) = xen_shim::testing::test_domain(64);
+        // Frame 5: an L4 (empty but for a user entry to frame 9) pinned.
+        dom.mem.write_u64(5 << 12, (9 << 12) | 0x67).unwrap();
+        dom.mmu
+            .lock()
+            .unwrap()
+            .pin(&*dom.mem, &mut Vec::new(), 5, 4)
+            .unwrap();
+        dom.mem.write(7 << 12, &[0x5a; 16]).unwrap();
+        let ctx = xen_shim::vcpu::BootContext {
+            cr3: 5,
+            regs: Regs {
+                rdx: 11,
+                ..Default::default()
+            },
+            traps: vec![Default::default(); 256],
+            ..Default::default()
+        };
+        let cpu = SuspendedVcpu {
+            id: 0,
+            ctx,
+            xsave: vec![1; 4096],
+            xcr0: 3,
+            at: std::time::Instant::now(),
+        };
+        let mut img = Vec::new();
+        let st = write_image(&mut img, "{\"name\":\"t\"}", &dom, &cpu).unwrap();
+        assert_eq!(st.bytes, img.len() as u64);
+        assert_eq!(st.pages, 64);
+        let mut r = &img[..];
+        assert_eq!(stream::read_xl_header(&mut r).unwrap(), "{\"name\":\"t\"}");
+        stream::read_libxl_header(&mut r).unwrap();
+        assert_eq!(read_record(&mut r).unwrap().ty, libxl_rec::LIBXC_CONTEXT);
+        stream::read_xc_headers(&mut r).unwrap();
+        let info = read_record(&mut r).unwrap();
+        assert_eq!(info.ty, rec::X86_PV_INFO);
+        stream::check_pv_info(&info.body).unwrap();
+        let mut types = std::collections::BTreeMap::new();
+        let mut seen = Vec::new();
+        loop {
+            let rr = read_record(&mut r).unwrap();
+            seen.push(rr.ty);
+            match rr.ty {
+                rec::PAGE_DATA => {
+                    for (pfn, ty, off) in stream::parse_page_data(&rr.body).unwrap() {
+                        types.insert(pfn, ty);
+                        if pfn == 7 {
+                            let off = off.unwrap();
+                            assert_eq!(&rr.body[off..off + 16], &[0x5a; 16]);
+                        }
+                    }
+                }
+                rec::X86_PV_VCPU_BASIC => {
+                    let (id, blob) = stream::parse_vcpu_body(&rr.body).unwrap();
+                    let c = xen_shim::vcpuctx::parse_context(blob);
+                    assert_eq!((id, c.cr3, c.regs.rdx), (0, 5, 11));
+                }
+                rec::X86_PV_VCPU_XSAVE => {
+                    let (_, blob) = stream::parse_vcpu_body(&rr.body).unwrap();
+                    assert_eq!(blob.len(), 16 + 4096);
+                    assert_eq!(&blob[..8], &3u64.to_le_bytes());
+                }
+                rec::SHARED_INFO => assert_eq!(rr.body.len(), PAGE_SIZE),
+                rec::X86_TSC_INFO => {
+                    stream::TscInfo::parse(&rr.body).unwrap();
+                }
+                rec::END => break,
+                t => panic!("unexpected record {t:#x}"),
+            }
+        }
+        assert_eq!(types.len(), 64);
+        assert_eq!(types[&5], pfinfo::L4TAB | pfinfo::PIN);
+        assert_eq!(types[&9], 3, "frame 9 is an L3 through the pinned L4");
+        assert_eq!(types[&7], pfinfo::NOTAB);
+        assert_eq!(
+            &seen[seen.len() - 5..],
+            &[
+                rec::X86_TSC_INFO,
+                rec::SHARED_INFO,
+                rec::X86_PV_VCPU_BASIC,
+                rec::X86_PV_VCPU_XSAVE,
+                rec::END
+            ]
+        );
+        assert_eq!(read_record(&mut r).unwrap().ty, libxl_rec::END);
+        assert!(r.is_empty());
+    }
 
     #[test]
     fn normalise_clears_hypervisor_slots_and_refuses_foreign_frames() {
