@@ -99,6 +99,7 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
     let mut xsave: Option<Vec<u8>> = None;
     let mut shinfo: Option<Vec<u8>> = None;
     let mut seen_info = false;
+    let mut p2m: Option<(u64, Vec<u64>)> = None;
     loop {
         let rr = stream::read_record(r)?;
         match rr.ty {
@@ -176,15 +177,14 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
                     log::warn!("restore: TSC mode {} taken as the default mode", t.mode);
                 }
             }
-            rec::X86_PV_P2M_FRAMES
-            | rec::X86_PV_VCPU_EXTENDED
+            rec::X86_PV_P2M_FRAMES => p2m = Some(parse_p2m_frames(&rr.body)?),
+            rec::X86_PV_VCPU_EXTENDED
             | rec::X86_PV_VCPU_MSRS
             | rec::VERIFY
             | rec::STATIC_DATA_END
             | rec::X86_CPUID_POLICY
             | rec::X86_MSR_POLICY => {
-                // The P2M is the identity here; the other state has no
-                // counterpart yet (see the module docs).
+                // No counterpart here yet.
                 log::debug!("restore: record {:#x} not used", rr.ty);
             }
             t if t & rec::OPTIONAL != 0 => {}
@@ -211,6 +211,9 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
             stats.pinned += 1;
         }
     }
+    if let Some((end, frames)) = &p2m {
+        rewrite_p2m(&dom, *end, frames)?;
+    }
     let ctx = xen_shim::vcpuctx::parse_context(&basic);
     v0.pv.root_kernel = 0;
     v0.pv.root_user = 0;
@@ -231,6 +234,76 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
     }
     rewrite_start_info(&dom, start_info_pfn)?;
     Ok(stats)
+}
+
+/// X86_PV_P2M_FRAMES: the last PFN the guest's P2M covers and its frames.
+/// libxc writes the P2M from PFN 0; so must an image we take.
+pub fn parse_p2m_frames(b: &[u8]) -> Result<(u64, Vec<u64>), MigrateError> {
+    let bad = |m: &str| MigrateError::Format(format!("X86_PV_P2M_FRAMES: {m}"));
+    if b.len() < 8 {
+        return Err(bad("short record"));
+    }
+    let start = u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]));
+    let end = u32::from_le_bytes(b[4..8].try_into().unwrap_or([0; 4]));
+    if start != 0 {
+        return Err(bad("the P2M does not start at PFN 0"));
+    }
+    let n = (end / 512 + 1) as usize;
+    if b.len() != 8 + n * 8 {
+        return Err(bad("length does not match the PFN range"));
+    }
+    let frames = b[8..]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    Ok((u64::from(end), frames))
+}
+
+/// Fill the guest's P2M (its frames named by X86_PV_P2M_FRAMES) with this
+/// domain's frames, as libxc's update_guest_p2m does: the P2M is the
+/// identity here, and a PFN that is not populated maps to INVALID_MFN.
+fn rewrite_p2m(
+    dom: &xen_shim::domain::Domain,
+    end: u64,
+    frames: &[u64],
+) -> Result<(), MigrateError> {
+    let mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+    if end >= mmu.nr_frames() {
+        return Err(MigrateError::Mismatch(format!(
+            "the guest's P2M covers PFN {end:#x}, beyond its {} frames",
+            mmu.nr_frames()
+        )));
+    }
+    for &f in frames {
+        let plain = matches!(
+            mmu.type_of(f),
+            xen_shim::mmu::PageType::None | xen_shim::mmu::PageType::Writable
+        );
+        if !mmu.is_ram(f) || !plain {
+            return Err(MigrateError::Mismatch(format!(
+                "P2M frame {f:#x} is not a plain page of the guest"
+            )));
+        }
+    }
+    let mut page = vec![0u8; PAGE_SIZE];
+    for (i, &f) in frames.iter().enumerate() {
+        let first = i as u64 * 512;
+        for (j, e) in page.chunks_exact_mut(8).enumerate() {
+            let pfn = first + j as u64;
+            let v = if pfn <= end && mmu.is_ram(pfn) {
+                pfn
+            } else {
+                u64::MAX
+            };
+            e.copy_from_slice(&v.to_le_bytes());
+        }
+        // Past `end` the frame keeps what it had (another use of the page).
+        let n = ((end + 1).saturating_sub(first)).min(512) as usize;
+        dom.mem
+            .write(f << 12, &page[..n * 8])
+            .map_err(|e| MigrateError::Memory(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// X86_PV_VCPU_XSAVE: xcr0, xcr0_accum, the XSAVE area.
@@ -300,6 +373,42 @@ fn rewrite_start_info(dom: &xen_shim::domain::Domain, pfn: u64) -> Result<(), Mi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn p2m_frames_record_is_checked() {
+        let b = crate::migrate::stream::p2m_frames_body(1023, &[9, 10]);
+        assert_eq!(parse_p2m_frames(&b).unwrap(), (1023, vec![9, 10]));
+        // One frame short of the range.
+        let b = crate::migrate::stream::p2m_frames_body(1024, &[9, 10]);
+        assert!(parse_p2m_frames(&b).is_err());
+        let mut b = crate::migrate::stream::p2m_frames_body(511, &[9]);
+        b[0] = 1; // not from PFN 0
+        assert!(parse_p2m_frames(&b).is_err());
+        assert!(parse_p2m_frames(&[0; 4]).is_err());
+    }
+
+    #[test]
+    fn p2m_is_rewritten_as_the_identity() {
+        let (dom, _) = xen_shim::testing::test_domain(1024);
+        dom.mmu.lock().unwrap().depopulate(700).unwrap();
+        dom.mem.write(9 << 12, &[0xee; PAGE_SIZE]).unwrap();
+        dom.mem.write(10 << 12, &[0xee; PAGE_SIZE]).unwrap();
+        rewrite_p2m(&dom, 1000, &[9, 10]).unwrap();
+        let rd = |f: u64, j: u64| dom.mem.read_u64((f << 12) + j * 8).unwrap();
+        assert_eq!((rd(9, 0), rd(9, 511), rd(10, 0)), (0, 511, 512));
+        assert_eq!(rd(10, 700 - 512), u64::MAX, "a ballooned PFN");
+        assert_eq!(rd(10, 1000 - 512), 1000);
+        assert_eq!(rd(10, 1001 - 512), 0xeeee_eeee_eeee_eeee, "past the end");
+        // A frame that is a page table, or not the guest's, is refused.
+        dom.mmu
+            .lock()
+            .unwrap()
+            .pin(&*dom.mem, &mut Vec::new(), 11, 1)
+            .unwrap();
+        assert!(rewrite_p2m(&dom, 1000, &[9, 11]).is_err());
+        assert!(rewrite_p2m(&dom, 1000, &[9, 5000]).is_err());
+        assert!(rewrite_p2m(&dom, 5000, &[9]).is_err());
+    }
 
     #[test]
     fn localise_refuses_frames_outside_the_domain() {
