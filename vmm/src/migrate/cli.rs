@@ -94,6 +94,37 @@ fn relay(r: &mut dyn std::io::Read, w: &mut dyn std::io::Write) {
     }
 }
 
+/// Show the monitor's progress lines (its log from now on) until the flag
+/// is set; the watcher polls the file and stops with it.
+fn watch_progress(log: std::path::PathBuf) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::io::{BufRead, Seek};
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    std::thread::spawn(move || {
+        let Ok(mut f) = std::fs::File::open(&log) else {
+            return;
+        };
+        let _ = f.seek(std::io::SeekFrom::End(0));
+        let mut r = std::io::BufReader::new(f);
+        let mut line = String::new();
+        while !d.load(std::sync::atomic::Ordering::SeqCst) {
+            match r.read_line(&mut line) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(100)),
+                // A line still being written: read on.
+                Ok(_) if !line.ends_with('\n') && line.len() < 4096 => {}
+                Ok(_) => {
+                    if let Some(rest) = line.strip_prefix(super::live::PROGRESS) {
+                        eprint!("xenkvm: migrate {}", rest);
+                    }
+                    line.clear();
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    done
+}
+
 /// A private directory for a relay socket.
 fn private_dir(run: &RunDir, tag: &str) -> anyhow::Result<std::path::PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
@@ -122,6 +153,7 @@ pub fn migrate(
     let mut c = Client::new(&e.api_socket());
     c.timeout = super::job::SUSPEND_TIMEOUT + Duration::from_secs(600);
     let name = e.name.clone();
+    let watch = watch_progress(e.dir.join("log"));
     let send = |c: &Client, sock: &Path| {
         c.migrate(
             &name,
@@ -165,6 +197,7 @@ pub fn migrate(
         }
         (None, None) => anyhow::bail!("migrate needs a HOST or --socket PATH"),
     };
+    watch.store(true, std::sync::atomic::Ordering::SeqCst);
     report_migration(&name, &info);
     if let Some(pid) = e.pid {
         crate::control::verbs::wait_gone(pid, Some(Duration::from_secs(30)));

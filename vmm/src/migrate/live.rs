@@ -28,6 +28,15 @@ pub const FEW_PAGES: usize = 512;
 /// `migrate_receiver_ready`, on a line of its own).
 pub const READY: &str = "domain received, ready to unpause";
 
+/// The prefix of progress lines in the monitor's log (`migrate` shows them).
+pub const PROGRESS: &str = "xenkvm: migrate: ";
+
+/// A progress line, on the monitor's stderr (its log file), whatever the
+/// log level: a handful per migration.
+fn progress(what: &str) {
+    eprintln!("{PROGRESS}{what}");
+}
+
 /// A transport: the stream goes out, the receiver's answer comes back.
 pub trait Channel: Write + Send {
     /// Read the receiver's answer line (after the stream was sent).
@@ -112,20 +121,20 @@ impl PreCopy {
         log.start()?;
         let all: Vec<u64> = (0..nr).collect();
         p.send(dom, &all, true)?;
-        log::info!("migrate: round 0 sent {nr} frames");
+        progress(&format!("round 0 sent {nr} frames (all memory)"));
         for round in 1..=MAX_ROUNDS {
             let dirty = log.take(nr)?;
             if dirty.len() < FEW_PAGES || round == MAX_ROUNDS {
-                log::info!(
-                    "migrate: {} frames dirty after round {}; suspending",
+                progress(&format!(
+                    "{} frames dirty after round {}; suspending the guest",
                     dirty.len(),
                     round - 1
-                );
+                ));
                 p.pending = dirty;
                 break;
             }
             p.send(dom, &dirty, true)?;
-            log::info!("migrate: round {round} sent {} frames", dirty.len());
+            progress(&format!("round {round} sent {} frames", dirty.len()));
         }
         p.out.flush()?;
         Ok(p)
@@ -178,7 +187,10 @@ impl PreCopy {
         }
         let last: Vec<u64> = (0..nr).filter(|&p| mark[p as usize]).collect();
         self.send(dom, &last, false)?;
-        log::info!("migrate: final round sent {} frames", last.len());
+        progress(&format!(
+            "final round sent {} frames; waiting for the receiver",
+            last.len()
+        ));
         save::write_epilogue(&mut self.out, dom, cpu)?;
         let mut ch = self
             .out
