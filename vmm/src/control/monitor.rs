@@ -59,9 +59,20 @@ struct Running {
     ledger: Mutex<hotplug::Ledger>,
     /// A save waiting for the guest to suspend (crate::migrate).
     save: Mutex<Option<crate::migrate::job::SaveJob>>,
+    /// A save or migration is under way (one at a time).
+    saving: AtomicBool,
 }
 
 type Reply = SyncSender<Result<DomainInfo, ApiError>>;
+
+/// A save or migration under way; clears the flag when dropped.
+struct Busy<'a>(&'a AtomicBool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
 
 pub struct Monitor {
     run: RunDir,
@@ -218,6 +229,16 @@ impl Running {
     /// Write `what` to the guest's `control/shutdown`, as xl does.
     fn control_shutdown(&self, what: &str) -> Result<(), ApiError> {
         self.write_control("shutdown", what)
+    }
+
+    /// Claim the domain for a save or migration (released when dropped).
+    fn one_at_a_time(&self) -> Result<Busy<'_>, ApiError> {
+        if self.saving.swap(true, Ordering::SeqCst) {
+            return Err(ApiError::Conflict(
+                "a save or migration of this domain is already under way".into(),
+            ));
+        }
+        Ok(Busy(&self.saving))
     }
 
     /// The running domain's host and Xen state, refused unless one vCPU is
@@ -571,6 +592,7 @@ impl Monitor {
             start_paused: req.paused,
             ledger: Mutex::new(hotplug::Ledger::default()),
             save: Mutex::new(None),
+            saving: AtomicBool::new(false),
         });
         *lock(&self.dom) = Some(running.clone());
         Ok((running, vm, boot))
@@ -768,6 +790,7 @@ impl Backend for Monitor {
         req: &api::control::SaveRequest,
     ) -> Result<api::control::SaveInfo, ApiError> {
         let r = self.running(dom)?;
+        let _busy = r.one_at_a_time()?;
         let dest = crate::migrate::job::open_save_file(Path::new(&req.path))?;
         r.suspend_for(dest)
     }
@@ -778,6 +801,7 @@ impl Backend for Monitor {
         req: &api::control::MigrateRequest,
     ) -> Result<api::control::SaveInfo, ApiError> {
         let r = self.running(dom)?;
+        let _busy = r.one_at_a_time()?;
         let (host, d) = r.one_vcpu()?;
         let log = host
             .dirty_log

@@ -165,6 +165,16 @@ pub fn migrate(
     let info = match (socket, host) {
         (Some(sock), _) => send(&c, &std::path::absolute(sock)?)?,
         (None, Some(host)) => {
+            // HOST goes into a shell command line: a host name, an address or
+            // user@host, nothing the shell would read.
+            anyhow::ensure!(
+                !host.is_empty()
+                    && !host.starts_with('-')
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._@:[]-".contains(c)),
+                "bad host name {host:?}"
+            );
             let dir = private_dir(run, "send")?;
             let sock = dir.join("stream.sock");
             let listener = std::os::unix::net::UnixListener::bind(&sock)?;
