@@ -967,6 +967,7 @@ pub fn run_foreground(run: RunDir, req: CreateRequest) -> Result<ExitCode, ApiEr
     crate::console::restore();
     if let Some(s) = server {
         s.stop();
+        s.drain(Duration::from_secs(5));
     }
     Ok(code)
 }
