@@ -150,6 +150,17 @@ fn save_restore_and_live_migration_keep_the_guest_running() {
         "the saved domain is still listed"
     );
 
+    // A truncated image is refused, and leaves no domain behind.
+    let cut = dir.join("cut.save");
+    std::fs::write(&cut, &head[..head.len() / 2]).expect("write cut.save");
+    let o = xenkvm(&run, &["restore", cut.to_str().unwrap()]);
+    assert!(!o.status.success(), "a truncated image was restored");
+    assert!(text(&o).contains("ends early"), "{}", text(&o));
+    assert!(
+        domains::row(&run, NAME).is_none(),
+        "a failed restore left a domain"
+    );
+
     // Restore: the counter goes on, the file is whole.
     ok(&run, &["restore", image.to_str().unwrap()]);
     let after_restore = check_continues(&run, before, "after restore");
