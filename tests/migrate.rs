@@ -6,7 +6,8 @@
 //! (`xenkvm migrate --socket`) to a `xenkvm migrate-receive` with a run
 //! directory of its own (another "host"), and checked the same way. Before
 //! that, a migration to a receiver that refuses the domain leaves it
-//! running on the source (resumed in a new domain there). One boot.
+//! running on the source (resumed in a new domain there). One boot, two
+//! vCPUs (the second checked after each move with `taskset -c 1`).
 
 mod common;
 #[path = "support/domains.rs"]
@@ -80,6 +81,12 @@ fn check_continues(run: &Path, from: u64, what: &str) -> u64 {
         "{what}: the file lost lines ({a:?})"
     );
     assert!(lines >= from, "{what}: file behind the counter ({a:?})");
+    // Both vCPUs run: a process pinned to vCPU 1 gets its turn.
+    assert_eq!(
+        con.query("taskset -c 1 sh -c 'echo on1'"),
+        "on1",
+        "{what}: vCPU 1"
+    );
     *seen(&con).last().unwrap_or(&0)
 }
 
@@ -103,7 +110,7 @@ fn save_restore_and_live_migration_keep_the_guest_running() {
     std::fs::write(
         &cfg,
         format!(
-            "name = \"{NAME}\"\nmemory = 128\nkernel = \"{}\"\nramdisk = \"{}\"\n\
+            "name = \"{NAME}\"\nmemory = 128\nvcpus = 2\nkernel = \"{}\"\nramdisk = \"{}\"\n\
              extra = \"console=hvc0 quiet\"\ndisk = ['file:{},xvda,w']\n",
             cache.join("vmlinuz").display(),
             cache.join("initramfs-hotplug.cpio.gz").display(),

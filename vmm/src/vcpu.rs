@@ -761,6 +761,8 @@ impl Vcpu {
         }
         loop {
             if self.host.stop.load(Ordering::SeqCst) {
+                // Another vCPU suspended the domain: keep this one's state.
+                crate::migrate::save::keep_stopped(self);
                 return VcpuEnd::Stopped;
             }
             if self.host.control.is_paused() {
@@ -877,6 +879,24 @@ impl Vcpu {
                 return VcpuEnd::Crash(e);
             }
         }
+    }
+
+    /// The guest's registers as KVM holds them now, for a vCPU stopped
+    /// between two runs: refused while it is in the monitor's ring-0 path
+    /// (a replay or flush stub), whose registers are not the guest's.
+    pub fn guest_regs_now(&mut self) -> Result<Regs, String> {
+        if self.pending_tail.is_some() || !self.pending_writes.is_empty() {
+            return Err("in the ring-0 replay path".into());
+        }
+        let k = self.regs.get_regs(&self.fd).map_err(|e| e.to_string())?;
+        let s = self.regs.get_sregs(&self.fd).map_err(|e| e.to_string())?;
+        if !in_guest_code(k.rip, s.cs.selector) {
+            return Err(format!("at {:#x}, outside guest code", k.rip));
+        }
+        let mut g = Self::gregs(&k);
+        g.cs = s.cs.selector;
+        g.ss = s.ss.selector;
+        Ok(g)
     }
 
     /// Act on requests the Xen core left for the monitor.

@@ -380,6 +380,14 @@ impl Vm {
             .and_then(|_| self.vcpus.first().map(|v| v.mon.clone()));
         let timer = std::thread::spawn(move || timer_thread(timer_host, slop, fast));
         let (tx, rx) = std::sync::mpsc::channel::<VcpuReport>();
+        // vCPUs a restore gave a state start with vCPU 0.
+        let restored: Vec<u32> = self
+            .vcpus
+            .iter()
+            .skip(1)
+            .filter(|v| v.down_regs.is_some())
+            .map(|v| v.pv.id)
+            .collect();
         let mut vcpus = self.vcpus.into_iter();
         let Some(vcpu0) = vcpus.next() else {
             return (Outcome::Crash("no vCPU".into()), self._devices);
@@ -388,6 +396,9 @@ impl Vm {
         parked.extend(vcpus.map(Some));
         let starter = Arc::new(Starter::new(parked, tx));
         starter.spawn(vcpu0, self.boot_regs);
+        for id in restored {
+            starter.up(id);
+        }
         let mut exits: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut total = 0u64;
         let mut reg_ioctls = 0u64;

@@ -241,22 +241,13 @@ impl Running {
         Ok(Busy(&self.saving))
     }
 
-    /// The running domain's host and Xen state, refused unless one vCPU is
-    /// online (save and migration handle one vCPU so far).
-    fn one_vcpu(
+    /// The running domain's host and Xen state (none while it starts).
+    fn host_and_domain(
         &self,
     ) -> Result<(Arc<crate::platform::Host>, Arc<xen_shim::domain::Domain>), ApiError> {
-        let (h, d) = self
-            .current
+        self.current
             .get()
-            .ok_or_else(|| ApiError::Conflict("the domain is starting".into()))?;
-        if d.online.load(Ordering::SeqCst).count_ones() != 1 {
-            return Err(ApiError::Conflict(
-                "save/migrate of a domain with more than one vCPU online is not supported yet"
-                    .into(),
-            ));
-        }
-        Ok((h, d))
+            .ok_or_else(|| ApiError::Conflict("the domain is starting".into()))
     }
 
     /// Ask the guest to suspend (control/shutdown = suspend) and wait until
@@ -265,7 +256,7 @@ impl Running {
         &self,
         dest: crate::migrate::job::Dest,
     ) -> Result<api::control::SaveInfo, ApiError> {
-        self.one_vcpu()?;
+        self.host_and_domain()?;
         let (tx, rx) = sync_channel(1);
         {
             let mut g = lock(&self.save);
@@ -802,7 +793,7 @@ impl Backend for Monitor {
     ) -> Result<api::control::SaveInfo, ApiError> {
         let r = self.running(dom)?;
         let _busy = r.one_at_a_time()?;
-        let (host, d) = r.one_vcpu()?;
+        let (host, d) = r.host_and_domain()?;
         let log = host
             .dirty_log
             .get()

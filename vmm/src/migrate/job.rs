@@ -74,8 +74,45 @@ pub fn after_suspend(
         log::error!("suspended without a vCPU state: the domain is lost");
         return None;
     };
+    // The other online vCPUs, as they stopped.
+    let others = std::mem::take(
+        &mut *host
+            .suspended_others
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    let mut cpus = vec![cpu];
+    for o in others {
+        match o {
+            Ok(c) => cpus.push(c),
+            Err(e) => {
+                let msg = format!("a vCPU's state could not be kept ({e}): the domain is lost");
+                eprintln!("xenkvm: {msg}");
+                if let Some(job) = job {
+                    let _ = job.reply.send(Err(ApiError::Internal(msg)));
+                }
+                return None;
+            }
+        }
+    }
+    cpus.sort_by_key(|c| c.id);
+    let online = dom
+        .online
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .count_ones() as usize;
+    if cpus.len() != online {
+        let msg = format!(
+            "{} of {online} online vCPUs' states kept: the domain is lost",
+            cpus.len()
+        );
+        eprintln!("xenkvm: {msg}");
+        if let Some(job) = job {
+            let _ = job.reply.send(Err(ApiError::Internal(msg)));
+        }
+        return None;
+    }
     if let Some(job) = job {
-        let r = run_job(job.dest, job.asked, config_json, host, dom, &cpu);
+        let r = run_job(job.dest, job.asked, config_json, host, dom, &cpus);
         let done = r.is_ok();
         let _ = job.reply.send(r);
         if done {
@@ -85,7 +122,7 @@ pub fn after_suspend(
     eprintln!("xenkvm: the domain resumes here");
     let t = Instant::now();
     let r = create().and_then(|mut vm| {
-        resume_locally(&mut vm, dom, &cpu, config_json)
+        resume_locally(&mut vm, dom, &cpus, config_json)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(vm)
     });
@@ -106,14 +143,14 @@ pub fn after_suspend(
 pub fn resume_locally(
     vm: &mut crate::vm::Vm,
     dom: &Domain,
-    cpu: &super::SuspendedVcpu,
+    cpus: &[super::SuspendedVcpu],
     config_json: &str,
 ) -> Result<(), super::MigrateError> {
     let (rd, wr) = std::io::pipe()?;
     std::thread::scope(|s| {
         let writer = s.spawn(move || {
             let mut w = BufWriter::with_capacity(1 << 20, wr);
-            super::save::write_image(&mut w, config_json, dom, cpu)
+            super::save::write_image(&mut w, config_json, dom, cpus)
         });
         let mut r = std::io::BufReader::with_capacity(1 << 20, rd);
         let res = super::stream::read_xl_header(&mut r)
@@ -133,18 +170,18 @@ fn run_job(
     config_json: &str,
     host: &Host,
     dom: &Domain,
-    cpu: &super::SuspendedVcpu,
+    cpus: &[super::SuspendedVcpu],
 ) -> Result<SaveInfo, ApiError> {
     let suspend_ms = asked.elapsed().as_millis() as u64;
     let t = Instant::now();
     let path = match dest {
         Dest::File(p, f) => (p, f),
-        Dest::Live(pre) => return finish_live(*pre, host, dom, cpu, suspend_ms),
+        Dest::Live(pre) => return finish_live(*pre, host, dom, cpus, suspend_ms),
     };
     let (job_path, f) = path;
     let r = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, f);
-        let stats = super::save::write_image(&mut w, config_json, dom, cpu)
+        let stats = super::save::write_image(&mut w, config_json, dom, cpus)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let f = w
             .into_inner()
@@ -179,7 +216,7 @@ fn finish_live(
     pre: super::live::PreCopy,
     host: &Host,
     dom: &Domain,
-    cpu: &super::SuspendedVcpu,
+    cpus: &[super::SuspendedVcpu],
     suspend_ms: u64,
 ) -> Result<SaveInfo, ApiError> {
     let t = Instant::now();
@@ -187,7 +224,8 @@ fn finish_live(
         .dirty_log
         .get()
         .ok_or_else(|| ApiError::Internal("no dirty log".into()))?;
-    let r = pre.finish(dom, log, cpu, cpu.at);
+    let at = cpus.first().map_or_else(Instant::now, |c| c.at);
+    let r = pre.finish(dom, log, cpus, at);
     log.stop();
     let s = r.map_err(|e| ApiError::Internal(format!("migration failed: {e}")))?;
     log::info!(

@@ -146,7 +146,7 @@ impl PreCopy {
         mut self,
         dom: &Domain,
         log: &DirtyLog,
-        cpu: &SuspendedVcpu,
+        cpus: &[SuspendedVcpu],
         suspended_at: Instant,
     ) -> Result<LiveStats, MigrateError> {
         let nr = dom.layout.nr_pages;
@@ -191,7 +191,7 @@ impl PreCopy {
             "final round sent {} frames; waiting for the receiver",
             last.len()
         ));
-        save::write_epilogue(&mut self.out, dom, cpu)?;
+        save::write_epilogue(&mut self.out, dom, cpus)?;
         let mut ch = self
             .out
             .into_inner()

@@ -14,6 +14,9 @@ use crate::vm::Vm;
 const PTE_PRESENT: u64 = 1;
 const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 
+/// VGCF_in_kernel (public/arch-x86/xen.h).
+const VGCF_IN_KERNEL: u64 = 1 << 2;
+
 /// start_info offsets (x86_64, public/xen.h).
 mod si {
     pub const SHARED_INFO: u64 = 40;
@@ -95,8 +98,8 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
     // The last type each frame was sent with wins (a live stream sends
     // frames again as they change).
     let mut pins: std::collections::BTreeMap<u64, u8> = Default::default();
-    let mut basic: Option<Vec<u8>> = None;
-    let mut xsave: Option<Vec<u8>> = None;
+    let mut basic: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
+    let mut xsave: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
     let mut shinfo: Option<Vec<u8>> = None;
     let mut seen_info = false;
     let mut p2m: Option<(u64, Vec<u64>)> = None;
@@ -154,15 +157,16 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
             }
             rec::X86_PV_VCPU_BASIC | rec::X86_PV_VCPU_XSAVE => {
                 let (id, blob) = stream::parse_vcpu_body(&rr.body)?;
-                if id != 0 {
+                if id as usize >= vm.vcpus.len() {
                     return Err(MigrateError::Mismatch(format!(
-                        "state for vCPU {id}: only one-vCPU domains are restored"
+                        "state for vCPU {id}: the domain has {} vCPUs",
+                        vm.vcpus.len()
                     )));
                 }
                 if rr.ty == rec::X86_PV_VCPU_BASIC {
-                    basic = Some(blob.to_vec());
+                    basic.insert(id, blob.to_vec());
                 } else {
-                    xsave = Some(blob.to_vec());
+                    xsave.insert(id, blob.to_vec());
                 }
             }
             rec::SHARED_INFO => {
@@ -195,14 +199,18 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
             }
         }
     }
-    let basic = basic.ok_or_else(|| MigrateError::Format("no X86_PV_VCPU_BASIC".into()))?;
-    let v0 = vm
-        .vcpus
-        .first_mut()
-        .ok_or_else(|| MigrateError::Mismatch("the domain has no vCPU".into()))?;
+    if !basic.contains_key(&0) {
+        return Err(MigrateError::Format(
+            "no X86_PV_VCPU_BASIC for vCPU 0".into(),
+        ));
+    }
     // The tables the guest had pinned, typed afresh (their validation
     // fills the hypervisor's L4 slots in again).
     {
+        let v0 = vm
+            .vcpus
+            .first_mut()
+            .ok_or_else(|| MigrateError::Mismatch("the domain has no vCPU".into()))?;
         let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
         for (&pfn, &level) in &pins {
             mmu.pin(mem, &mut v0.pv.pt_log, pfn, level).map_err(|e| {
@@ -214,27 +222,68 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
     if let Some((end, frames)) = &p2m {
         rewrite_p2m(&dom, *end, frames)?;
     }
-    let ctx = xen_shim::vcpuctx::parse_context(&basic);
-    v0.pv.root_kernel = 0;
-    v0.pv.root_user = 0;
-    v0.pv.gdt_frames.clear();
-    let mut regs = xen_shim::vcpuctx::apply_context(&mut v0.pv, &ctx)
-        .map_err(|e| MigrateError::Mismatch(format!("the vCPU context is refused: {e}")))?;
-    // SCHEDOP_shutdown(suspend) returns 0: resumed in a new domain.
-    let start_info_pfn = regs.rdx;
-    regs.rax = 0;
-    vm.boot_regs = regs;
-    if let Some(x) = xsave {
-        load_xsave(v0, &x)?;
+    let mut start_info_pfn = 0;
+    for (&id, blob) in &basic {
+        let v = &mut vm.vcpus[id as usize];
+        let ctx = xen_shim::vcpuctx::parse_context(blob);
+        if ctx.flags & VGCF_IN_KERNEL == 0 {
+            return Err(MigrateError::Mismatch(format!(
+                "vCPU {id} was saved in user mode: not supported"
+            )));
+        }
+        v.pv.root_kernel = 0;
+        v.pv.root_user = 0;
+        v.pv.gdt_frames.clear();
+        let mut regs = xen_shim::vcpuctx::apply_context(&mut v.pv, &ctx)
+            .map_err(|e| MigrateError::Mismatch(format!("vCPU {id}'s context is refused: {e}")))?;
+        if let Some(x) = xsave.get(&id) {
+            load_xsave(v, x)?;
+        }
+        if id == 0 {
+            // SCHEDOP_shutdown(suspend) returns 0: resumed in a new domain.
+            start_info_pfn = regs.rdx;
+            regs.rax = 0;
+            vm.boot_regs = regs;
+        } else {
+            // Started with vCPU 0, where it stopped (crate::smp::Starter::up).
+            v.down_regs = Some(regs);
+            dom.initialised
+                .fetch_or(1 << id, std::sync::atomic::Ordering::SeqCst);
+        }
     }
     if let Some(s) = shinfo {
-        let at = dom.layout.shared_info_gpa + SI_ARCH.start as u64;
-        mem.write(at, &s[SI_ARCH])
-            .map_err(|e| MigrateError::Memory(e.to_string()))?;
+        load_shared_info(&dom, &s)?;
     }
     rewrite_start_info(&dom, start_info_pfn)?;
     Ok(stats)
 }
+
+/// SHARED_INFO, as libxc's handle_shared_info takes it: the vCPUs'
+/// upcall flags and the arch part come over (the P2M frame list cleared:
+/// the guest publishes it again), nothing is pending and every event
+/// channel starts masked, for the guest to unmask those it binds again
+/// (Linux leaves a disabled one, such as its spinlock kicker, masked).
+/// This domain's time records are kept.
+fn load_shared_info(dom: &xen_shim::domain::Domain, s: &[u8]) -> Result<(), MigrateError> {
+    let si = dom.layout.shared_info_gpa;
+    let w = |at: u64, b: &[u8]| {
+        dom.mem
+            .write(si + at, b)
+            .map_err(|e| MigrateError::Memory(e.to_string()))
+    };
+    for i in 0..32u64 {
+        let vi = (i * 64) as usize;
+        // evtchn_upcall_pending, evtchn_upcall_mask; evtchn_pending_sel 0.
+        w(i * 64, &s[vi..vi + 2])?;
+        w(i * 64 + 8, &[0; 8])?;
+    }
+    w(SI_ARCH.start as u64, &s[SI_ARCH])?;
+    w(super::save::SI_FLL, &[0; 8])?;
+    w(SI_EVTCHN_PENDING, &[0; 512])?;
+    w(SI_EVTCHN_MASK, &[0xff; 512])
+}
+
+use xen_shim::abi::shinfo::{EVTCHN_MASK as SI_EVTCHN_MASK, EVTCHN_PENDING as SI_EVTCHN_PENDING};
 
 /// X86_PV_P2M_FRAMES: the last PFN the guest's P2M covers and its frames.
 /// libxc writes the P2M from PFN 0; so must an image we take.

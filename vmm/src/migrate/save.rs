@@ -21,6 +21,39 @@ const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 /// Called by the vCPU thread at SCHEDOP_shutdown(suspend): keep its state
 /// for the save. `regs` are the registers as the hypercall returns.
 pub fn keep_suspended(v: &Vcpu, regs: &Regs) {
+    v.host
+        .suspended_others
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    let s = suspended_state(v, regs);
+    *v.host.suspended.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+}
+
+/// Called by the other online vCPUs' threads as they stop after the
+/// suspend (the guest has them waiting, in Linux in stop_machine).
+pub fn keep_stopped(v: &mut Vcpu) {
+    let host = v.host.clone();
+    let suspending = host
+        .suspended
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|s| s.id);
+    if suspending.is_none_or(|id| id == v.pv.id) || !v.pv.dom.is_online(v.pv.id) {
+        return;
+    }
+    let r = v
+        .guest_regs_now()
+        .map(|regs| suspended_state(v, &regs))
+        .map_err(|e| format!("vCPU {}: {e}", v.pv.id));
+    host.suspended_others
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(r);
+}
+
+fn suspended_state(v: &Vcpu, regs: &Regs) -> SuspendedVcpu {
     let ctx = xen_shim::vcpuctx_save::capture_context(&v.pv, regs);
     let xsave = match v.fd.get_xsave() {
         Ok(x) => x.region.iter().flat_map(|w| w.to_le_bytes()).collect(),
@@ -39,14 +72,13 @@ pub fn keep_suspended(v: &Vcpu, regs: &Regs) {
                     .map(|c| c.value)
             })
             .unwrap_or(1);
-    let s = SuspendedVcpu {
+    SuspendedVcpu {
         id: v.pv.id,
         ctx,
         xsave,
         xcr0,
         at: std::time::Instant::now(),
-    };
-    *v.host.suspended.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    }
 }
 
 /// What a save wrote.
@@ -182,7 +214,7 @@ pub fn write_image(
     w: &mut dyn Write,
     config_json: &str,
     dom: &Domain,
-    cpu: &SuspendedVcpu,
+    cpus: &[SuspendedVcpu],
 ) -> Result<SaveStats, MigrateError> {
     let mut w = Counting { w, n: 0 };
     write_prologue(&mut w, config_json)?;
@@ -194,7 +226,7 @@ pub fn write_image(
         false,
         &mut |_, _, _| {},
     )?;
-    write_epilogue(&mut w, dom, cpu)?;
+    write_epilogue(&mut w, dom, cpus)?;
     Ok(SaveStats { pages, bytes: w.n })
 }
 
@@ -231,7 +263,7 @@ pub fn write_prologue(w: &mut dyn Write, config_json: &str) -> Result<(), Migrat
 pub fn write_epilogue(
     w: &mut dyn Write,
     dom: &Domain,
-    cpu: &SuspendedVcpu,
+    cpus: &[SuspendedVcpu],
 ) -> Result<(), MigrateError> {
     let tsc = stream::TscInfo {
         mode: 0,
@@ -245,7 +277,9 @@ pub fn write_epilogue(
         .read(dom.layout.shared_info_gpa, &mut shinfo)
         .map_err(|e| MigrateError::Memory(e.to_string()))?;
     stream::write_record(w, rec::SHARED_INFO, &shinfo)?;
-    write_vcpu(w, cpu)?;
+    for cpu in cpus {
+        write_vcpu(w, cpu)?;
+    }
     stream::write_record(w, rec::END, &[])?;
     stream::write_record(w, stream::libxl_rec::END, &[])?;
     w.flush()?;
@@ -354,7 +388,7 @@ mod tests {
             at: std::time::Instant::now(),
         };
         let mut img = Vec::new();
-        let st = write_image(&mut img, "{\"name\":\"t\"}", &dom, &cpu).unwrap();
+        let st = write_image(&mut img, "{\"name\":\"t\"}", &dom, &[cpu]).unwrap();
         assert_eq!(st.bytes, img.len() as u64);
         assert_eq!(st.pages, 64);
         let mut r = &img[..];
