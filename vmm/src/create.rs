@@ -96,6 +96,7 @@ pub fn create(args: &CreateArgs, run: &RunDir, verbose: u8) -> anyhow::Result<Ex
         config: cfg,
         config_dir: Some(dir.display().to_string()),
         paused: args.paused,
+        restore: None,
     };
     if args.foreground {
         return match crate::control::monitor::run_foreground(run.clone(), req) {

@@ -20,6 +20,7 @@ mod layout;
 mod loader;
 mod logcap;
 mod memory;
+mod migrate;
 mod platform;
 mod pvdev;
 mod ring0;
@@ -173,6 +174,39 @@ enum Cmd {
         /// The key, e.g. `h` (help), `s` (sync), `b` (reboot now).
         key: String,
     },
+    /// Suspend the guest, write it to FILE and destroy the domain (`xl save`).
+    Save {
+        /// Domain name or id.
+        domain: String,
+        file: std::path::PathBuf,
+    },
+    /// Start a domain from a file written by `save` (`xl restore`).
+    Restore {
+        /// Leave the restored domain paused.
+        #[arg(short = 'p')]
+        paused: bool,
+        file: std::path::PathBuf,
+    },
+    /// Send a running domain live to another xenkvm (`xl migrate`):
+    /// through `ssh HOST xenkvm migrate-receive`, or to a receiver
+    /// listening on a unix socket (`--socket`).
+    Migrate {
+        /// The receiver's unix socket (`migrate-receive --socket`).
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
+        /// The transport command run before `HOST xenkvm migrate-receive`.
+        #[arg(long, default_value = "ssh")]
+        ssh: String,
+        /// Domain name or id.
+        domain: String,
+        host: Option<String>,
+    },
+    /// Take a migrating domain (from stdin, or the first connection to
+    /// `--socket PATH`) and run it here.
+    MigrateReceive {
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
+    },
     #[command(flatten)]
     Dev(control::devverbs::DevCmd),
     /// Serve the control API for one domain, waiting for `POST /v1/domains`
@@ -322,6 +356,17 @@ fn main() -> ExitCode {
         Cmd::MemSet { domain, size } => control::inspect::memory(&rd, &domain, &size, false),
         Cmd::MemMax { domain, size } => control::inspect::memory(&rd, &domain, &size, true),
         Cmd::Sysrq { domain, key } => control::inspect::sysrq(&rd, &domain, &key),
+        Cmd::Save { domain, file } => migrate::cli::save(&rd, &domain, &file),
+        Cmd::Restore { paused, file } => migrate::cli::restore(&rd, &file, paused, cli.verbose),
+        Cmd::Migrate {
+            socket,
+            ssh,
+            domain,
+            host,
+        } => migrate::cli::migrate(&rd, &domain, host.as_deref(), socket.as_deref(), &ssh),
+        Cmd::MigrateReceive { socket } => {
+            migrate::cli::receive(&rd, socket.as_deref(), cli.verbose)
+        }
         Cmd::Dev(c) => control::devverbs::run(&rd, c),
         Cmd::Monitor { api_socket, log } => {
             Ok(control::monitor::serve_empty(rd.clone(), api_socket, log))

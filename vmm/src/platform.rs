@@ -53,6 +53,12 @@ pub struct Host {
     pub devices: OnceLock<crate::hotplug::SharedDevices>,
     pub console_lock: Mutex<()>,
     drain_lock: Mutex<()>,
+    /// The vCPU state kept at SCHEDOP_shutdown(suspend) (crate::migrate).
+    pub suspended: Mutex<Option<crate::migrate::SuspendedVcpu>>,
+    /// The other online vCPUs' states, kept as they stopped after it.
+    pub suspended_others: Mutex<Vec<Result<crate::migrate::SuspendedVcpu, String>>>,
+    /// KVM's dirty log of guest RAM (live migration).
+    pub dirty_log: OnceLock<crate::migrate::dirty::DirtyLog>,
 }
 
 impl Host {
@@ -76,6 +82,9 @@ impl Host {
             devices: OnceLock::new(),
             console_lock: Mutex::new(()),
             drain_lock: Mutex::new(()),
+            suspended: Mutex::new(None),
+            suspended_others: Mutex::new(Vec::new()),
+            dirty_log: OnceLock::new(),
         }
     }
 

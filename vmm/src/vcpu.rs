@@ -80,6 +80,8 @@ pub struct Vcpu {
     pending_tail: Option<(Option<u64>, Vec<u64>, u64)>,
     /// Address of the continuation `out` of the JIT chunk now on the vCPU.
     jit_continue: Option<u64>,
+    /// The guest context the JIT stub now on the vCPU returns to.
+    jit_guest: Option<Regs>,
     /// Special registers read at the last exit, reused on resume.
     sregs: Option<kvm_sregs>,
     /// An upcall interrupt is queued in KVM.
@@ -168,6 +170,7 @@ impl Vcpu {
             signal,
             profile,
             jit_continue: None,
+            jit_guest: None,
             active_cr3: 0,
             pending_writes: Vec::new(),
             pending_tail: None,
@@ -317,6 +320,7 @@ impl Vcpu {
             .map_err(|e| e.to_string())?;
         self.pending_writes = writes;
         self.pending_tail = Some((cr3_load, pages, g.rax));
+        self.jit_guest = Some(*g);
         if cr3_load.is_some() {
             self.active_cr3 = cr3;
             // The stub's CR3 load (CR4.PGE is clear, no PCIDs) flushes the
@@ -761,6 +765,8 @@ impl Vcpu {
         }
         loop {
             if self.host.stop.load(Ordering::SeqCst) {
+                // Another vCPU suspended the domain: keep this one's state.
+                crate::migrate::save::keep_stopped(self);
                 return VcpuEnd::Stopped;
             }
             if self.host.control.is_paused() {
@@ -853,6 +859,10 @@ impl Vcpu {
                     self.down_regs = Some(regs);
                     return VcpuEnd::Down;
                 }
+                Action::Shutdown(crate::migrate::SHUTDOWN_SUSPEND) => {
+                    crate::migrate::save::keep_suspended(self, &regs);
+                    return VcpuEnd::Shutdown(crate::migrate::SHUTDOWN_SUSPEND);
+                }
                 other => return self.end(other),
             }
             // The checks below answer every kick so far (the events raised,
@@ -873,6 +883,28 @@ impl Vcpu {
                 return VcpuEnd::Crash(e);
             }
         }
+    }
+
+    /// The guest's registers as KVM holds them now, for a vCPU stopped
+    /// between two runs. In the JIT replay stub, the context the stub
+    /// returns to (its page-table writes are in memory already; the replay
+    /// and flushes only matter to this domain's TLBs). Refused elsewhere in
+    /// the monitor's ring-0 code (the fast paths).
+    pub fn guest_regs_now(&mut self) -> Result<Regs, String> {
+        let k = self.regs.get_regs(&self.fd).map_err(|e| e.to_string())?;
+        let s = self.regs.get_sregs(&self.fd).map_err(|e| e.to_string())?;
+        if !in_guest_code(k.rip, s.cs.selector) {
+            let jit = ring0::jit_va(self.pv.id);
+            let in_jit = (jit..jit + crate::layout::R0_JIT_PAGES * 4096).contains(&k.rip);
+            return match self.jit_guest {
+                Some(g) if in_jit => Ok(g),
+                _ => Err(format!("at {:#x}, in the monitor's ring-0 code", k.rip)),
+            };
+        }
+        let mut g = Self::gregs(&k);
+        g.cs = s.cs.selector;
+        g.ss = s.ss.selector;
+        Ok(g)
     }
 
     /// Act on requests the Xen core left for the monitor.

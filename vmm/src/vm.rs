@@ -97,12 +97,12 @@ pub enum Outcome {
 
 pub struct Vm {
     _kvm: Kvm,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     pub dom: Arc<Domain>,
     pub host: Arc<Host>,
     pub layout: PvLayout,
-    vcpus: Vec<Vcpu>,
-    boot_regs: Regs,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) boot_regs: Regs,
     /// Print machine-readable exit and hypercall counts at the end.
     pub print_stats: bool,
     /// The PV device backends; stopped when the VM ends (or, with
@@ -137,7 +137,7 @@ impl Vm {
         };
         let kvm = Kvm::new().map_err(VmError::NoKvm)?;
         let profile = crate::host_profile::get(&kvm).map_err(VmError::Kvm)?;
-        let vm = kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?);
         let ram = maxmem_mib << 20;
         let boot_pages = (cfg.memory_mib << 20) / PAGE;
         let mon = Arc::new(MonitorLayout::new(ram));
@@ -147,16 +147,17 @@ impl Vm {
         } else {
             Memory::new(mon.end)?
         });
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mon.end,
+            userspace_addr: mem.host_base() as u64,
+        };
         // SAFETY: the mapping outlives the VM (held in Domain via Arc).
         unsafe {
-            vm.set_user_memory_region(kvm_userspace_memory_region {
-                slot: 0,
-                flags: 0,
-                guest_phys_addr: 0,
-                memory_size: mon.end,
-                userspace_addr: mem.host_base() as u64,
-            })
-            .map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
+            vm.set_user_memory_region(region)
+                .map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
         }
         let slots = ring0::build(&*mem, &mon, cfg.vcpus, profile.ring0_for(cfg.vcpus))?;
         let nr_pages = ram / PAGE;
@@ -213,6 +214,11 @@ impl Vm {
         add_brand_string(&mut entries);
         let policy = CpuidPolicy::pv_from_host(&entries, tsc_khz);
         let host = Arc::new(Host::new(cfg.vcpus));
+        let _ = host.dirty_log.set(crate::migrate::dirty::DirtyLog::new(
+            vm.clone(),
+            region,
+            mem.clone(),
+        ));
         // SAFETY: rdtsc has no preconditions.
         let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
         let wall = SystemTime::now()
@@ -384,6 +390,14 @@ impl Vm {
             .and_then(|_| self.vcpus.first().map(|v| v.mon.clone()));
         let timer = std::thread::spawn(move || timer_thread(timer_host, slop, fast));
         let (tx, rx) = std::sync::mpsc::channel::<VcpuReport>();
+        // vCPUs a restore gave a state start with vCPU 0.
+        let restored: Vec<u32> = self
+            .vcpus
+            .iter()
+            .skip(1)
+            .filter(|v| v.down_regs.is_some())
+            .map(|v| v.pv.id)
+            .collect();
         let mut vcpus = self.vcpus.into_iter();
         let Some(vcpu0) = vcpus.next() else {
             return (Outcome::Crash("no vCPU".into()), self._devices);
@@ -392,6 +406,9 @@ impl Vm {
         parked.extend(vcpus.map(Some));
         let starter = Arc::new(Starter::new(parked, tx));
         starter.spawn(vcpu0, self.boot_regs);
+        for id in restored {
+            starter.up(id);
+        }
         let mut exits: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut total = 0u64;
         let mut reg_ioctls = 0u64;

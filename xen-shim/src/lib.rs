@@ -28,6 +28,7 @@ pub mod tlb;
 pub mod traps;
 pub mod vcpu;
 pub mod vcpuctx;
+pub mod vcpuctx_save;
 pub mod vcpuop;
 pub mod xenstore;
 

@@ -158,6 +158,17 @@ impl Mmu {
         self.frames.get(mfn as usize).map_or(0, |f| f.count)
     }
 
+    /// Drop every type reference and pin (populated frames stay so): a
+    /// restore then types the tables of the image afresh by pinning them.
+    pub fn clear_types(&mut self) {
+        for f in &mut self.frames {
+            *f = FrameInfo {
+                absent: f.absent,
+                ..FrameInfo::default()
+            };
+        }
+    }
+
     pub fn is_pinned(&self, mfn: u64) -> bool {
         self.frames.get(mfn as usize).is_some_and(|f| f.pinned)
     }

@@ -7,7 +7,7 @@ use crate::regs::{flags, Regs};
 use crate::vcpu::{BootContext, PvVcpu, TrapInfo};
 
 /// Offsets inside vcpu_guest_context for x86_64 (public/arch-x86/xen.h).
-mod off {
+pub(crate) mod off {
     pub const FLAGS: usize = 512;
     pub const USER_REGS: usize = 520;
     pub const TRAP_CTXT: usize = 720;
@@ -26,7 +26,7 @@ mod off {
     pub const SIZE: usize = 5168;
 }
 
-const VGCF_SYSCALL_DISABLES_EVENTS: u64 = 1 << 4;
+pub(crate) const VGCF_SYSCALL_DISABLES_EVENTS: u64 = 1 << 4;
 
 /// Read the initial context for a secondary vCPU.
 pub fn read_context(v: &PvVcpu, va: u64) -> Result<BootContext, i64> {

@@ -49,6 +49,11 @@ pub fn vcpu_op(v: &mut PvVcpu, cmd: u64, vcpuid: u64, arg: u64) -> (i64, Action)
             ok(Ok(0))
         }
         2 if target == v.id => (0, Action::Down),
+        // VCPUOP_down of another vCPU: asynchronous in Xen. Linux uses it
+        // only around re-registering a vCPU's areas after a resume, then
+        // brings the vCPU up again; here the vCPU goes on running (its
+        // vcpu_info and runstate areas may be registered while it runs).
+        2 => ok(if vcpuid >= max { Err(-ENOENT) } else { Ok(0) }),
         3 => ok(if vcpuid >= max {
             Err(-ENOENT)
         } else {
@@ -342,6 +347,17 @@ mod tests {
         // A writable mapping is accepted.
         dom.mem.write_u64(0xa000, 0x17000).unwrap();
         assert_eq!(vcpu_op(&mut v, 13, 0, 0xa000).0, 0);
+    }
+
+    /// VCPUOP_down of another vCPU (Linux, around a resume) is accepted
+    /// and leaves it running; of a vCPU the domain lacks, -ENOENT.
+    #[test]
+    fn remote_vcpuop_down_is_accepted() {
+        let (dom, _) = test_domain_vcpus(64, 2);
+        let mut v = PvVcpu::new(0, dom);
+        assert_eq!(vcpu_op(&mut v, 2, 1, 0), (0, Action::Resume));
+        assert_eq!(vcpu_op(&mut v, 2, 2, 0).0, -ENOENT);
+        assert_eq!(vcpu_op(&mut v, 2, 0, 0), (0, Action::Down));
     }
 
     /// Issue 12 item 6: VCPUOP_up of a vCPU never initialised is -EINVAL

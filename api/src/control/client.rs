@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ConsoleInfo, CreateRequest, DomainInfo, DomainOp, ErrorBody, MemoryRequest, SysrqRequest,
-    VcpuInfo, VcpuSetRequest, VersionInfo,
+    ConsoleInfo, CreateRequest, DomainInfo, DomainOp, ErrorBody, MemoryRequest, MigrateRequest,
+    SaveInfo, SaveRequest, SysrqRequest, VcpuInfo, VcpuSetRequest, VersionInfo,
 };
 
 /// Responses larger than this are refused.
@@ -235,6 +235,26 @@ impl Client {
             msg: e.to_string(),
         })?;
         let path = format!("/v1/domains/{}/sysrq", segment(dom));
+        self.call("POST", &path, Some(&body))
+    }
+
+    /// `xl save`: suspend the domain and write it to `path`.
+    pub fn save(&self, dom: &str, req: &SaveRequest) -> Result<SaveInfo, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
+            path: self.path(),
+            msg: e.to_string(),
+        })?;
+        let path = format!("/v1/domains/{}/save", segment(dom));
+        self.call("POST", &path, Some(&body))
+    }
+
+    /// `xl migrate`: send the domain live to the receiver on `req.socket`.
+    pub fn migrate(&self, dom: &str, req: &MigrateRequest) -> Result<SaveInfo, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode {
+            path: self.path(),
+            msg: e.to_string(),
+        })?;
+        let path = format!("/v1/domains/{}/migrate", segment(dom));
         self.call("POST", &path, Some(&body))
     }
 

@@ -24,6 +24,8 @@
 //! | POST | `/v1/domains/{dom}/vcpus` | [`VcpuSetRequest`] → [`DomainInfo`] |
 //! | POST | `/v1/domains/{dom}/sysrq` | [`SysrqRequest`] → [`DomainInfo`] |
 //! | POST | `/v1/domains/{dom}/memory` | [`MemoryRequest`] → [`DomainInfo`] |
+//! | POST | `/v1/domains/{dom}/save` | [`SaveRequest`] → [`SaveInfo`] |
+//! | POST | `/v1/domains/{dom}/migrate` | [`MigrateRequest`] → [`SaveInfo`] |
 //! | GET | `/v1/domains/{dom}/disks` | `[DiskInfo]` |
 //! | POST | `/v1/domains/{dom}/disks` | [`AttachRequest`] → 201 [`DiskInfo`] |
 //! | POST | `/v1/domains/{dom}/disks/{vdev}/detach` | [`DetachRequest`] → `{}` |
@@ -175,6 +177,47 @@ pub struct CreateRequest {
     /// `resume` runs it.
     #[serde(default)]
     pub paused: bool,
+    /// Restore the domain from this save file (`xl restore`) instead of
+    /// booting it; `config` is the one the file carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
+}
+
+/// `POST /v1/domains/{dom}/save` (`xl save`): suspend the guest, write it
+/// to `path` (on the monitor's host) and destroy the domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveRequest {
+    pub path: String,
+}
+
+/// What a save wrote, and how long the guest took to suspend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveInfo {
+    pub path: String,
+    pub bytes: u64,
+    pub pages: u64,
+    /// From the suspend request to the guest's SCHEDOP_shutdown(suspend).
+    pub suspend_ms: u64,
+    /// Writing the image (a migration: its final round and the answer).
+    pub write_ms: u64,
+    /// A live migration: the frames sent in each pre-copy round (the
+    /// first is all memory, the last the final round).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<u64>,
+    /// A live migration: how long the guest did not run, from its suspend
+    /// to the receiver's answer that it runs there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+}
+
+/// `POST /v1/domains/{dom}/migrate` (`xl migrate`): send the domain live
+/// to a receiver (`xenkvm migrate-receive`) listening on the unix socket
+/// `socket`; the domain is destroyed here once it runs there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    pub socket: String,
 }
 
 /// One vCPU in `GET /v1/domains/{dom}/vcpus` (`xl vcpu-list`).
@@ -395,6 +438,16 @@ pub trait Backend: Send + Sync {
         Err(ApiError::NotFound(
             "network-attach is not supported here".into(),
         ))
+    }
+    /// Suspend the guest, save it to a file and destroy it (`xl save`).
+    fn save(&self, dom: &str, req: &SaveRequest) -> Result<SaveInfo, ApiError> {
+        let _ = (dom, req);
+        Err(ApiError::NotFound("save is not supported here".into()))
+    }
+    /// Live-migrate the domain to a receiver (`xl migrate`).
+    fn migrate(&self, dom: &str, req: &MigrateRequest) -> Result<SaveInfo, ApiError> {
+        let _ = (dom, req);
+        Err(ApiError::NotFound("migrate is not supported here".into()))
     }
     /// Remove PV nic `id` (a devid or MAC).
     fn nic_detach(&self, dom: &str, id: &str, req: &DetachRequest) -> Result<(), ApiError> {

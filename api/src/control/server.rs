@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use super::{
     ApiError, AttachRequest, Backend, CreateRequest, DetachRequest, DomainOp, ErrorBody,
-    MemoryRequest, SysrqRequest, VcpuSetRequest, VersionInfo, API_PREFIX,
+    MemoryRequest, MigrateRequest, SaveRequest, SysrqRequest, VcpuSetRequest, VersionInfo,
+    API_PREFIX,
 };
 
 /// Request bodies larger than this are refused with 413.
@@ -225,6 +226,20 @@ pub fn route(backend: &dyn Backend, method: &str, url: &str, body: &[u8]) -> (u1
             }
         }
         (_, ["domains", _, "memory"]) => Err(no_method(method, path)),
+        ("POST", ["domains", dom, "save"]) => match serde_json::from_slice::<SaveRequest>(body) {
+            Ok(req) => backend.save(dom, &req).map(|i| json(200, &i)),
+            Err(e) => Err(ApiError::BadRequest(format!("malformed save request: {e}"))),
+        },
+        (_, ["domains", _, "save"]) => Err(no_method(method, path)),
+        ("POST", ["domains", dom, "migrate"]) => {
+            match serde_json::from_slice::<MigrateRequest>(body) {
+                Ok(req) => backend.migrate(dom, &req).map(|i| json(200, &i)),
+                Err(e) => Err(ApiError::BadRequest(format!(
+                    "malformed migrate request: {e}"
+                ))),
+            }
+        }
+        (_, ["domains", _, "migrate"]) => Err(no_method(method, path)),
         (_, ["domains", dom, kind @ ("disks" | "nics")]) => {
             device_list_or_attach(backend, method, path, dom, kind, body)
         }
@@ -600,6 +615,25 @@ impl ApiServer {
     }
 }
 
+impl ApiServer {
+    /// After [`Self::stop`]: wait, at most `limit`, for the requests being
+    /// served to be answered (a `save` answers as the domain ends).
+    pub fn drain(&self, limit: Duration) {
+        let end = Instant::now() + limit;
+        let mut busy = self.slots.lock();
+        while *busy > 0 && Instant::now() < end {
+            busy = match self
+                .slots
+                .freed
+                .wait_timeout(busy, Duration::from_millis(20))
+            {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
 fn accept_loop(
     listener: &UnixListener,
     slots: &Arc<Slots>,
@@ -684,6 +718,9 @@ pub fn serve_with(
         path: path.to_path_buf(),
     })
 }
+
+#[cfg(test)]
+mod save_tests;
 
 #[cfg(test)]
 mod tests {

@@ -57,9 +57,22 @@ struct Running {
     start_paused: bool,
     /// Devices attached and detached, for the next boots.
     ledger: Mutex<hotplug::Ledger>,
+    /// A save waiting for the guest to suspend (crate::migrate).
+    save: Mutex<Option<crate::migrate::job::SaveJob>>,
+    /// A save or migration is under way (one at a time).
+    saving: AtomicBool,
 }
 
 type Reply = SyncSender<Result<DomainInfo, ApiError>>;
+
+/// A save or migration under way; clears the flag when dropped.
+struct Busy<'a>(&'a AtomicBool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
 
 pub struct Monitor {
     run: RunDir,
@@ -216,6 +229,63 @@ impl Running {
     /// Write `what` to the guest's `control/shutdown`, as xl does.
     fn control_shutdown(&self, what: &str) -> Result<(), ApiError> {
         self.write_control("shutdown", what)
+    }
+
+    /// Claim the domain for a save or migration (released when dropped).
+    fn one_at_a_time(&self) -> Result<Busy<'_>, ApiError> {
+        if self.saving.swap(true, Ordering::SeqCst) {
+            return Err(ApiError::Conflict(
+                "a save or migration of this domain is already under way".into(),
+            ));
+        }
+        Ok(Busy(&self.saving))
+    }
+
+    /// The running domain's host and Xen state (none while it starts).
+    fn host_and_domain(
+        &self,
+    ) -> Result<(Arc<crate::platform::Host>, Arc<xen_shim::domain::Domain>), ApiError> {
+        self.current
+            .get()
+            .ok_or_else(|| ApiError::Conflict("the domain is starting".into()))
+    }
+
+    /// Ask the guest to suspend (control/shutdown = suspend) and wait until
+    /// the run loop has sent it to `dest`.
+    fn suspend_for(
+        &self,
+        dest: crate::migrate::job::Dest,
+    ) -> Result<api::control::SaveInfo, ApiError> {
+        self.host_and_domain()?;
+        let (tx, rx) = sync_channel(1);
+        {
+            let mut g = lock(&self.save);
+            if g.is_some() {
+                return Err(ApiError::Conflict("a save is already under way".into()));
+            }
+            *g = Some(crate::migrate::job::SaveJob {
+                dest,
+                asked: std::time::Instant::now(),
+                reply: tx,
+            });
+        }
+        if let Err(e) = self.control_shutdown("suspend") {
+            lock(&self.save).take();
+            return Err(e);
+        }
+        match rx.recv_timeout(crate::migrate::job::SUSPEND_TIMEOUT) {
+            Ok(res) => res,
+            Err(_) => {
+                if lock(&self.save).take().is_some() {
+                    return Err(ApiError::Conflict(
+                        "the guest did not suspend (control/shutdown = suspend) in time".into(),
+                    ));
+                }
+                // The guest suspended just now: the run loop has the job.
+                rx.recv()
+                    .map_err(|_| ApiError::Internal("the save was lost".into()))?
+            }
+        }
     }
 
     /// Write `value` to the guest's `control/NODE` in its xenstore.
@@ -478,10 +548,15 @@ impl Monitor {
                 ApiError::Internal(format!("console socket: {e}")),
             ));
         }
-        let vm = match boot.create_vm(&claim.xenstore_socket()) {
+        let mut vm = match boot.create_vm(&claim.xenstore_socket()) {
             Ok(vm) => vm,
             Err(e) => return Err(fail(&claim, e)),
         };
+        if let Some(path) = &req.restore {
+            if let Err(e) = crate::migrate::job::restore_file(Path::new(path), &mut vm) {
+                return Err(fail(&claim, e));
+            }
+        }
         let mut log = None;
         if let Some((sock, staged_log)) = &self.staging {
             if let Err(e) = std::fs::rename(sock, claim.api_socket()) {
@@ -507,6 +582,8 @@ impl Monitor {
             claim,
             start_paused: req.paused,
             ledger: Mutex::new(hotplug::Ledger::default()),
+            save: Mutex::new(None),
+            saving: AtomicBool::new(false),
         });
         *lock(&self.dom) = Some(running.clone());
         Ok((running, vm, boot))
@@ -552,7 +629,7 @@ impl Monitor {
             log::info!("domain {name} (id {}) running", r.claim.id);
             // The devices live until the end of this boot: through the wait of
             // a preserved domain, dropped before a restart builds new ones.
-            let (outcome, _devices) = vm.run_keeping_devices();
+            let (outcome, devices) = vm.run_keeping_devices();
             if host.escaped.load(Ordering::SeqCst) {
                 eprintln!("\r\nxenkvm: stopped by the console escape (Ctrl-])");
                 break ExitCode::from(130);
@@ -584,8 +661,24 @@ impl Monitor {
                         ShutdownReason::Watchdog => cfg.on_watchdog,
                         ShutdownReason::SoftReset => cfg.on_soft_reset,
                         ShutdownReason::Suspend => {
-                            eprintln!("xenkvm: suspend is not supported; destroying");
-                            Action::Destroy
+                            // Backends stop first: none writes guest memory
+                            // behind the image.
+                            drop(devices);
+                            let json = serde_json::to_string(&r.cfg).unwrap_or_default();
+                            let job = lock(&r.save).take();
+                            let create = || boot.create_vm(&r.claim.xenstore_socket());
+                            match crate::migrate::job::after_suspend(
+                                job, &json, &host, &dom, create,
+                            ) {
+                                Some(vm) => {
+                                    if let Some(d) = vm.host.devices.get() {
+                                        lock(&r.ledger).replay(d);
+                                    }
+                                    next = Some(vm);
+                                    Action::Restart
+                                }
+                                None => Action::Destroy,
+                            }
                         }
                         _ => cfg.on_crash,
                     };
@@ -680,6 +773,41 @@ impl Backend for Monitor {
         let r = self.running(dom)?;
         r.memory(req)?;
         Ok(r.info())
+    }
+
+    fn save(
+        &self,
+        dom: &str,
+        req: &api::control::SaveRequest,
+    ) -> Result<api::control::SaveInfo, ApiError> {
+        let r = self.running(dom)?;
+        let _busy = r.one_at_a_time()?;
+        let dest = crate::migrate::job::open_save_file(Path::new(&req.path))?;
+        r.suspend_for(dest)
+    }
+
+    fn migrate(
+        &self,
+        dom: &str,
+        req: &api::control::MigrateRequest,
+    ) -> Result<api::control::SaveInfo, ApiError> {
+        let r = self.running(dom)?;
+        let _busy = r.one_at_a_time()?;
+        let (host, d) = r.host_and_domain()?;
+        let log = host
+            .dirty_log
+            .get()
+            .ok_or_else(|| ApiError::Internal("no dirty log".into()))?;
+        let conn = std::os::unix::net::UnixStream::connect(&req.socket)
+            .map_err(|e| ApiError::BadRequest(format!("{}: {e}", req.socket)))?;
+        let json = serde_json::to_string(&r.cfg).unwrap_or_default();
+        let pre =
+            crate::migrate::live::PreCopy::run(Box::new(conn), &json, &d, log).map_err(|e| {
+                log.stop();
+                ApiError::Internal(format!("migration failed: {e}"))
+            })?;
+        r.suspend_for(crate::migrate::job::Dest::Live(Box::new(pre)))
+            .inspect_err(|_| log.stop())
     }
 
     fn sysrq(&self, dom: &str, key: char) -> Result<DomainInfo, ApiError> {
@@ -794,6 +922,8 @@ pub fn serve_empty(run: RunDir, api_socket: PathBuf, log: Option<PathBuf>) -> Ex
                 );
                 let code = mon.run_loop(&r, vm, &boot);
                 server.stop();
+                // A save or migration is answered as the domain ends.
+                server.drain(Duration::from_secs(5));
                 return code;
             }
             Err(e) => {
@@ -828,6 +958,7 @@ pub fn run_foreground(run: RunDir, req: CreateRequest) -> Result<ExitCode, ApiEr
     crate::console::restore();
     if let Some(s) = server {
         s.stop();
+        s.drain(Duration::from_secs(5));
     }
     Ok(code)
 }

@@ -275,7 +275,7 @@ pub fn attach(sock: &Path, label: &str) -> anyhow::Result<ExitCode> {
 }
 
 /// Wait until `pid` is gone; false on timeout.
-fn wait_gone(pid: u32, timeout: Option<Duration>) -> bool {
+pub(crate) fn wait_gone(pid: u32, timeout: Option<Duration>) -> bool {
     let start = Instant::now();
     while pid_alive(pid) {
         if timeout.is_some_and(|t| start.elapsed() > t) {

@@ -15,6 +15,8 @@ pub const ALLOWED: &[(u64, &str)] = &[
     (0xc008_ae05, "KVM_GET_SUPPORTED_CPUID"),
     (0xae41, "KVM_CREATE_VCPU"),
     (0x4020_ae46, "KVM_SET_USER_MEMORY_REGION"),
+    // Live migration's dirty-page tracking (crate::migrate::dirty).
+    (0x4010_ae42, "KVM_GET_DIRTY_LOG"),
     (0x8090_ae81, "KVM_GET_REGS"),
     (0x4090_ae82, "KVM_SET_REGS"),
     (0x8138_ae83, "KVM_GET_SREGS"),
