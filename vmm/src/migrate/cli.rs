@@ -41,13 +41,7 @@ pub fn restore(run: &RunDir, file: &Path, paused: bool, verbose: u8) -> anyhow::
     let f = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
     let json = super::stream::read_xl_header(&mut std::io::BufReader::new(f))
         .with_context(|| format!("{}", path.display()))?;
-    let config: DomainConfig = serde_json::from_str(&json).with_context(|| {
-        format!(
-            "{}: the configuration in the file is not xenkvm's (a libxl JSON \
-             configuration from Xen is not understood yet)",
-            path.display()
-        )
-    })?;
+    let config = stream_config(&json).with_context(|| format!("{}", path.display()))?;
     let req = CreateRequest {
         config,
         config_dir: None,
@@ -55,6 +49,21 @@ pub fn restore(run: &RunDir, file: &Path, paused: bool, verbose: u8) -> anyhow::
         restore: Some(path.display().to_string()),
     };
     crate::control::verbs::create_background(run, &req, false, false, verbose)
+}
+
+/// The domain configuration a stream's xl header carries: xenkvm's own
+/// model, or libxl's JSON when Xen's `xl save`/`xl migrate` wrote it.
+pub fn stream_config(json: &str) -> anyhow::Result<DomainConfig> {
+    if api::xlcfg::libxl_json::is_libxl_json(json) {
+        let (config, warnings) = api::xlcfg::libxl_json::from_libxl_json(json)
+            .context("the configuration Xen's toolstack wrote")?;
+        for w in warnings {
+            log::info!("{w}");
+        }
+        return Ok(config);
+    }
+    serde_json::from_str(json)
+        .context("the configuration in the stream is neither xenkvm's nor libxl's")
 }
 
 /// Print what a migration did.
@@ -241,8 +250,7 @@ pub fn receive(run: &RunDir, socket: Option<&Path>, verbose: u8) -> anyhow::Resu
     input.read_exact(&mut rest)?;
     head.extend_from_slice(&rest);
     let json = super::stream::read_xl_header(&mut &head[..])?;
-    let config: DomainConfig =
-        serde_json::from_str(&json).context("the stream's configuration is not xenkvm's")?;
+    let config = stream_config(&json)?;
     let dir = private_dir(run, "recv")?;
     let sock = dir.join("stream.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock)?;
