@@ -22,6 +22,7 @@ mod logcap;
 mod memory;
 mod platform;
 mod pvdev;
+mod pvh;
 mod ring0;
 mod ring0_fast;
 mod seccomp;
@@ -251,6 +252,15 @@ struct RunArgs {
     /// default: the lowest id free in the run directory (shared with `create`).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
     domid: Option<u16>,
+    /// The guest type: `pv`, or `pvh` (needs KVM's Xen support on the host).
+    #[arg(long = "type", value_enum, default_value_t = GuestType::Pv)]
+    guest_type: GuestType,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum GuestType {
+    Pv,
+    Pvh,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -396,6 +406,9 @@ pub(crate) struct Prepared {
 
 /// `scratch`: a private directory for files taken from the guest's disk.
 pub(crate) fn prepare(args: &RunArgs, scratch: &std::path::Path) -> anyhow::Result<Prepared> {
+    if args.guest_type == GuestType::Pvh {
+        pvh::check_host(args.kernel.as_deref())?;
+    }
     let disks = pvdev::open_disks(&args.disks)?;
     let vifs = pvdev::parse_vifs(&args.nets)?;
     let boot = boot::resolve(args, &disks, scratch)?;
