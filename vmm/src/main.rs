@@ -444,6 +444,9 @@ fn boot_loop(
     sock: &std::path::Path,
     current: &console::Current,
 ) -> anyhow::Result<ExitCode> {
+    if args.guest_type == GuestType::Pvh {
+        return pvh::run::boot_loop(args, cfg, sock, current);
+    }
     loop {
         // A previous boot's server keeps its socket inode; new clients reach the new store.
         let _ = std::fs::remove_file(sock);

@@ -80,6 +80,9 @@ pub struct Domain {
     /// Most frames the domain may have populated (Xen's max_pages;
     /// `xenkvm mem-max`); at most `layout.nr_pages`.
     pub max_pages: AtomicU64,
+    /// Where shared_info is now: `layout.shared_info_gpa` for a PV domain;
+    /// an HVM/PVH guest places it with XENMEM_add_to_physmap.
+    shared_info: AtomicU64,
 }
 
 impl Domain {
@@ -119,6 +122,7 @@ impl Domain {
             grants: Mutex::new(Default::default()),
             exit_stats: crate::stats::ExitStats::new(layout.max_vcpus),
             max_pages: AtomicU64::new(layout.nr_pages),
+            shared_info: AtomicU64::new(layout.shared_info_gpa),
             layout,
         }
     }
@@ -150,12 +154,37 @@ impl Domain {
         self.vcpu_info
             .get(vcpu as usize)
             .map(|a| a.load(Ordering::Acquire))
-            .unwrap_or(self.layout.shared_info_gpa)
+            .unwrap_or_else(|| self.shared_info_gpa())
+    }
+
+    /// The guest-physical address of shared_info.
+    pub fn shared_info_gpa(&self) -> u64 {
+        self.shared_info.load(Ordering::Acquire)
+    }
+
+    /// The legacy vcpu_info slot of `vcpu` in the shared_info at `si`.
+    pub fn legacy_vcpu_info(si: u64, vcpu: u32) -> u64 {
+        si + u64::from(vcpu.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE
+    }
+
+    /// An HVM/PVH guest put shared_info at `gpa` (XENMEM_add_to_physmap):
+    /// vCPUs that use their legacy slot follow it; registered ones stay.
+    pub fn move_shared_info(&self, gpa: u64) {
+        let old = self.shared_info.swap(gpa, Ordering::AcqRel);
+        for (i, slot) in self.vcpu_info.iter().enumerate() {
+            let i = i as u32;
+            let _ = slot.compare_exchange(
+                Self::legacy_vcpu_info(old, i),
+                Self::legacy_vcpu_info(gpa, i),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
     }
 
     /// Initial shared_info contents: all upcalls masked, time and wallclock valid.
     pub fn init_shared_info(&self) {
-        let si = self.layout.shared_info_gpa;
+        let si = self.shared_info_gpa();
         let _ = self.mem.write(si, &[0u8; 4096]);
         for i in 0..shinfo::LEGACY_VCPUS {
             let vi = si + u64::from(i) * shinfo::VCPU_INFO_SIZE;
@@ -174,7 +203,7 @@ impl Domain {
         let Some(vcpu) = vcpu else { return };
         if crate::evtchn::set_pending(
             &*self.mem,
-            self.layout.shared_info_gpa,
+            self.shared_info_gpa(),
             self.vcpu_info_gpa(vcpu),
             port,
         ) {

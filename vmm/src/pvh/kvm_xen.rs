@@ -1,9 +1,6 @@
 //! KVM's Xen support (`CONFIG_KVM_XEN`): the capability check and the
 //! Xen ioctls, which kvm-ioctls does not wrap (numbers from `linux/kvm.h`).
 
-// The PVH boot (next) uses the rest; until then only the check is called.
-#![allow(dead_code)]
-
 use std::os::fd::AsRawFd;
 
 use kvm_bindings::{
@@ -12,20 +9,14 @@ use kvm_bindings::{
     KVM_XEN_HVM_CONFIG_SHARED_INFO,
 };
 use kvm_ioctls::{Cap, Kvm};
-use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
-use vmm_sys_util::{ioctl_iow_nr, ioctl_iowr_nr};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iow_nr;
 
 ioctl_iow_nr!(
     KVM_XEN_HVM_CONFIG,
     kvm_bindings::KVMIO,
     0x7a,
     kvm_xen_hvm_config
-);
-ioctl_iowr_nr!(
-    KVM_XEN_HVM_GET_ATTR,
-    kvm_bindings::KVMIO,
-    0xc8,
-    kvm_xen_hvm_attr
 );
 ioctl_iow_nr!(
     KVM_XEN_HVM_SET_ATTR,
@@ -142,24 +133,6 @@ pub fn set_upcall_vector(vm: &impl AsRawFd, vector: u8) -> Result<(), KvmXenErro
     set_hvm_attr(vm, "KVM_XEN_ATTR_TYPE_UPCALL_VECTOR", &a)
 }
 
-/// VM attribute XEN_VERSION: what KVM answers to XENVER_version itself.
-pub fn set_xen_version(vm: &impl AsRawFd, version: u32) -> Result<(), KvmXenError> {
-    let mut a = hvm_attr(kvm_bindings::KVM_XEN_ATTR_TYPE_XEN_VERSION);
-    a.u.xen_version = version;
-    set_hvm_attr(vm, "KVM_XEN_ATTR_TYPE_XEN_VERSION", &a)
-}
-
-/// Read back the LONG_MODE attribute (a harmless probe that the ioctls work).
-pub fn long_mode(vm: &impl AsRawFd) -> Result<bool, KvmXenError> {
-    let mut a = hvm_attr(kvm_bindings::KVM_XEN_ATTR_TYPE_LONG_MODE);
-    // SAFETY: our VM fd and a valid attribute the kernel fills in.
-    check("KVM_XEN_HVM_GET_ATTR", unsafe {
-        ioctl_with_mut_ref(vm, KVM_XEN_HVM_GET_ATTR(), &mut a)
-    })?;
-    // SAFETY: LONG_MODE fills the u8 member.
-    Ok(unsafe { a.u.long_mode } != 0)
-}
-
 fn vcpu_attr(type_: u32) -> kvm_xen_vcpu_attr {
     // SAFETY: a plain C struct of integers: all-zero is valid.
     let mut a: kvm_xen_vcpu_attr = unsafe { std::mem::zeroed() };
@@ -190,13 +163,6 @@ pub fn set_vcpu_info(vcpu: &impl AsRawFd, gpa: u64) -> Result<(), KvmXenError> {
     let mut a = vcpu_attr(kvm_bindings::KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO);
     a.u.gpa = gpa;
     set_vcpu_attr(vcpu, "KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO", &a)
-}
-
-/// vCPU attribute VCPU_TIME_INFO: a second pvclock copy (the vDSO's).
-pub fn set_vcpu_time_info(vcpu: &impl AsRawFd, gpa: u64) -> Result<(), KvmXenError> {
-    let mut a = vcpu_attr(kvm_bindings::KVM_XEN_VCPU_ATTR_TYPE_VCPU_TIME_INFO);
-    a.u.gpa = gpa;
-    set_vcpu_attr(vcpu, "KVM_XEN_VCPU_ATTR_TYPE_VCPU_TIME_INFO", &a)
 }
 
 /// vCPU attribute TIMER: the port of VIRQ_TIMER; KVM then runs the
@@ -232,7 +198,6 @@ mod tests {
     fn ioctl_numbers_match_linux() {
         assert_eq!(KVM_XEN_HVM_CONFIG(), 0x4038_ae7a);
         assert_eq!(KVM_XEN_HVM_SET_ATTR(), 0x4048_aec9);
-        assert_eq!(KVM_XEN_HVM_GET_ATTR(), 0xc048_aec8);
         assert_eq!(KVM_XEN_VCPU_SET_ATTR(), 0x4048_aecb);
     }
 }

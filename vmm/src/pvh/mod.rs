@@ -5,7 +5,16 @@
 //! hands to us, and the Xen core (xen-shim) and the PV backends serve it as
 //! they serve PV guests.
 
+pub mod acpi;
+pub mod boot;
+pub mod cpuid;
+pub mod hypercall;
+#[cfg(test)]
+mod hypercall_tests;
 pub mod kvm_xen;
+pub mod run;
+pub mod vcpu;
+pub mod vm;
 
 use std::path::Path;
 
@@ -15,6 +24,18 @@ use kvm_ioctls::Kvm;
 pub enum PvhError {
     #[error("cannot open /dev/kvm: {0}")]
     NoKvm(kvm_ioctls::Error),
+    #[error("KVM: {0}")]
+    Kvm(String),
+    #[error(transparent)]
+    KvmXen(#[from] kvm_xen::KvmXenError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0} vCPUs: PVH guests run on 1 vCPU for now")]
+    Vcpus(u32),
+    #[error("{0} MiB: PVH guests have {min} MiB to 3072 MiB for now", min = crate::memory::MIN_GUEST_MIB)]
+    Memory(u64),
     #[error(
         "PVH guests need KVM's Xen support, which this host's KVM lacks: \
          KVM_CAP_XEN_HVM {found} (needed: {needed}). It comes with a host kernel \

@@ -34,6 +34,9 @@ pub const ALLOWED: &[(u64, &str)] = &[
     (0x4188_aea7, "KVM_SET_XCRS"),
     (0x4018_aee1, "KVM_SET_DEVICE_ATTR"),
     (0x4018_aee3, "KVM_HAS_DEVICE_ATTR"),
+    // KVM's Xen support, set by a PVH guest's hypercalls (crate::pvh).
+    (0x4048_aec9, "KVM_XEN_HVM_SET_ATTR"),
+    (0x4048_aecb, "KVM_XEN_VCPU_SET_ATTR"),
     // tun/tap and interface set-up (devices/src/netback/tap.rs).
     (0x4004_54ca, "TUNSETIFF"),
     (0x4004_54d0, "TUNSETOFFLOAD"),

@@ -1,0 +1,159 @@
+//! The PVH guest's ACPI tables: a hardware-reduced FADT whose sleep
+//! control register and reset register are I/O ports of ours, and a DSDT
+//! with `\_S5`, so that Linux powers off and reboots through ACPI (it has
+//! no other way on PVH: it halts instead). No MADT: the guest finds its
+//! one CPU and the APIC as it would without ACPI.
+
+/// Sleep control (SLP_TYP in bits 4:2, SLP_EN bit 5) and status ports.
+pub const SLEEP_CONTROL_PORT: u16 = 0x3b0;
+pub const SLEEP_STATUS_PORT: u16 = 0x3b1;
+/// The reset register and the value that resets.
+pub const RESET_PORT: u16 = 0x3c0;
+pub const RESET_VALUE: u8 = 4;
+/// SLP_TYP of S5 in our `\_S5`.
+const S5_TYPE: u8 = 5;
+
+const RSDP_OFF: u64 = 0;
+const XSDT_OFF: u64 = 0x40;
+const FADT_OFF: u64 = 0x80;
+const DSDT_OFF: u64 = 0x200;
+/// The tables fit in one page.
+pub const SIZE: usize = 0x300;
+
+fn checksum(b: &[u8]) -> u8 {
+    0u8.wrapping_sub(b.iter().fold(0u8, |a, &x| a.wrapping_add(x)))
+}
+
+/// A system description table header of `len` bytes; its checksum is
+/// set by [`finish`].
+fn header(sig: &[u8; 4], len: usize, rev: u8) -> Vec<u8> {
+    let mut t = vec![0u8; len];
+    t[..4].copy_from_slice(sig);
+    t[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    t[8] = rev;
+    t[10..16].copy_from_slice(b"XENKVM");
+    t[16..24].copy_from_slice(b"XENKVMPV");
+    t[24..28].copy_from_slice(&1u32.to_le_bytes());
+    t[28..32].copy_from_slice(b"XKVM");
+    t[32..36].copy_from_slice(&1u32.to_le_bytes());
+    t
+}
+
+fn finish(mut t: Vec<u8>) -> Vec<u8> {
+    t[9] = 0;
+    t[9] = checksum(&t);
+    t
+}
+
+/// A generic address structure: an 8-bit I/O port.
+fn gas_io(port: u16) -> [u8; 12] {
+    let mut g = [0u8; 12];
+    g[0] = 1; // system I/O
+    g[1] = 8; // bit width
+    g[3] = 1; // byte access
+    g[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
+    g
+}
+
+/// The tables as they go at guest-physical `base` (the RSDP first).
+pub fn tables(base: u64) -> Vec<u8> {
+    let mut out = vec![0u8; SIZE];
+    // DSDT: Name (_S5, Package (4) { 5, 5, 0, 0 })
+    let aml: [u8; 14] = [
+        0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, S5_TYPE, 0x0a, S5_TYPE, 0x00, 0x00,
+    ];
+    let mut dsdt = header(b"DSDT", 36 + aml.len(), 2);
+    dsdt[36..].copy_from_slice(&aml);
+    let dsdt = finish(dsdt);
+    // FADT, revision 6 (276 bytes).
+    let mut f = header(b"FACP", 276, 6);
+    f[40..44].copy_from_slice(&((base + DSDT_OFF) as u32).to_le_bytes());
+    // IAPC_BOOT_ARCH: no VGA (bit 2), no CMOS RTC (bit 5).
+    f[109..111].copy_from_slice(&((1u16 << 2) | (1 << 5)).to_le_bytes());
+    // Flags: RESET_REG_SUP (bit 10), HW_REDUCED_ACPI (bit 20).
+    f[112..116].copy_from_slice(&((1u32 << 10) | (1 << 20)).to_le_bytes());
+    f[116..128].copy_from_slice(&gas_io(RESET_PORT));
+    f[128] = RESET_VALUE;
+    f[140..148].copy_from_slice(&(base + DSDT_OFF).to_le_bytes());
+    f[244..256].copy_from_slice(&gas_io(SLEEP_CONTROL_PORT));
+    f[256..268].copy_from_slice(&gas_io(SLEEP_STATUS_PORT));
+    f[268..276].copy_from_slice(b"XenVMM\0\0");
+    let fadt = finish(f);
+    let mut x = header(b"XSDT", 36 + 8, 1);
+    x[36..44].copy_from_slice(&(base + FADT_OFF).to_le_bytes());
+    let xsdt = finish(x);
+    // RSDP, ACPI 2.0: 36 bytes, checksums over the first 20 and all.
+    let mut r = [0u8; 36];
+    r[..8].copy_from_slice(b"RSD PTR ");
+    r[9..15].copy_from_slice(b"XENKVM");
+    r[15] = 2;
+    r[20..24].copy_from_slice(&36u32.to_le_bytes());
+    r[24..32].copy_from_slice(&(base + XSDT_OFF).to_le_bytes());
+    r[8] = checksum(&r[..20]);
+    r[32] = checksum(&r);
+    for (off, t) in [
+        (RSDP_OFF, &r[..]),
+        (XSDT_OFF, &xsdt[..]),
+        (FADT_OFF, &fadt[..]),
+        (DSDT_OFF, &dsdt[..]),
+    ] {
+        out[off as usize..off as usize + t.len()].copy_from_slice(t);
+    }
+    out
+}
+
+/// What a guest write of `value` to `port` asks: a SCHEDOP_shutdown
+/// reason (0 power off, 1 reboot), if any.
+pub fn port_write(port: u16, value: u8) -> Option<u32> {
+    match port {
+        SLEEP_CONTROL_PORT if value & 0x20 != 0 && (value >> 2) & 7 == S5_TYPE => Some(0),
+        RESET_PORT if value == RESET_VALUE => Some(1),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_check_out_and_point_at_each_other() {
+        let base = 0x1234_5000;
+        let t = tables(base);
+        let at = |off: u64, len: usize| &t[off as usize..off as usize + len];
+        let rsdp = at(RSDP_OFF, 36);
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(checksum(&rsdp[..20]), 0);
+        assert_eq!(checksum(rsdp), 0);
+        let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        assert_eq!(xsdt_addr, base + XSDT_OFF);
+        for (off, sig) in [
+            (XSDT_OFF, b"XSDT"),
+            (FADT_OFF, b"FACP"),
+            (DSDT_OFF, b"DSDT"),
+        ] {
+            let len = u32::from_le_bytes(at(off, 8)[4..8].try_into().unwrap()) as usize;
+            assert_eq!(at(off, 4), sig);
+            assert_eq!(checksum(at(off, len)), 0, "{sig:?}");
+            assert!(off as usize + len <= SIZE);
+        }
+        let fadt = at(FADT_OFF, 276);
+        let x_dsdt = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
+        assert_eq!(x_dsdt, base + DSDT_OFF);
+        assert_ne!(
+            u32::from_le_bytes(fadt[112..116].try_into().unwrap()) & (1 << 20),
+            0
+        );
+    }
+
+    #[test]
+    fn s5_powers_off_and_the_reset_value_reboots() {
+        // Linux writes SLP_TYP (5) << 2 | SLP_EN.
+        assert_eq!(port_write(SLEEP_CONTROL_PORT, (5 << 2) | 0x20), Some(0));
+        assert_eq!(port_write(SLEEP_CONTROL_PORT, 5 << 2), None);
+        assert_eq!(port_write(SLEEP_CONTROL_PORT, (3 << 2) | 0x20), None);
+        assert_eq!(port_write(RESET_PORT, 4), Some(1));
+        assert_eq!(port_write(RESET_PORT, 0), None);
+        assert_eq!(port_write(0x80, 0x34), None);
+    }
+}
