@@ -189,7 +189,7 @@ fn check_smoke(vcpus: u32, out: &str) -> Vec<String> {
 const PVH_JOB: &str =
     "timeout 900 chroot /root /job/xenkvm -v run --type pvh --kernel /job/vmlinuz \
     --initrd /job/initramfs-smoke.cpio.gz --memory 192 \
-    --cmdline 'console=hvc0 earlyprintk=xen xenkvm.mem_mib=16' </dev/null 2>&1
+    --cmdline 'console=hvc0 xenkvm.mem_mib=16' </dev/null 2>&1
 echo NESTED-RC=$?";
 
 fn check_pvh(out: &str) -> Vec<String> {

@@ -465,6 +465,12 @@ impl Monitor {
             Ok(p) => p,
             Err(e) => return Err(fail(&claim, ApiError::BadRequest(crate::report(&e)))),
         };
+        if args.guest_type == crate::GuestType::Pvh {
+            return Err(fail(
+                &claim,
+                ApiError::BadRequest(crate::pvh::NOT_IN_MONITOR.into()),
+            ));
+        }
         let mut boot = Boot { args, prepared };
         // Inside its xenstore the guest has its id from `list`.
         boot.args.domid = Some(u16::try_from(claim.id).unwrap_or(1).clamp(1, 0x7fef));

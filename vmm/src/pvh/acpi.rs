@@ -1,12 +1,16 @@
-//! The PVH guest's ACPI tables: a hardware-reduced FADT whose sleep
-//! control register and reset register are I/O ports of ours, and a DSDT
-//! with `\_S5`, so that Linux powers off and reboots through ACPI (it has
-//! no other way on PVH: it halts instead). No MADT: the guest finds its
-//! one CPU and the APIC as it would without ACPI.
+//! The PVH guest's ACPI tables: a FADT whose PM1a event and control
+//! blocks and reset register are I/O ports of ours, and a DSDT with
+//! `\_S5`, so that Linux powers off and reboots through ACPI (it has no
+//! other way on PVH: it halts instead). No MADT: the guest finds its one
+//! CPU and the APIC as it would without ACPI. Not "hardware-reduced": that
+//! would take the PIT and PIC away, which the guest's timer still uses.
 
-/// Sleep control (SLP_TYP in bits 4:2, SLP_EN bit 5) and status ports.
-pub const SLEEP_CONTROL_PORT: u16 = 0x3b0;
-pub const SLEEP_STATUS_PORT: u16 = 0x3b1;
+/// PM1a event block (status, enable: 4 bytes) and control block (2 bytes:
+/// SLP_TYP in bits 12:10, SLP_EN bit 13).
+pub const PM1A_EVT_PORT: u16 = 0x3b0;
+pub const PM1A_CNT_PORT: u16 = 0x3b4;
+/// The SCI line (never raised).
+const SCI_IRQ: u16 = 9;
 /// The reset register and the value that resets.
 pub const RESET_PORT: u16 = 0x3c0;
 pub const RESET_VALUE: u8 = 4;
@@ -17,6 +21,7 @@ const RSDP_OFF: u64 = 0;
 const XSDT_OFF: u64 = 0x40;
 const FADT_OFF: u64 = 0x80;
 const DSDT_OFF: u64 = 0x200;
+const FACS_OFF: u64 = 0x280;
 /// The tables fit in one page.
 pub const SIZE: usize = 0x300;
 
@@ -45,7 +50,7 @@ fn finish(mut t: Vec<u8>) -> Vec<u8> {
     t
 }
 
-/// A generic address structure: an 8-bit I/O port.
+/// A generic address structure: an 8-bit I/O port (the reset register).
 fn gas_io(port: u16) -> [u8; 12] {
     let mut g = [0u8; 12];
     g[0] = 1; // system I/O
@@ -67,16 +72,21 @@ pub fn tables(base: u64) -> Vec<u8> {
     let dsdt = finish(dsdt);
     // FADT, revision 6 (276 bytes).
     let mut f = header(b"FACP", 276, 6);
+    f[36..40].copy_from_slice(&((base + FACS_OFF) as u32).to_le_bytes());
     f[40..44].copy_from_slice(&((base + DSDT_OFF) as u32).to_le_bytes());
-    // IAPC_BOOT_ARCH: no VGA (bit 2), no CMOS RTC (bit 5).
+    f[46..48].copy_from_slice(&SCI_IRQ.to_le_bytes());
+    // SMI_CMD 0: always in ACPI mode.
+    f[56..60].copy_from_slice(&u32::from(PM1A_EVT_PORT).to_le_bytes());
+    f[64..68].copy_from_slice(&u32::from(PM1A_CNT_PORT).to_le_bytes());
+    f[88] = 4; // PM1_EVT_LEN
+    f[89] = 2; // PM1_CNT_LEN
+               // IAPC_BOOT_ARCH: no VGA (bit 2), no CMOS RTC (bit 5).
     f[109..111].copy_from_slice(&((1u16 << 2) | (1 << 5)).to_le_bytes());
-    // Flags: RESET_REG_SUP (bit 10), HW_REDUCED_ACPI (bit 20).
-    f[112..116].copy_from_slice(&((1u32 << 10) | (1 << 20)).to_le_bytes());
+    // Flags: RESET_REG_SUP (bit 10).
+    f[112..116].copy_from_slice(&(1u32 << 10).to_le_bytes());
     f[116..128].copy_from_slice(&gas_io(RESET_PORT));
     f[128] = RESET_VALUE;
     f[140..148].copy_from_slice(&(base + DSDT_OFF).to_le_bytes());
-    f[244..256].copy_from_slice(&gas_io(SLEEP_CONTROL_PORT));
-    f[256..268].copy_from_slice(&gas_io(SLEEP_STATUS_PORT));
     f[268..276].copy_from_slice(b"XenVMM\0\0");
     let fadt = finish(f);
     let mut x = header(b"XSDT", 36 + 8, 1);
@@ -91,7 +101,12 @@ pub fn tables(base: u64) -> Vec<u8> {
     r[24..32].copy_from_slice(&(base + XSDT_OFF).to_le_bytes());
     r[8] = checksum(&r[..20]);
     r[32] = checksum(&r);
+    // FACS: no checksum; 64 bytes.
+    let mut facs = [0u8; 64];
+    facs[..4].copy_from_slice(b"FACS");
+    facs[4..8].copy_from_slice(&64u32.to_le_bytes());
     for (off, t) in [
+        (FACS_OFF, &facs[..]),
         (RSDP_OFF, &r[..]),
         (XSDT_OFF, &xsdt[..]),
         (FADT_OFF, &fadt[..]),
@@ -102,14 +117,26 @@ pub fn tables(base: u64) -> Vec<u8> {
     out
 }
 
-/// What a guest write of `value` to `port` asks: a SCHEDOP_shutdown
+/// What a guest write of `data` to `port` asks: a SCHEDOP_shutdown
 /// reason (0 power off, 1 reboot), if any.
-pub fn port_write(port: u16, value: u8) -> Option<u32> {
+pub fn port_write(port: u16, data: &[u8]) -> Option<u32> {
+    let value = match *data {
+        [a] => u16::from(a),
+        [a, b, ..] => u16::from_le_bytes([a, b]),
+        [] => return None,
+    };
     match port {
-        SLEEP_CONTROL_PORT if value & 0x20 != 0 && (value >> 2) & 7 == S5_TYPE => Some(0),
-        RESET_PORT if value == RESET_VALUE => Some(1),
+        PM1A_CNT_PORT if value & (1 << 13) != 0 && (value >> 10) & 7 == u16::from(S5_TYPE) => {
+            Some(0)
+        }
+        RESET_PORT if value == u16::from(RESET_VALUE) => Some(1),
         _ => None,
     }
+}
+
+/// Whether `port` is one of our ACPI registers (which read as 0).
+pub fn is_acpi_port(port: u16) -> bool {
+    (PM1A_EVT_PORT..PM1A_CNT_PORT + 2).contains(&port) || port == RESET_PORT
 }
 
 #[cfg(test)]
@@ -140,20 +167,25 @@ mod tests {
         let fadt = at(FADT_OFF, 276);
         let x_dsdt = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
         assert_eq!(x_dsdt, base + DSDT_OFF);
-        assert_ne!(
-            u32::from_le_bytes(fadt[112..116].try_into().unwrap()) & (1 << 20),
-            0
-        );
+        let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
+        assert_eq!(flags & (1 << 20), 0, "not hardware-reduced");
+        let cnt = u32::from_le_bytes(fadt[64..68].try_into().unwrap());
+        assert_eq!(cnt, u32::from(PM1A_CNT_PORT));
+        let facs = u32::from_le_bytes(fadt[36..40].try_into().unwrap());
+        assert_eq!(&t[(u64::from(facs) - base) as usize..][..4], b"FACS");
     }
 
     #[test]
     fn s5_powers_off_and_the_reset_value_reboots() {
-        // Linux writes SLP_TYP (5) << 2 | SLP_EN.
-        assert_eq!(port_write(SLEEP_CONTROL_PORT, (5 << 2) | 0x20), Some(0));
-        assert_eq!(port_write(SLEEP_CONTROL_PORT, 5 << 2), None);
-        assert_eq!(port_write(SLEEP_CONTROL_PORT, (3 << 2) | 0x20), None);
-        assert_eq!(port_write(RESET_PORT, 4), Some(1));
-        assert_eq!(port_write(RESET_PORT, 0), None);
-        assert_eq!(port_write(0x80, 0x34), None);
+        // Linux writes SLP_TYP (5) << 10, then with SLP_EN (bit 13).
+        let w = |v: u16| port_write(PM1A_CNT_PORT, &v.to_le_bytes());
+        assert_eq!(w(5 << 10), None);
+        assert_eq!(w((5 << 10) | (1 << 13)), Some(0));
+        assert_eq!(w((3 << 10) | (1 << 13)), None);
+        assert_eq!(port_write(RESET_PORT, &[4]), Some(1));
+        assert_eq!(port_write(RESET_PORT, &[0]), None);
+        assert_eq!(port_write(0x80, &[0x34, 0x20]), None);
+        assert_eq!(port_write(PM1A_CNT_PORT, &[]), None);
+        assert!(is_acpi_port(PM1A_EVT_PORT + 2) && !is_acpi_port(0x80));
     }
 }

@@ -51,6 +51,10 @@ pub enum PvhError {
     },
 }
 
+/// Why `xenkvm create` does not start a PVH domain yet.
+pub const NOT_IN_MONITOR: &str = "type = \"pvh\" domains run in the foreground with \
+     `xenkvm run --type pvh` for now; `xenkvm create` starts PV domains";
+
 /// The hint for a kernel that xenkvm also boots as a PV guest (no host
 /// support needed).
 const PV_HINT: &str = " This kernel also boots as a Xen PV guest, which needs no host \

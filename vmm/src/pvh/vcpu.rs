@@ -164,15 +164,18 @@ impl PvhVcpu {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     if port == DEBUG_PORT {
                         self.host.output(data);
-                    } else if let Some(r) =
-                        data.first().and_then(|&v| super::acpi::port_write(port, v))
-                    {
+                    } else if let Some(r) = super::acpi::port_write(port, data) {
                         return VcpuEnd::Shutdown(r);
                     }
                     Ok("io out")
                 }
-                Ok(VcpuExit::IoIn(_, data)) => {
-                    data.iter_mut().for_each(|b| *b = 0xff);
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    let fill = if super::acpi::is_acpi_port(port) {
+                        0
+                    } else {
+                        0xff
+                    };
+                    data.iter_mut().for_each(|b| *b = fill);
                     Ok("io in")
                 }
                 Ok(VcpuExit::MmioRead(_, data)) => {
