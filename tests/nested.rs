@@ -194,13 +194,22 @@ echo NESTED-RC=$?";
 
 fn check_pvh(out: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    if !(out.contains("Booting paravirtualized kernel on Xen PVH")
-        || out.contains("Hypervisor detected: Xen HVM"))
-    {
-        problems.push("pvh: the kernel did not find Xen (PVH/HVM)".into());
-    }
     for (marker, what) in [
+        (
+            "Booting kernel on Xen PVH",
+            "the kernel did not boot as PVH",
+        ),
+        (
+            "Xen HVM callback vector for event delivery is enabled",
+            "no callback vector",
+        ),
+        ("printk: console [hvc0] enabled", "no console on hvc0"),
+        (
+            "xen:grant_table: Grant tables using version 1 layout",
+            "no grant table",
+        ),
         ("XENKVM-INIT-DONE", "busybox init did not finish"),
+        ("reboot: Power down", "the guest did not power off"),
         ("xenkvm: guest powered off", "no clean power-off"),
         ("NESTED-RC=0", "xenkvm failed"),
     ] {
