@@ -215,3 +215,32 @@ impl Domain {
         vcpu < 64 && self.online.load(Ordering::SeqCst) & (1 << vcpu) != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test_domain_vcpus;
+
+    #[test]
+    fn moved_shared_info_takes_legacy_vcpu_infos_along_and_events_follow() {
+        let (dom, platform) = test_domain_vcpus(64, 2);
+        let old = dom.shared_info_gpa();
+        // vCPU 1 registered its own vcpu_info; vCPU 0 uses its legacy slot.
+        dom.vcpu_info[1].store(20 * 4096 + 64, Ordering::SeqCst);
+        dom.move_shared_info(9 * 4096);
+        assert_eq!(dom.shared_info_gpa(), 9 * 4096);
+        assert_eq!(dom.vcpu_info_gpa(0), 9 * 4096);
+        assert_eq!(dom.vcpu_info_gpa(1), 20 * 4096 + 64);
+        assert_ne!(old, dom.shared_info_gpa());
+        // An event now lands in the new page.
+        let port = dom.evtchn.lock().unwrap().bind_ipi(0).unwrap();
+        dom.raise_port(port);
+        let word = 9 * 4096 + shinfo::EVTCHN_PENDING + u64::from(port / 64) * 8;
+        assert_ne!(dom.mem.read_u64(word).unwrap() & (1 << (port % 64)), 0);
+        assert_eq!(
+            dom.mem.read_u8(9 * 4096 + shinfo::UPCALL_PENDING).unwrap(),
+            1
+        );
+        assert_eq!(*platform.kicks.lock().unwrap(), [0]);
+    }
+}
