@@ -6,6 +6,7 @@
 //! they serve PV guests.
 
 pub mod acpi;
+pub mod any;
 pub mod boot;
 pub mod cpuid;
 pub mod hypercall;
@@ -50,10 +51,6 @@ pub enum PvhError {
         pv: &'static str,
     },
 }
-
-/// Why `xenkvm create` does not start a PVH domain yet.
-pub const NOT_IN_MONITOR: &str = "type = \"pvh\" domains run in the foreground with \
-     `xenkvm run --type pvh` for now; `xenkvm create` starts PV domains";
 
 /// The hint for a kernel that xenkvm also boots as a PV guest (no host
 /// support needed).

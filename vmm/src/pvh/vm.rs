@@ -166,46 +166,61 @@ impl PvhVm {
 
     /// Run the guest until it shuts down.
     pub fn run(self) -> Outcome {
+        self.run_keeping_devices().0
+    }
+
+    /// [`Self::run`], handing back the PV device backends still running
+    /// (as [`crate::vm::Vm::run_keeping_devices`]).
+    pub fn run_keeping_devices(self) -> (Outcome, crate::hotplug::DeviceOwner) {
         crate::vcpu::install_kick_handler();
         if let Err(e) = crate::seccomp::install() {
-            return Outcome::Crash(format!(
+            let o = Outcome::Crash(format!(
                 "{e} (--no-seccomp or XENKVM_SECCOMP=0 runs without it)"
             ));
+            return (o, self._devices);
         }
         let PvhVm {
-            vcpu, dom, host, ..
+            vcpu,
+            dom,
+            host,
+            _devices,
+            ..
         } = self;
-        let mut vcpu = vcpu;
-        let t = std::thread::Builder::new()
-            .name("vcpu0".into())
-            .spawn(move || {
-                let end = vcpu.run();
-                let dump = vcpu.dump();
-                (end, std::mem::take(&mut vcpu.exits), dump)
-            });
-        let (end, exits, dump) = match t.map(|h| h.join()) {
-            Ok(Ok(r)) => r,
-            _ => return Outcome::Crash("the vCPU thread failed".into()),
-        };
-        host.stop_all();
-        let calls = dom
-            .hypercall_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        log::info!("PVH exits: {exits:?}");
-        log::info!("hypercalls by name: {calls:?}");
-        use crate::vcpu::VcpuEnd;
-        match end {
-            VcpuEnd::Shutdown(0) => Outcome::Poweroff,
-            VcpuEnd::Shutdown(1) => Outcome::Reboot,
-            VcpuEnd::Shutdown(3) => Outcome::Crash(format!(
-                "the guest crashed (SCHEDOP_shutdown crash)\n{dump}"
-            )),
-            VcpuEnd::Shutdown(n) => Outcome::Other(n),
-            VcpuEnd::Crash(m) => Outcome::Crash(format!("vCPU 0: {m}\n{dump}")),
-            VcpuEnd::Stopped | VcpuEnd::Down => Outcome::Other(255),
-        }
+        (run_vcpu(vcpu, &dom, &host), _devices)
+    }
+}
+
+/// Run the vCPU on its own thread until the guest shuts down.
+fn run_vcpu(mut vcpu: super::vcpu::PvhVcpu, dom: &Domain, host: &Host) -> Outcome {
+    let t = std::thread::Builder::new()
+        .name("vcpu0".into())
+        .spawn(move || {
+            let end = vcpu.run();
+            let dump = vcpu.dump();
+            (end, std::mem::take(&mut vcpu.exits), dump)
+        });
+    let (end, exits, dump) = match t.map(|h| h.join()) {
+        Ok(Ok(r)) => r,
+        _ => return Outcome::Crash("the vCPU thread failed".into()),
+    };
+    host.stop_all();
+    let calls = dom
+        .hypercall_counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    log::info!("PVH exits: {exits:?}");
+    log::info!("hypercalls by name: {calls:?}");
+    use crate::vcpu::VcpuEnd;
+    match end {
+        VcpuEnd::Shutdown(0) => Outcome::Poweroff,
+        VcpuEnd::Shutdown(1) => Outcome::Reboot,
+        VcpuEnd::Shutdown(3) => Outcome::Crash(format!(
+            "the guest crashed (SCHEDOP_shutdown crash)\n{dump}"
+        )),
+        VcpuEnd::Shutdown(n) => Outcome::Other(n),
+        VcpuEnd::Crash(m) => Outcome::Crash(format!("vCPU 0: {m}\n{dump}")),
+        VcpuEnd::Stopped | VcpuEnd::Down => Outcome::Other(255),
     }
 }
 
