@@ -7,7 +7,7 @@
 //! Every check runs in one boot of the emulated host (each boot of it costs
 //! most of a minute), as parts of one job; the test reports every part that
 //! failed. `XENKVM_NESTED_PARTS=smoke1,net` runs only those parts
-//! (conformance, smoke1, smoke2, net, pvh, pvh-net).
+//! (conformance, smoke1, smoke2, net, pvh, pvh2, pvh-net).
 
 mod common;
 #[path = "support/conformance.rs"]
@@ -198,6 +198,32 @@ CFG
 timeout 900 chroot /root /job/xenkvm -v create -F /tmp/pvh.cfg </dev/null 2>&1
 echo NESTED-RC=$?";
 
+/// The same kernel as a PVH guest on 2 vCPUs (`xenkvm run`): Linux brings
+/// the second up through the local APIC (INIT and start-up IPIs in KVM).
+const PVH2_JOB: &str = "timeout 900 chroot /root /job/xenkvm -v run --type pvh --vcpus 2 \
+    --kernel /job/vmlinuz --initrd /job/initramfs-smoke.cpio.gz --memory 192 \
+    --cmdline 'console=hvc0 xenkvm.mem_mib=16' </dev/null 2>&1
+echo NESTED-RC=$?";
+
+fn check_pvh2(out: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (marker, what) in [
+        (
+            "Booting kernel on Xen PVH",
+            "the kernel did not boot as PVH",
+        ),
+        ("XENKVM-CPUS 2", "the guest does not see 2 CPUs"),
+        ("XENKVM-INIT-DONE", "busybox init did not finish"),
+        ("xenkvm: guest powered off", "no clean power-off"),
+        ("NESTED-RC=0", "xenkvm failed"),
+    ] {
+        if !out.contains(marker) {
+            problems.push(format!("pvh2: {what} (no {marker:?})"));
+        }
+    }
+    problems
+}
+
 fn check_pvh(out: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for (marker, what) in [
@@ -366,6 +392,10 @@ fn a_standard_kvm_host_runs_pv_guests() {
         job.push_str(&part("pvh", PVH_JOB));
         parts.push("pvh");
     }
+    if want("pvh2") {
+        job.push_str(&part("pvh2", PVH2_JOB));
+        parts.push("pvh2");
+    }
     for n in &NETS {
         if want(n.name) {
             job.push_str(&part(n.name, &net_job(n)));
@@ -385,6 +415,7 @@ fn a_standard_kvm_host_runs_pv_guests() {
             "smoke1" => check_smoke(1, o),
             "smoke2" => check_smoke(2, o),
             "pvh" => check_pvh(o),
+            "pvh2" => check_pvh2(o),
             "pvh-net" => check_net(name, o, &image_pvh, &s),
             _ => check_net(name, o, &image, &s),
         });

@@ -1,9 +1,10 @@
 //! The PVH guest's ACPI tables: a FADT whose PM1a event and control
 //! blocks and reset register are I/O ports of ours, and a DSDT with
 //! `\_S5`, so that Linux powers off and reboots through ACPI (it has no
-//! other way on PVH: it halts instead). No MADT: the guest finds its one
-//! CPU and the APIC as it would without ACPI. Not "hardware-reduced": that
-//! would take the PIT and PIC away, which the guest's timer still uses.
+//! other way on PVH: it halts instead), and a MADT naming each vCPU's local
+//! APIC (ACPI processor id = APIC id = Xen vCPU id) and the 8259 PICs, no
+//! I/O APIC. Not "hardware-reduced": that would take the PIT and PIC away,
+//! which the guest's timer still uses.
 
 /// PM1a event block (status, enable: 4 bytes) and control block (2 bytes:
 /// SLP_TYP in bits 12:10, SLP_EN bit 13).
@@ -22,8 +23,11 @@ const XSDT_OFF: u64 = 0x40;
 const FADT_OFF: u64 = 0x80;
 const DSDT_OFF: u64 = 0x200;
 const FACS_OFF: u64 = 0x280;
-/// The tables fit in one page.
-pub const SIZE: usize = 0x300;
+const MADT_OFF: u64 = 0x300;
+/// The most vCPUs the MADT names (the tables fit in one page).
+pub const MAX_CPUS: u32 = 64;
+pub const SIZE: usize = 0x300 + 44 + 8 * MAX_CPUS as usize;
+const _: () = assert!(SIZE <= 4096);
 
 fn checksum(b: &[u8]) -> u8 {
     0u8.wrapping_sub(b.iter().fold(0u8, |a, &x| a.wrapping_add(x)))
@@ -60,8 +64,24 @@ fn gas_io(port: u16) -> [u8; 12] {
     g
 }
 
-/// The tables as they go at guest-physical `base` (the RSDP first).
-pub fn tables(base: u64) -> Vec<u8> {
+/// The MADT of `cpus` vCPUs: local APICs at the standard address, the
+/// PC-AT 8259s present.
+fn madt(cpus: u32) -> Vec<u8> {
+    let cpus = cpus.min(MAX_CPUS);
+    let mut m = header(b"APIC", 44 + 8 * cpus as usize, 3);
+    m[36..40].copy_from_slice(&0xfee0_0000u32.to_le_bytes());
+    m[40..44].copy_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT
+    for i in 0..cpus {
+        let at = 44 + 8 * i as usize;
+        // Processor local APIC: type 0, length 8, processor id, APIC id, enabled.
+        m[at..at + 8].copy_from_slice(&[0, 8, i as u8, i as u8, 1, 0, 0, 0]);
+    }
+    finish(m)
+}
+
+/// The tables as they go at guest-physical `base` (the RSDP first), for
+/// `cpus` vCPUs.
+pub fn tables(base: u64, cpus: u32) -> Vec<u8> {
     let mut out = vec![0u8; SIZE];
     // DSDT: Name (_S5, Package (4) { 5, 5, 0, 0 })
     let aml: [u8; 14] = [
@@ -89,8 +109,10 @@ pub fn tables(base: u64) -> Vec<u8> {
     f[140..148].copy_from_slice(&(base + DSDT_OFF).to_le_bytes());
     f[268..276].copy_from_slice(b"XenVMM\0\0");
     let fadt = finish(f);
-    let mut x = header(b"XSDT", 36 + 8, 1);
+    let madt = madt(cpus);
+    let mut x = header(b"XSDT", 36 + 16, 1);
     x[36..44].copy_from_slice(&(base + FADT_OFF).to_le_bytes());
+    x[44..52].copy_from_slice(&(base + MADT_OFF).to_le_bytes());
     let xsdt = finish(x);
     // RSDP, ACPI 2.0: 36 bytes, checksums over the first 20 and all.
     let mut r = [0u8; 36];
@@ -111,6 +133,7 @@ pub fn tables(base: u64) -> Vec<u8> {
         (XSDT_OFF, &xsdt[..]),
         (FADT_OFF, &fadt[..]),
         (DSDT_OFF, &dsdt[..]),
+        (MADT_OFF, &madt[..]),
     ] {
         out[off as usize..off as usize + t.len()].copy_from_slice(t);
     }
@@ -146,7 +169,7 @@ mod tests {
     #[test]
     fn tables_check_out_and_point_at_each_other() {
         let base = 0x1234_5000;
-        let t = tables(base);
+        let t = tables(base, 3);
         let at = |off: u64, len: usize| &t[off as usize..off as usize + len];
         let rsdp = at(RSDP_OFF, 36);
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -158,12 +181,20 @@ mod tests {
             (XSDT_OFF, b"XSDT"),
             (FADT_OFF, b"FACP"),
             (DSDT_OFF, b"DSDT"),
+            (MADT_OFF, b"APIC"),
         ] {
             let len = u32::from_le_bytes(at(off, 8)[4..8].try_into().unwrap()) as usize;
             assert_eq!(at(off, 4), sig);
             assert_eq!(checksum(at(off, len)), 0, "{sig:?}");
             assert!(off as usize + len <= SIZE);
         }
+        let madt = at(MADT_OFF, 44 + 24);
+        assert_eq!(&madt[44 + 16..44 + 24], &[0, 8, 2, 2, 1, 0, 0, 0], "vCPU 2");
+        let xsdt = at(XSDT_OFF, 52);
+        assert_eq!(
+            u64::from_le_bytes(xsdt[44..52].try_into().unwrap()),
+            base + MADT_OFF
+        );
         let fadt = at(FADT_OFF, 276);
         let x_dsdt = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
         assert_eq!(x_dsdt, base + DSDT_OFF);

@@ -118,6 +118,7 @@ pub struct Entry {
 pub fn load(
     mem: &GuestMemoryMmap,
     layout: &PvhLayout,
+    vcpus: u32,
     vmlinux: &[u8],
     initrd: &[u8],
     cmdline: &str,
@@ -142,7 +143,10 @@ pub fn load(
         mem.write_slice(data, GuestAddress(gpa))
             .map_err(|e| BootError::Memory(e.to_string()))
     };
-    w(layout.acpi_gpa, &super::acpi::tables(layout.acpi_gpa))?;
+    w(
+        layout.acpi_gpa,
+        &super::acpi::tables(layout.acpi_gpa, vcpus),
+    )?;
     let mut cl = cmdline.as_bytes().to_vec();
     cl.push(0);
     w(CMDLINE, &cl)?;
@@ -273,7 +277,7 @@ mod tests {
         let mem =
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout.end as usize)]).unwrap();
         let initrd = vec![0x5a; 3 * 4096 + 17];
-        let e = load(&mem, &layout, &elf, &initrd, "console=hvc0").unwrap();
+        let e = load(&mem, &layout, 1, &elf, &initrd, "console=hvc0").unwrap();
         assert!((0x100_0000..0x200_0000).contains(&e.rip), "{:#x}", e.rip);
         let info: hvm_start_info = mem.read_obj(GuestAddress(START_INFO)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
@@ -297,11 +301,11 @@ mod tests {
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout.end as usize)]).unwrap();
         let long = "x".repeat(MAX_CMDLINE + 1);
         assert!(matches!(
-            load(&mem, &layout, b"\x7fELF", &[], &long),
+            load(&mem, &layout, 1, b"\x7fELF", &[], &long),
             Err(BootError::Cmdline)
         ));
         assert!(matches!(
-            load(&mem, &layout, b"not an elf", &[], ""),
+            load(&mem, &layout, 1, b"not an elf", &[], ""),
             Err(BootError::Elf(_))
         ));
     }

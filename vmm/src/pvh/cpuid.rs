@@ -48,6 +48,9 @@ pub fn pvh_cpuid(
             e.ecx |= 1 << 31; // a hypervisor is present
             e.ebx = (e.ebx & 0x00ff_ffff) | (vcpu << 24); // initial APIC id
         }
+        if e.function == 0xb || e.function == 0x1f {
+            e.edx = vcpu; // x2APIC id
+        }
     }
     let version = (xen_shim::abi::XEN_MAJOR << 16) | xen_shim::abi::XEN_MINOR;
     out.push(leaf(

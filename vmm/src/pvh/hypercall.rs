@@ -41,6 +41,8 @@ pub trait KvmSide {
     fn set_vcpu_info(&mut self, vcpu: u32, gpa: u64) -> Result<(), String>;
     fn set_upcall_vector(&mut self, vector: u8, long_mode: bool) -> Result<(), String>;
     fn set_timer_port(&mut self, vcpu: u32, port: u32) -> Result<(), String>;
+    /// Make `vcpu` leave KVM_RUN (and so a SCHEDOP_poll KVM runs for it).
+    fn kick(&mut self, vcpu: u32);
     /// Make grant frame `idx` (at `host_gpa` in the monitor's memory)
     /// appear at guest frame `gfn`, moving it from `old` if it was mapped.
     fn map_grant_frame(
@@ -311,6 +313,21 @@ fn event_channel_op(v: &mut PvVcpu, kvm: &mut dyn KvmSide, cmd: u64, arg: u64) -
         xen_shim::hypercall::dispatch(v, hc::EVENT_CHANNEL_OP, [cmd, arg, 0, 0, 0, 0], false);
     if ret < 0 {
         return Err(ret);
+    }
+    // EVTCHNOP_send {u32 port}: the vCPU the port is bound to may wait for
+    // it in a SCHEDOP_poll that KVM runs (a PV spinlock), masked: the Xen
+    // core does not kick for a masked port, and KVM does not know ours.
+    if cmd == 4 {
+        let port = v.read_u32(arg)?;
+        let to = v
+            .dom
+            .evtchn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .vcpu_of(port);
+        if let Some(t) = to.filter(|&t| t != v.id) {
+            kvm.kick(t);
+        }
     }
     // EVTCHNOP_bind_virq {u32 virq, u32 vcpu, OUT u32 port}: KVM runs the
     // timer of VIRQ_TIMER's port itself.

@@ -30,6 +30,9 @@ impl KvmSide for FakeKvm {
         self.calls.push(format!("timer {vcpu} {port}"));
         Ok(())
     }
+    fn kick(&mut self, vcpu: u32) {
+        self.calls.push(format!("kick {vcpu}"));
+    }
     fn map_grant_frame(
         &mut self,
         idx: u32,
@@ -173,4 +176,29 @@ fn the_timer_port_goes_to_kvm() {
     b[0] = 2;
     assert_eq!(t.call(hc::EVENT_CHANNEL_OP, 1, &b), 0);
     assert_eq!(t.kvm.calls.len(), 1);
+}
+
+#[test]
+fn a_send_to_another_vcpus_port_kicks_it_even_masked() {
+    let (dom, _) = xen_shim::testing::test_domain_vcpus(NR_PAGES, 2);
+    dom.online.store(3, std::sync::atomic::Ordering::SeqCst);
+    let mut v = PvVcpu::new(0, dom.clone());
+    v.root_kernel = map_low_memory(&dom);
+    let mut st = HvmState::new(PvhLayout::new(NR_PAGES * PAGE), 1);
+    let mut kvm = FakeKvm::default();
+    let port = dom.evtchn.lock().unwrap().bind_ipi(1).unwrap();
+    // Masked, as Linux keeps a PV spinlock's port while it polls.
+    let mask = dom.shared_info_gpa() + xen_shim::abi::shinfo::EVTCHN_MASK;
+    dom.mem.write_u64(mask, u64::MAX).unwrap();
+    dom.mem.write(ARG, &port.to_le_bytes()).unwrap();
+    let a = [4, ARG, 0, 0, 0, 0];
+    let r = hvm_hypercall(&mut v, &mut st, &mut kvm, hc::EVENT_CHANNEL_OP, a, true);
+    assert_eq!(r.0, 0);
+    assert_eq!(kvm.calls, ["kick 1"]);
+    // A port of the caller's own: no kick.
+    let own = dom.evtchn.lock().unwrap().bind_ipi(0).unwrap();
+    dom.mem.write(ARG, &own.to_le_bytes()).unwrap();
+    let r = hvm_hypercall(&mut v, &mut st, &mut kvm, hc::EVENT_CHANNEL_OP, a, true);
+    assert_eq!(r.0, 0);
+    assert_eq!(kvm.calls.len(), 1);
 }

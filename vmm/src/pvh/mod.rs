@@ -33,7 +33,7 @@ pub enum PvhError {
     Boot(#[from] boot::BootError),
     #[error("reading {0}: {1}")]
     Read(String, std::io::Error),
-    #[error("{0} vCPUs: PVH guests run on 1 vCPU for now")]
+    #[error("{0} vCPUs: PVH guests run 1 to {max} vCPUs", max = acpi::MAX_CPUS)]
     Vcpus(u32),
     #[error("{0} MiB: PVH guests have {min} MiB to 3072 MiB for now", min = crate::memory::MIN_GUEST_MIB)]
     Memory(u64),

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_EXIT_XEN, KVM_EXIT_XEN_HCALL};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use xen_shim::domain::Platform;
 use xen_shim::vcpu::{Action, PvVcpu};
 
 use super::hypercall::{hvm_hypercall, HvmState, KvmSide};
@@ -20,47 +21,75 @@ const DEBUG_PORT: u16 = 0xe9;
 
 pub struct PvhVcpu {
     fd: VcpuFd,
+    id: u32,
     pv: PvVcpu,
-    side: Side,
-    hvm: HvmState,
+    shared: Arc<Shared>,
     host: Arc<Host>,
     signal: Arc<VcpuSignal>,
     pub exits: BTreeMap<&'static str, u64>,
 }
 
-/// KVM's side of the hypercalls: the VM, this vCPU's attributes (set
-/// before its next KVM_RUN) and where guest memory is in ours.
-struct Side {
-    vm: Arc<VmFd>,
-    host_base: u64,
+/// KVM attributes a hypercall changed for a vCPU: its own thread applies
+/// them before its next KVM_RUN (a vCPU ioctl is the vCPU's to make).
+#[derive(Default)]
+pub struct Pending {
     vcpu_info: Option<u64>,
     timer_port: Option<u32>,
 }
 
-impl KvmSide for Side {
+/// What the vCPUs of a domain share: the VM, where guest memory is in
+/// ours, the attributes pending per vCPU, and the HVM state.
+pub struct Shared {
+    pub vm: Arc<VmFd>,
+    pub host_base: u64,
+    pub pending: Vec<Mutex<Pending>>,
+    pub hvm: Mutex<HvmState>,
+    pub host: Arc<Host>,
+}
+
+/// KVM's side of the hypercalls of vCPU `me`.
+struct Side<'a> {
+    shared: &'a Shared,
+    me: u32,
+}
+
+impl Side<'_> {
+    /// Leave `f`'s change for vCPU `vcpu`, and make it take it soon.
+    fn pend(&mut self, vcpu: u32, f: impl FnOnce(&mut Pending)) -> Result<(), String> {
+        let slot = self
+            .shared
+            .pending
+            .get(vcpu as usize)
+            .ok_or_else(|| format!("vCPU {vcpu} does not exist"))?;
+        f(&mut slot.lock().unwrap_or_else(|e| e.into_inner()));
+        if vcpu != self.me {
+            self.shared.host.kick(vcpu);
+        }
+        Ok(())
+    }
+}
+
+impl KvmSide for Side<'_> {
     fn set_shared_info(&mut self, gfn: u64) -> Result<(), String> {
-        kvm_xen::set_shared_info(&*self.vm, gfn).map_err(|e| e.to_string())
+        kvm_xen::set_shared_info(&*self.shared.vm, gfn).map_err(|e| e.to_string())
     }
 
     fn set_vcpu_info(&mut self, vcpu: u32, gpa: u64) -> Result<(), String> {
-        if vcpu != 0 {
-            return Err(format!("vCPU {vcpu} does not exist"));
-        }
-        self.vcpu_info = Some(gpa);
-        Ok(())
+        self.pend(vcpu, |p| p.vcpu_info = Some(gpa))
     }
 
     fn set_upcall_vector(&mut self, vector: u8, long_mode: bool) -> Result<(), String> {
-        kvm_xen::set_long_mode(&*self.vm, long_mode).map_err(|e| e.to_string())?;
-        kvm_xen::set_upcall_vector(&*self.vm, vector).map_err(|e| e.to_string())
+        let vm = &*self.shared.vm;
+        kvm_xen::set_long_mode(vm, long_mode).map_err(|e| e.to_string())?;
+        kvm_xen::set_upcall_vector(vm, vector).map_err(|e| e.to_string())
     }
 
     fn set_timer_port(&mut self, vcpu: u32, port: u32) -> Result<(), String> {
-        if vcpu != 0 {
-            return Err(format!("vCPU {vcpu} does not exist"));
-        }
-        self.timer_port = Some(port);
-        Ok(())
+        self.pend(vcpu, |p| p.timer_port = Some(port))
+    }
+
+    fn kick(&mut self, vcpu: u32) {
+        self.shared.host.kick(vcpu);
     }
 
     fn map_grant_frame(
@@ -71,20 +100,22 @@ impl KvmSide for Side {
         host_gpa: u64,
     ) -> Result<(), String> {
         let slot = SLOT_GRANT0 + idx;
+        let userspace_addr = self.shared.host_base + host_gpa;
         let region = |gpa: u64, size: u64| kvm_userspace_memory_region {
             slot,
             flags: 0,
             guest_phys_addr: gpa,
             memory_size: size,
-            userspace_addr: self.host_base + host_gpa,
+            userspace_addr,
         };
+        let vm = &self.shared.vm;
         if let Some(o) = old {
             // SAFETY: deleting our own slot (size 0).
-            unsafe { self.vm.set_user_memory_region(region(o * 4096, 0)) }
+            unsafe { vm.set_user_memory_region(region(o * 4096, 0)) }
                 .map_err(|e| format!("grant frame {idx}: {e}"))?;
         }
         // SAFETY: the page is in the monitor's mapping, which outlives the VM.
-        unsafe { self.vm.set_user_memory_region(region(gfn * 4096, 4096)) }
+        unsafe { vm.set_user_memory_region(region(gfn * 4096, 4096)) }
             .map_err(|e| format!("grant frame {idx} at {gfn:#x}: {e}"))
     }
 }
@@ -93,22 +124,15 @@ impl PvhVcpu {
     pub fn new(
         fd: VcpuFd,
         pv: PvVcpu,
-        vm: Arc<VmFd>,
-        host_base: u64,
-        hvm: HvmState,
+        shared: Arc<Shared>,
         host: Arc<Host>,
         signal: Arc<VcpuSignal>,
     ) -> PvhVcpu {
         PvhVcpu {
             fd,
+            id: pv.id,
             pv,
-            side: Side {
-                vm,
-                host_base,
-                vcpu_info: None,
-                timer_port: None,
-            },
-            hvm,
+            shared,
             host,
             signal,
             exits: BTreeMap::new(),
@@ -138,10 +162,16 @@ impl PvhVcpu {
 
     /// Apply the attributes the hypercalls changed for this vCPU.
     fn apply_attrs(&mut self) -> Result<(), String> {
-        if let Some(gpa) = self.side.vcpu_info.take() {
+        let (info, port) = {
+            let mut p = self.shared.pending[self.id as usize]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            (p.vcpu_info.take(), p.timer_port.take())
+        };
+        if let Some(gpa) = info {
             kvm_xen::set_vcpu_info(&self.fd, gpa).map_err(|e| e.to_string())?;
         }
-        if let Some(port) = self.side.timer_port.take() {
+        if let Some(port) = port {
             kvm_xen::set_timer_port(&self.fd, port).map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -234,10 +264,16 @@ impl PvhVcpu {
                 .get_sregs()
                 .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
             self.pv.root_kernel = (sregs.cr3 & 0x000f_ffff_ffff_f000) >> 12;
+            let shared = self.shared.clone();
+            let mut hvm = shared.hvm.lock().unwrap_or_else(|e| e.into_inner());
+            let mut side = Side {
+                shared: &shared,
+                me: self.id,
+            };
             hvm_hypercall(
                 &mut self.pv,
-                &mut self.hvm,
-                &mut self.side,
+                &mut hvm,
+                &mut side,
                 h.input,
                 h.params,
                 h.longmode != 0,

@@ -2,6 +2,7 @@
 //! KVM's Xen configuration, the boot vCPU, and the same Xen core, xenstore
 //! and PV backends as a PV domain.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,7 +38,7 @@ pub struct PvhVm {
     _mem: Arc<Memory>,
     pub dom: Arc<Domain>,
     pub host: Arc<Host>,
-    pub vcpu: super::vcpu::PvhVcpu,
+    pub vcpus: Vec<super::vcpu::PvhVcpu>,
     pub print_stats: bool,
     _devices: crate::hotplug::DeviceOwner,
 }
@@ -48,7 +49,7 @@ fn kerr(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> PvhError {
 
 impl PvhVm {
     pub fn create(cfg: &VmConfig) -> Result<PvhVm, PvhError> {
-        if cfg.vcpus != 1 {
+        if cfg.vcpus == 0 || cfg.vcpus > super::acpi::MAX_CPUS {
             return Err(PvhError::Vcpus(cfg.vcpus));
         }
         let ram = cfg.memory_mib << 20;
@@ -96,29 +97,56 @@ impl PvhVm {
             .map_err(kerr("KVM_CREATE_PIT2"))?;
         kvm_xen::hvm_config(&vm)?;
         kvm_xen::set_long_mode(&vm, true)?;
-        let entry = boot::load(&mem.mmap, &layout, &vmlinux, &initrd, cfg.cmdline)?;
+        let entry = boot::load(
+            &mem.mmap,
+            &layout,
+            cfg.vcpus,
+            &vmlinux,
+            &initrd,
+            cfg.cmdline,
+        )?;
         drop(vmlinux);
-        let fd = vm.create_vcpu(0).map_err(kerr("KVM_CREATE_VCPU"))?;
-        kvm_xen::set_vcpu_id(&fd, 0)?;
-        let tsc_khz = fd.get_tsc_khz().map_err(kerr("KVM_GET_TSC_KHZ"))?;
         let host_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kerr("KVM_GET_SUPPORTED_CPUID"))?;
-        let table = super::cpuid::pvh_cpuid(host_cpuid.as_slice(), 0, cfg.domid, tsc_khz);
-        let cpuid =
-            CpuId::from_entries(&table).map_err(|e| PvhError::Kvm(format!("cpuid: {e:?}")))?;
-        fd.set_cpuid2(&cpuid).map_err(kerr("KVM_SET_CPUID2"))?;
-        set_entry_state(&fd, &entry)?;
-        let host = Arc::new(Host::new(1));
+        // vCPU 0 starts at the PVH entry; the others wait in KVM for the
+        // INIT and start-up IPIs of Linux's CPU bring-up.
+        let mut fds = Vec::new();
+        let mut table = Vec::new();
+        let mut tsc_khz = 0;
+        for i in 0..cfg.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(i))
+                .map_err(kerr("KVM_CREATE_VCPU"))?;
+            kvm_xen::set_vcpu_id(&fd, i)?;
+            if i == 0 {
+                tsc_khz = fd.get_tsc_khz().map_err(kerr("KVM_GET_TSC_KHZ"))?;
+            }
+            table = super::cpuid::pvh_cpuid(host_cpuid.as_slice(), i, cfg.domid, tsc_khz);
+            let cpuid =
+                CpuId::from_entries(&table).map_err(|e| PvhError::Kvm(format!("cpuid: {e:?}")))?;
+            fd.set_cpuid2(&cpuid).map_err(kerr("KVM_SET_CPUID2"))?;
+            if i == 0 {
+                set_entry_state(&fd, &entry)?;
+            }
+            fds.push(fd);
+        }
+        let host = Arc::new(Host::new(cfg.vcpus));
         let dom = Arc::new(domain(cfg, &layout, &mem, &host, &table, tsc_khz));
         let _ = host.domain.set(Arc::downgrade(&dom));
+        // HVM vCPUs are all up as far as Xen is concerned (Linux starts
+        // them with IPIs, not VCPUOP_up).
+        let all = u64::MAX >> (64 - cfg.vcpus);
+        dom.online.store(all, std::sync::atomic::Ordering::SeqCst);
+        dom.initialised
+            .store(all, std::sync::atomic::Ordering::SeqCst);
         dom.init_shared_info();
         let mut xs = XsBackend::new(&XsDomain {
             domid: u32::from(cfg.domid),
             name: cfg.name,
             mem_kib: ram >> 10,
             max_mem_kib: ram >> 10,
-            vcpus: 1,
+            vcpus: cfg.vcpus,
             store_gfn: layout.store_gpa / PAGE,
             store_port: STORE_PORT,
             console_gfn: layout.console_gpa / PAGE,
@@ -141,24 +169,33 @@ impl PvhVm {
             crate::hotplug::boot_devices(ctx, cfg).map_err(|e| PvhError::Kvm(e.to_string()))?;
         let _ = host.devices.set(devices.0.clone());
         let vm = Arc::new(vm);
-        let pv = PvVcpu::new(0, dom.clone());
-        let signal = host.vcpus[0].clone();
-        let vcpu = super::vcpu::PvhVcpu::new(
-            fd,
-            pv,
-            vm.clone(),
-            base,
-            HvmState::new(layout, cfg.domid),
-            host.clone(),
-            signal,
-        );
+        let shared = Arc::new(super::vcpu::Shared {
+            vm: vm.clone(),
+            host_base: base,
+            pending: (0..cfg.vcpus).map(|_| Default::default()).collect(),
+            hvm: std::sync::Mutex::new(HvmState::new(layout, cfg.domid)),
+            host: host.clone(),
+        });
+        let vcpus = fds
+            .into_iter()
+            .zip(0u32..)
+            .map(|(fd, i)| {
+                super::vcpu::PvhVcpu::new(
+                    fd,
+                    PvVcpu::new(i, dom.clone()),
+                    shared.clone(),
+                    host.clone(),
+                    host.vcpus[i as usize].clone(),
+                )
+            })
+            .collect();
         Ok(PvhVm {
             _kvm: kvm,
             _vm: vm,
             _mem: mem,
             dom,
             host,
-            vcpu,
+            vcpus,
             print_stats: false,
             _devices: devices,
         })
@@ -180,30 +217,63 @@ impl PvhVm {
             return (o, self._devices);
         }
         let PvhVm {
-            vcpu,
+            vcpus,
             dom,
             host,
             _devices,
             ..
         } = self;
-        (run_vcpu(vcpu, &dom, &host), _devices)
+        (run_vcpus(vcpus, &dom, &host), _devices)
     }
 }
 
-/// Run the vCPU on its own thread until the guest shuts down.
-fn run_vcpu(mut vcpu: super::vcpu::PvhVcpu, dom: &Domain, host: &Host) -> Outcome {
-    let t = std::thread::Builder::new()
-        .name("vcpu0".into())
-        .spawn(move || {
-            let end = vcpu.run();
-            let dump = vcpu.dump();
-            (end, std::mem::take(&mut vcpu.exits), dump)
-        });
-    let (end, exits, dump) = match t.map(|h| h.join()) {
-        Ok(Ok(r)) => r,
-        _ => return Outcome::Crash("the vCPU thread failed".into()),
-    };
-    host.stop_all();
+/// Run each vCPU on its own thread until the guest shuts down (the first
+/// vCPU to end the domain decides how), then stop the others.
+fn run_vcpus(vcpus: Vec<super::vcpu::PvhVcpu>, dom: &Domain, host: &Host) -> Outcome {
+    use crate::vcpu::VcpuEnd;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::new();
+    for (i, mut vcpu) in vcpus.into_iter().enumerate() {
+        let tx = tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || {
+                let end = vcpu.run();
+                let dump = vcpu.dump();
+                let _ = tx.send((i, end, std::mem::take(&mut vcpu.exits), dump));
+            });
+        match t {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                host.stop_all();
+                return Outcome::Crash(format!("cannot start vCPU {i}: {e}"));
+            }
+        }
+    }
+    drop(tx);
+    let mut outcome = None;
+    let mut exits: BTreeMap<&'static str, u64> = BTreeMap::new();
+    while let Ok((i, end, e, dump)) = rx.recv() {
+        for (k, v) in e {
+            *exits.entry(k).or_insert(0) += v;
+        }
+        if outcome.is_none() {
+            outcome = match end {
+                VcpuEnd::Shutdown(0) => Some(Outcome::Poweroff),
+                VcpuEnd::Shutdown(1) => Some(Outcome::Reboot),
+                VcpuEnd::Shutdown(3) => Some(Outcome::Crash(format!(
+                    "the guest crashed (SCHEDOP_shutdown crash)\n{dump}"
+                ))),
+                VcpuEnd::Shutdown(n) => Some(Outcome::Other(n)),
+                VcpuEnd::Crash(m) => Some(Outcome::Crash(format!("vCPU {i}: {m}\n{dump}"))),
+                VcpuEnd::Stopped | VcpuEnd::Down => None,
+            };
+        }
+        host.stop_all();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
     let calls = dom
         .hypercall_counts
         .lock()
@@ -211,17 +281,7 @@ fn run_vcpu(mut vcpu: super::vcpu::PvhVcpu, dom: &Domain, host: &Host) -> Outcom
         .clone();
     log::info!("PVH exits: {exits:?}");
     log::info!("hypercalls by name: {calls:?}");
-    use crate::vcpu::VcpuEnd;
-    match end {
-        VcpuEnd::Shutdown(0) => Outcome::Poweroff,
-        VcpuEnd::Shutdown(1) => Outcome::Reboot,
-        VcpuEnd::Shutdown(3) => Outcome::Crash(format!(
-            "the guest crashed (SCHEDOP_shutdown crash)\n{dump}"
-        )),
-        VcpuEnd::Shutdown(n) => Outcome::Other(n),
-        VcpuEnd::Crash(m) => Outcome::Crash(format!("vCPU 0: {m}\n{dump}")),
-        VcpuEnd::Stopped | VcpuEnd::Down => Outcome::Other(255),
-    }
+    outcome.unwrap_or(Outcome::Other(255))
 }
 
 fn set_entry_state(fd: &VcpuFd, e: &boot::Entry) -> Result<(), PvhError> {
@@ -274,7 +334,7 @@ fn domain(
     let dlayout = DomainLayout {
         domid: cfg.domid,
         nr_pages,
-        max_vcpus: 1,
+        max_vcpus: cfg.vcpus,
         shared_info_gpa: layout.scratch_shared_info,
         m2p_gpa: 0,
         m2p_entries: 0,
