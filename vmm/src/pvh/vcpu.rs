@@ -163,9 +163,10 @@ impl PvhVcpu {
     /// Apply the attributes the hypercalls changed for this vCPU.
     fn apply_attrs(&mut self) -> Result<(), String> {
         let (info, port) = {
-            let mut p = self.shared.pending[self.id as usize]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let Some(slot) = self.shared.pending.get(self.id as usize) else {
+                return Ok(());
+            };
+            let mut p = slot.lock().unwrap_or_else(|e| e.into_inner());
             (p.vcpu_info.take(), p.timer_port.take())
         };
         if let Some(gpa) = info {
