@@ -7,7 +7,8 @@
 //! Every check runs in one boot of the emulated host (each boot of it costs
 //! most of a minute), as parts of one job; the test reports every part that
 //! failed. `XENKVM_NESTED_PARTS=smoke1,net` runs only those parts
-//! (conformance, smoke1, smoke2, net, pvh, pvh2, pvh-net).
+//! (conformance, smoke1, smoke2, net, pvh, pvh2, pvh-reboot,
+//! pvh-net).
 
 mod common;
 #[path = "support/conformance.rs"]
@@ -200,10 +201,35 @@ echo NESTED-RC=$?";
 
 /// The same kernel as a PVH guest on 2 vCPUs (`xenkvm run`): Linux brings
 /// the second up through the local APIC (INIT and start-up IPIs in KVM).
-const PVH2_JOB: &str = "timeout 900 chroot /root /job/xenkvm -v run --type pvh --vcpus 2 \
+const PVH2_JOB: &str = "timeout 900 chroot /root /job/xenkvm -v run --stats --type pvh --vcpus 2 \
     --kernel /job/vmlinuz --initrd /job/initramfs-smoke.cpio.gz --memory 192 \
     --cmdline 'console=hvc0 xenkvm.mem_mib=16' </dev/null 2>&1
 echo NESTED-RC=$?";
+
+/// A PVH guest that reboots at once boots again (a new VM, made under the
+/// monitor's system-call filter): the job stops it after its second boot.
+const PVH_REBOOT_JOB: &str = "timeout 600 chroot /root /job/xenkvm run --type pvh \
+    --kernel /job/vmlinuz --initrd /job/initramfs-reboot.cpio.gz --memory 128 \
+    --cmdline 'console=hvc0 quiet' </dev/null >/root/tmp/pvhr.log 2>&1 &
+pid=$!
+n=0
+while [ $n -lt 600 ] && [ \"$(grep -c XENKVM-REBOOTING /root/tmp/pvhr.log)\" -lt 2 ]; do
+    sleep 1; n=$((n + 1))
+done
+kill $pid; wait $pid
+cat /root/tmp/pvhr.log
+echo \"NESTED-REBOOTS $(grep -c XENKVM-REBOOTING /root/tmp/pvhr.log)\"";
+
+fn check_pvh_reboot(out: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !out.contains("NESTED-REBOOTS 2") {
+        problems.push("pvh-reboot: the guest did not boot twice".into());
+    }
+    if !out.contains("xenkvm: guest rebooted; starting it again") {
+        problems.push("pvh-reboot: xenkvm did not start the guest again".into());
+    }
+    problems
+}
 
 fn check_pvh2(out: &str) -> Vec<String> {
     let mut problems = Vec::new();
@@ -220,6 +246,12 @@ fn check_pvh2(out: &str) -> Vec<String> {
         if !out.contains(marker) {
             problems.push(format!("pvh2: {what} (no {marker:?})"));
         }
+    }
+    if let Some(total) = out
+        .lines()
+        .find(|l| l.starts_with("xenkvm-stats exits_total"))
+    {
+        eprintln!("nested PVH boot, 2 vCPUs: {total}");
     }
     problems
 }
@@ -396,6 +428,11 @@ fn a_standard_kvm_host_runs_pv_guests() {
         job.push_str(&part("pvh2", PVH2_JOB));
         parts.push("pvh2");
     }
+    if want("pvh-reboot") {
+        files.push(cache.join("initramfs-reboot.cpio.gz"));
+        job.push_str(&part("pvh-reboot", PVH_REBOOT_JOB));
+        parts.push("pvh-reboot");
+    }
     for n in &NETS {
         if want(n.name) {
             job.push_str(&part(n.name, &net_job(n)));
@@ -416,6 +453,7 @@ fn a_standard_kvm_host_runs_pv_guests() {
             "smoke2" => check_smoke(2, o),
             "pvh" => check_pvh(o),
             "pvh2" => check_pvh2(o),
+            "pvh-reboot" => check_pvh_reboot(o),
             "pvh-net" => check_net(name, o, &image_pvh, &s),
             _ => check_net(name, o, &image, &s),
         });

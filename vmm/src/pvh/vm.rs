@@ -223,13 +223,18 @@ impl PvhVm {
             _devices,
             ..
         } = self;
-        (run_vcpus(vcpus, &dom, &host), _devices)
+        (run_vcpus(vcpus, &dom, &host, self.print_stats), _devices)
     }
 }
 
 /// Run each vCPU on its own thread until the guest shuts down (the first
 /// vCPU to end the domain decides how), then stop the others.
-fn run_vcpus(vcpus: Vec<super::vcpu::PvhVcpu>, dom: &Domain, host: &Host) -> Outcome {
+fn run_vcpus(
+    vcpus: Vec<super::vcpu::PvhVcpu>,
+    dom: &Domain,
+    host: &Host,
+    print_stats: bool,
+) -> Outcome {
     use crate::vcpu::VcpuEnd;
     let (tx, rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
@@ -281,6 +286,16 @@ fn run_vcpus(vcpus: Vec<super::vcpu::PvhVcpu>, dom: &Domain, host: &Host) -> Out
         .clone();
     log::info!("PVH exits: {exits:?}");
     log::info!("hypercalls by name: {calls:?}");
+    if print_stats {
+        // As the PV monitor prints them (scripts/bench reads these lines).
+        for (k, v) in &exits {
+            eprintln!("xenkvm-stats exit {} {v}", k.replace(' ', "_"));
+        }
+        for (k, v) in &calls {
+            eprintln!("xenkvm-stats hypercall {k} {v}");
+        }
+        eprintln!("xenkvm-stats exits_total {}", exits.values().sum::<u64>());
+    }
     outcome.unwrap_or(Outcome::Other(255))
 }
 
