@@ -10,6 +10,7 @@
 //! is KVM's (vcpu_info placement, the upcall vector, the timer port).
 
 use xen_shim::abi::{errno::*, hc, hypercall_name, DOMID_SELF};
+use xen_shim::guestva::field;
 use xen_shim::vcpu::{Action, PvVcpu};
 
 use super::boot::{PvhLayout, GRANT_FRAMES, PAGE};
@@ -158,7 +159,7 @@ pub fn hvm_hypercall(
 fn get_features(v: &mut PvVcpu, arg: u64) -> Result<i64, i64> {
     let idx = v.read_u32(arg)?;
     let feats = if idx == 0 { HVM_FEATURES } else { 0 };
-    v.copy_to(arg + 4, &feats.to_le_bytes())?;
+    v.copy_to(field(arg, 4)?, &feats.to_le_bytes())?;
     Ok(0)
 }
 
@@ -179,7 +180,7 @@ fn hvm_op(
             let index = le_u32(&b[4..]);
             if cmd == HVMOP_GET_PARAM {
                 let value = get_param(st, index)?;
-                v.copy_to(arg + 8, &value.to_le_bytes())?;
+                v.copy_to(field(arg, 8)?, &value.to_le_bytes())?;
                 return Ok(0);
             }
             set_param(v, st, kvm, index, le_u64(&b[8..]), long_mode)

@@ -202,3 +202,21 @@ fn a_send_to_another_vcpus_port_kicks_it_even_masked() {
     assert_eq!(r.0, 0);
     assert_eq!(kvm.calls.len(), 1);
 }
+
+#[test]
+fn arguments_at_the_end_of_the_address_space_fault() {
+    let mut t = T::new();
+    for (nr, a0) in [
+        (hc::XEN_VERSION, 6),
+        (HVM_OP, 1),
+        (HVM_OP, 0),
+        (hc::MEMORY_OP, 7),
+    ] {
+        for arg in [u64::MAX, u64::MAX - 3, u64::MAX - 7, 0xffff_8000_0000_0000] {
+            let a = [a0, arg, 0, 0, 0, 0];
+            let r = hvm_hypercall(&mut t.v, &mut t.st, &mut t.kvm, nr, a, true);
+            assert_eq!(r.0, -EFAULT, "hypercall {nr}/{a0} at {arg:#x}");
+        }
+    }
+    assert!(t.kvm.calls.is_empty());
+}
