@@ -280,6 +280,11 @@ fn check_pvh(out: &str) -> Vec<String> {
             "xen:grant_table: Grant tables using version 1 layout",
             "no grant table",
         ),
+        (
+            "clocksource: Switched to clocksource xen",
+            "not on the Xen clock",
+        ),
+        ("installing Xen timer for CPU 0", "no Xen timer"),
         ("XENKVM-INIT-DONE", "busybox init did not finish"),
         ("reboot: Power down", "the guest did not power off"),
         ("shut down (Poweroff)", "no clean power-off"),
