@@ -7,7 +7,8 @@
 //! Every check runs in one boot of the emulated host (each boot of it costs
 //! most of a minute), as parts of one job; the test reports every part that
 //! failed. `XENKVM_NESTED_PARTS=smoke1,net` runs only those parts
-//! (conformance, smoke1, smoke2, net).
+//! (conformance, smoke1, smoke2, net, pvh, pvh2, pvh-reboot,
+//! pvh-net).
 
 mod common;
 #[path = "support/conformance.rs"]
@@ -183,28 +184,183 @@ fn check_smoke(vcpus: u32, out: &str) -> Vec<String> {
     problems
 }
 
+/// The Debian 6.1 cloud kernel boots as a PVH guest (issue 14) from an
+/// xl.cfg with `type = "pvh"`: its PVH entry, KVM's Xen support for its
+/// hypercalls, console on hvc0 through our console backend, busybox init,
+/// and a clean ACPI power-off.
+const PVH_JOB: &str = "cat >/root/tmp/pvh.cfg <<'CFG'
+name = \"pvh1\"
+type = \"pvh\"
+memory = 192
+kernel = \"/job/vmlinuz\"
+ramdisk = \"/job/initramfs-smoke.cpio.gz\"
+cmdline = \"console=hvc0 xenkvm.mem_mib=16\"
+CFG
+timeout 900 chroot /root /job/xenkvm -v create -F /tmp/pvh.cfg </dev/null 2>&1
+echo NESTED-RC=$?";
+
+/// The same kernel as a PVH guest on 2 vCPUs (`xenkvm run`): Linux brings
+/// the second up through the local APIC (INIT and start-up IPIs in KVM).
+const PVH2_JOB: &str = "timeout 900 chroot /root /job/xenkvm -v run --stats --type pvh --vcpus 2 \
+    --kernel /job/vmlinuz --initrd /job/initramfs-smoke.cpio.gz --memory 192 \
+    --cmdline 'console=hvc0 xenkvm.mem_mib=16' </dev/null 2>&1
+echo NESTED-RC=$?";
+
+/// A PVH guest that reboots at once boots again (a new VM, made under the
+/// monitor's system-call filter): the job stops it after its second boot.
+const PVH_REBOOT_JOB: &str = "timeout 600 chroot /root /job/xenkvm run --type pvh \
+    --kernel /job/vmlinuz --initrd /job/initramfs-reboot.cpio.gz --memory 128 \
+    --cmdline 'console=hvc0 quiet' </dev/null >/root/tmp/pvhr.log 2>&1 &
+pid=$!
+n=0
+while [ $n -lt 600 ] && [ \"$(grep -c XENKVM-REBOOTING /root/tmp/pvhr.log)\" -lt 2 ]; do
+    sleep 1; n=$((n + 1))
+done
+kill $pid; wait $pid
+cat /root/tmp/pvhr.log
+echo \"NESTED-REBOOTS $(grep -c XENKVM-REBOOTING /root/tmp/pvhr.log)\"";
+
+fn check_pvh_reboot(out: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    // The job stops it once it has seen two boots (it may see a third).
+    let boots: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("NESTED-REBOOTS "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    if boots < 2 {
+        problems.push(format!(
+            "pvh-reboot: the guest booted {boots} time(s), not 2"
+        ));
+    }
+    if !out.contains("xenkvm: guest rebooted; starting it again") {
+        problems.push("pvh-reboot: xenkvm did not start the guest again".into());
+    }
+    problems
+}
+
+fn check_pvh2(out: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (marker, what) in [
+        (
+            "Booting kernel on Xen PVH",
+            "the kernel did not boot as PVH",
+        ),
+        ("XENKVM-CPUS 2", "the guest does not see 2 CPUs"),
+        ("XENKVM-INIT-DONE", "busybox init did not finish"),
+        ("xenkvm: guest powered off", "no clean power-off"),
+        ("NESTED-RC=0", "xenkvm failed"),
+    ] {
+        if !out.contains(marker) {
+            problems.push(format!("pvh2: {what} (no {marker:?})"));
+        }
+    }
+    if let Some(total) = out
+        .lines()
+        .find(|l| l.starts_with("xenkvm-stats exits_total"))
+    {
+        eprintln!("nested PVH boot, 2 vCPUs: {total}");
+    }
+    problems
+}
+
+fn check_pvh(out: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (marker, what) in [
+        (
+            "Booting kernel on Xen PVH",
+            "the kernel did not boot as PVH",
+        ),
+        (
+            "Xen HVM callback vector for event delivery is enabled",
+            "no callback vector",
+        ),
+        ("printk: console [hvc0] enabled", "no console on hvc0"),
+        (
+            "xen:grant_table: Grant tables using version 1 layout",
+            "no grant table",
+        ),
+        (
+            "clocksource: Switched to clocksource xen",
+            "not on the Xen clock",
+        ),
+        ("installing Xen timer for CPU 0", "no Xen timer"),
+        ("XENKVM-INIT-DONE", "busybox init did not finish"),
+        ("reboot: Power down", "the guest did not power off"),
+        ("shut down (Poweroff)", "no clean power-off"),
+        ("NESTED-RC=0", "xenkvm failed"),
+    ] {
+        if !out.contains(marker) {
+            problems.push(format!("pvh: {what} (no {marker:?})"));
+        }
+    }
+    problems
+}
+
 /// pygrub boots the test disk (a raw image that L1 sees as /dev/vdb), the
 /// guest writes 1 MiB that the host then reads back from the image, and
 /// over netfront/netback on a bridge in a network namespace in L1 it pings
 /// L1 and sends that 1 MiB, whose md5 both ends agree on.
-const NET_JOB: &str = "# L1's chroot is busybox's, which prefers its own applets: absolute paths.
-ip() { chroot /root /usr/bin/ip \"$@\"; }
-ip netns add xk
-ip -n xk link set lo up
-ip -n xk link add xkbr0 type bridge
-ip -n xk addr add 10.99.0.1/24 dev xkbr0
-ip -n xk link set xkbr0 up
-(sleep 1500 | ip netns exec xk /job/busybox nc -l -p 5001 >/root/tmp/sink) &
-timeout 1500 chroot /root /usr/bin/ip netns exec xk /job/xenkvm run --bootloader pygrub --memory 192 \
-    --disk file:/dev/vdb,xvda,w --net vifname=xkt0,bridge=xkbr0 \
+fn net_job(n: &Net) -> String {
+    let Net {
+        ns,
+        dev,
+        tap,
+        sink,
+        ty,
+        ..
+    } = n;
+    format!(
+        "# L1's chroot is busybox's, which prefers its own applets: absolute paths.
+ip() {{ chroot /root /usr/bin/ip \"$@\"; }}
+ip netns add {ns}
+ip -n {ns} link set lo up
+ip -n {ns} link add xkbr0 type bridge
+ip -n {ns} addr add 10.99.0.1/24 dev xkbr0
+ip -n {ns} link set xkbr0 up
+(sleep 1500 | ip netns exec {ns} /job/busybox nc -l -p 5001 >/root/tmp/{sink}) &
+timeout 1500 chroot /root /usr/bin/ip netns exec {ns} /job/xenkvm run {ty}--bootloader pygrub --memory 192 \
+    --disk file:{dev},xvda,w --net vifname={tap},bridge=xkbr0 \
     --cmdline 'quiet xktest=nested xknet=10.99.0.2/24,10.99.0.1,5001' --on-reboot exit \
     </dev/null 2>&1
 echo NESTED-RUN-RC=$?
 sync
 sleep 2
-echo \"NESTED-SINK $(/job/busybox md5sum </root/tmp/sink) $(wc -c </root/tmp/sink)\"";
+echo \"NESTED-SINK $(/job/busybox md5sum </root/tmp/{sink}) $(wc -c </root/tmp/{sink})\""
+    )
+}
 
-fn check_net(out: &str, image: &Path, s: &disk::Scratch) -> Vec<String> {
+/// One pygrub disk and network run: its names in L1 and its disk there.
+struct Net {
+    name: &'static str,
+    ns: &'static str,
+    dev: &'static str,
+    tap: &'static str,
+    sink: &'static str,
+    ty: &'static str,
+}
+
+/// The PV run (part `net`) and the PVH run (part `pvh-net`, issue 14).
+const NETS: [Net; 2] = [
+    Net {
+        name: "net",
+        ns: "xk",
+        dev: "/dev/vdb",
+        tap: "xkt0",
+        sink: "sink",
+        ty: "",
+    },
+    Net {
+        name: "pvh-net",
+        ns: "xkp",
+        dev: "/dev/vdc",
+        tap: "xkt1",
+        sink: "sinkp",
+        ty: "--type pvh ",
+    },
+];
+
+fn check_net(name: &str, out: &str, image: &Path, s: &disk::Scratch) -> Vec<String> {
     let mut problems = Vec::new();
     for (marker, what) in [
         ("pygrub: booting", "pygrub did not boot"),
@@ -213,14 +369,14 @@ fn check_net(out: &str, image: &Path, s: &disk::Scratch) -> Vec<String> {
         ("XKNET-PING-OK", "ping failed"),
     ] {
         if !out.contains(marker) {
-            problems.push(format!("net: {what}"));
+            problems.push(format!("{name}: {what}"));
         }
     }
     let got = disk::files_in_image(image, &["/data1.bin".into()], s);
     let want = disk::yes("XENKVMDATA0123456789", 1 << 20);
     if got[0].as_deref() != Some(&want[..]) {
         problems.push(format!(
-            "net: /data1.bin in the image is not what the guest wrote ({:?} bytes)",
+            "{name}: /data1.bin in the image is not what the guest wrote ({:?} bytes)",
             got[0].as_ref().map(Vec::len)
         ));
     }
@@ -234,7 +390,7 @@ fn check_net(out: &str, image: &Path, s: &disk::Scratch) -> Vec<String> {
     let guest_sum = guest.split_whitespace().next().unwrap_or("-");
     if !(sink.split_whitespace().next() == Some(guest_sum) && sink.ends_with(" 1048576")) {
         problems.push(format!(
-            "net: guest sent md5 {guest:?}, L1 received {sink:?}"
+            "{name}: guest sent md5 {guest:?}, L1 received {sink:?}"
         ));
     }
     problems
@@ -255,6 +411,8 @@ fn a_standard_kvm_host_runs_pv_guests() {
     let want = |p: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == p));
     let s = disk::Scratch::new("nested");
     let image = disk::disk_copy(&cache, "disk-root.raw", &s);
+    // A second copy for the PVH run (/dev/vdc in L1).
+    let image_pvh = disk::disk_copy_as(&cache, "disk-root.raw", "disk-pvh.raw", &s);
     let mut files = vec![
         xenkvm_bin(),
         cache.join("vmlinuz"),
@@ -275,11 +433,26 @@ fn a_standard_kvm_host_runs_pv_guests() {
             parts.push(name);
         }
     }
-    if want("net") {
-        job.push_str(&part("net", NET_JOB));
-        parts.push("net");
+    if want("pvh") {
+        job.push_str(&part("pvh", PVH_JOB));
+        parts.push("pvh");
     }
-    let (rc, out) = run_l1(&job, &files, std::slice::from_ref(&image));
+    if want("pvh2") {
+        job.push_str(&part("pvh2", PVH2_JOB));
+        parts.push("pvh2");
+    }
+    if want("pvh-reboot") {
+        files.push(cache.join("initramfs-reboot.cpio.gz"));
+        job.push_str(&part("pvh-reboot", PVH_REBOOT_JOB));
+        parts.push("pvh-reboot");
+    }
+    for n in &NETS {
+        if want(n.name) {
+            job.push_str(&part(n.name, &net_job(n)));
+            parts.push(n.name);
+        }
+    }
+    let (rc, out) = run_l1(&job, &files, &[image.clone(), image_pvh.clone()]);
     let mut problems = Vec::new();
     for name in parts {
         let Some((o, secs)) = part_output(&out, name) else {
@@ -291,7 +464,11 @@ fn a_standard_kvm_host_runs_pv_guests() {
             "conformance" => check_conformance(o),
             "smoke1" => check_smoke(1, o),
             "smoke2" => check_smoke(2, o),
-            _ => check_net(o, &image, &s),
+            "pvh" => check_pvh(o),
+            "pvh2" => check_pvh2(o),
+            "pvh-reboot" => check_pvh_reboot(o),
+            "pvh-net" => check_net(name, o, &image_pvh, &s),
+            _ => check_net(name, o, &image, &s),
         });
     }
     if rc != 0 {

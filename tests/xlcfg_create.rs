@@ -195,14 +195,14 @@ fn dry_run_refuses_and_resolves_as_create_does() {
     let dir = temp_dir("same");
     let cfg = dir.join("web02.cfg");
     let base = "name = \"web02\"\nmemory = 256\nkernel = \"/boot/vmlinuz\"\n";
-    std::fs::write(&cfg, format!("{base}type = \"pvh\"\n")).unwrap();
+    std::fs::write(&cfg, format!("{base}type = \"hvm\"\n")).unwrap();
     let (ok, _, stderr) = dry_run(&cfg, &[]);
-    assert!(!ok, "pvh accepted by -n:\n{stderr}");
-    assert!(stderr.contains("type = \"pvh\""), "{stderr}");
+    assert!(!ok, "hvm accepted by -n:\n{stderr}");
+    assert!(stderr.contains("type = \"hvm\""), "{stderr}");
     // The same refusal from create itself.
     let out = xenkvm(&["create", "-F", cfg.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("type = \"pvh\""));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("type = \"hvm\""));
     // A relative image next to the config: shown as create uses it.
     std::fs::write(dir.join("web02.img"), b"").unwrap();
     std::fs::write(

@@ -30,13 +30,18 @@ impl Drop for Scratch {
 
 /// The cache's test disk `name`, copied so that the test may write to it.
 pub fn disk_copy(cache: &Path, name: &str, s: &Scratch) -> PathBuf {
+    disk_copy_as(cache, name, name, s)
+}
+
+/// [`disk_copy`] to the scratch file `to`.
+pub fn disk_copy_as(cache: &Path, name: &str, to: &str, s: &Scratch) -> PathBuf {
     let src = cache.join(name);
     assert!(
         src.exists(),
         "{} is missing: run resources/get-assets.sh",
         src.display()
     );
-    let dst = s.path(name);
+    let dst = s.path(to);
     std::fs::copy(&src, &dst).unwrap();
     dst
 }

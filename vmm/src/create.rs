@@ -13,12 +13,12 @@ use api::control::CreateRequest;
 use api::xlcfg::{self, Action, DomainConfig, DomainType};
 
 use crate::control::registry::RunDir;
-use crate::{OnReboot, RunArgs};
+use crate::{GuestType, OnReboot, RunArgs};
 
 /// Why a config cannot run (yet).
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    #[error("type = \"{0}\" guests are not supported yet (xenkvm runs PV guests)")]
+    #[error("type = \"{0}\" guests are not supported yet (xenkvm runs PV and PVH guests)")]
     Type(&'static str),
     #[error("firmware-booted PV guests are not supported yet; set `kernel` or `bootloader`")]
     NoKernel,
@@ -185,9 +185,11 @@ fn disk_arg(d: &api::xlcfg::DiskSpec, dir: &Path) -> String {
 /// (The monitor applies `on_reboot` and the other actions itself; `on_reboot`
 /// here is what a plain `run` would do.)
 pub fn run_args(cfg: &DomainConfig, dir: &Path) -> Result<RunArgs, CreateError> {
-    if cfg.domain_type != DomainType::Pv {
-        return Err(CreateError::Type(cfg.domain_type.as_str()));
-    }
+    let guest_type = match cfg.domain_type {
+        DomainType::Pv => GuestType::Pv,
+        DomainType::Pvh => GuestType::Pvh,
+        DomainType::Hvm => return Err(CreateError::Type(cfg.domain_type.as_str())),
+    };
     if cfg.kernel.is_none() && cfg.bootloader.is_none() {
         return Err(CreateError::NoKernel);
     }
@@ -211,6 +213,7 @@ pub fn run_args(cfg: &DomainConfig, dir: &Path) -> Result<RunArgs, CreateError> 
         bootloader: cfg.bootloader.clone(),
         bootloader_args: cfg.bootloader_args.clone(),
         domid: None,
+        guest_type,
     })
 }
 

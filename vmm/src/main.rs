@@ -23,6 +23,7 @@ mod memory;
 mod migrate;
 mod platform;
 mod pvdev;
+mod pvh;
 mod ring0;
 mod ring0_fast;
 mod seccomp;
@@ -285,6 +286,15 @@ struct RunArgs {
     /// default: the lowest id free in the run directory (shared with `create`).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
     domid: Option<u16>,
+    /// The guest type: `pv`, or `pvh` (needs KVM's Xen support on the host).
+    #[arg(long = "type", value_enum, default_value_t = GuestType::Pv)]
+    guest_type: GuestType,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum GuestType {
+    Pv,
+    Pvh,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -441,6 +451,9 @@ pub(crate) struct Prepared {
 
 /// `scratch`: a private directory for files taken from the guest's disk.
 pub(crate) fn prepare(args: &RunArgs, scratch: &std::path::Path) -> anyhow::Result<Prepared> {
+    if args.guest_type == GuestType::Pvh {
+        pvh::check_host(args.kernel.as_deref())?;
+    }
     let disks = pvdev::open_disks(&args.disks)?;
     let vifs = pvdev::parse_vifs(&args.nets)?;
     let boot = boot::resolve(args, &disks, scratch)?;
@@ -476,6 +489,9 @@ fn boot_loop(
     sock: &std::path::Path,
     current: &console::Current,
 ) -> anyhow::Result<ExitCode> {
+    if args.guest_type == GuestType::Pvh {
+        return pvh::run::boot_loop(args, cfg, sock, current);
+    }
     loop {
         // A previous boot's server keeps its socket inode; new clients reach the new store.
         let _ = std::fs::remove_file(sock);

@@ -56,6 +56,12 @@ extern "C" fn on_kick(_: libc::c_int) {
     });
 }
 
+/// Point this thread's kick handler at its `kvm_run.immediate_exit` (null:
+/// none), for vCPU loops other than [`Vcpu::run`] (PVH).
+pub(crate) fn set_kick_target(p: *mut u8) {
+    IMMEDIATE_EXIT.with(|c| c.set(p));
+}
+
 pub fn install_kick_handler() {
     // SAFETY: installing a signal handler that only does a volatile store.
     unsafe {
@@ -715,7 +721,7 @@ impl Vcpu {
                 return;
             }
             if let Some(ports) = poll {
-                let si = self.pv.dom.layout.shared_info_gpa;
+                let si = self.pv.dom.shared_info_gpa();
                 if ports
                     .iter()
                     .any(|&p| xen_shim::evtchn::is_pending(self.pv.mem(), si, p))

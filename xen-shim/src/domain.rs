@@ -80,6 +80,9 @@ pub struct Domain {
     /// Most frames the domain may have populated (Xen's max_pages;
     /// `xenkvm mem-max`); at most `layout.nr_pages`.
     pub max_pages: AtomicU64,
+    /// Where shared_info is now: `layout.shared_info_gpa` for a PV domain;
+    /// an HVM/PVH guest places it with XENMEM_add_to_physmap.
+    shared_info: AtomicU64,
 }
 
 impl Domain {
@@ -119,6 +122,7 @@ impl Domain {
             grants: Mutex::new(Default::default()),
             exit_stats: crate::stats::ExitStats::new(layout.max_vcpus),
             max_pages: AtomicU64::new(layout.nr_pages),
+            shared_info: AtomicU64::new(layout.shared_info_gpa),
             layout,
         }
     }
@@ -150,12 +154,37 @@ impl Domain {
         self.vcpu_info
             .get(vcpu as usize)
             .map(|a| a.load(Ordering::Acquire))
-            .unwrap_or(self.layout.shared_info_gpa)
+            .unwrap_or_else(|| self.shared_info_gpa())
+    }
+
+    /// The guest-physical address of shared_info.
+    pub fn shared_info_gpa(&self) -> u64 {
+        self.shared_info.load(Ordering::Acquire)
+    }
+
+    /// The legacy vcpu_info slot of `vcpu` in the shared_info at `si`.
+    pub fn legacy_vcpu_info(si: u64, vcpu: u32) -> u64 {
+        si + u64::from(vcpu.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE
+    }
+
+    /// An HVM/PVH guest put shared_info at `gpa` (XENMEM_add_to_physmap):
+    /// vCPUs that use their legacy slot follow it; registered ones stay.
+    pub fn move_shared_info(&self, gpa: u64) {
+        let old = self.shared_info.swap(gpa, Ordering::AcqRel);
+        for (i, slot) in self.vcpu_info.iter().enumerate() {
+            let i = i as u32;
+            let _ = slot.compare_exchange(
+                Self::legacy_vcpu_info(old, i),
+                Self::legacy_vcpu_info(gpa, i),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
     }
 
     /// Initial shared_info contents: all upcalls masked, time and wallclock valid.
     pub fn init_shared_info(&self) {
-        let si = self.layout.shared_info_gpa;
+        let si = self.shared_info_gpa();
         let _ = self.mem.write(si, &[0u8; 4096]);
         for i in 0..shinfo::LEGACY_VCPUS {
             let vi = si + u64::from(i) * shinfo::VCPU_INFO_SIZE;
@@ -174,7 +203,7 @@ impl Domain {
         let Some(vcpu) = vcpu else { return };
         if crate::evtchn::set_pending(
             &*self.mem,
-            self.layout.shared_info_gpa,
+            self.shared_info_gpa(),
             self.vcpu_info_gpa(vcpu),
             port,
         ) {
@@ -184,5 +213,34 @@ impl Domain {
 
     pub fn is_online(&self, vcpu: u32) -> bool {
         vcpu < 64 && self.online.load(Ordering::SeqCst) & (1 << vcpu) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test_domain_vcpus;
+
+    #[test]
+    fn moved_shared_info_takes_legacy_vcpu_infos_along_and_events_follow() {
+        let (dom, platform) = test_domain_vcpus(64, 2);
+        let old = dom.shared_info_gpa();
+        // vCPU 1 registered its own vcpu_info; vCPU 0 uses its legacy slot.
+        dom.vcpu_info[1].store(20 * 4096 + 64, Ordering::SeqCst);
+        dom.move_shared_info(9 * 4096);
+        assert_eq!(dom.shared_info_gpa(), 9 * 4096);
+        assert_eq!(dom.vcpu_info_gpa(0), 9 * 4096);
+        assert_eq!(dom.vcpu_info_gpa(1), 20 * 4096 + 64);
+        assert_ne!(old, dom.shared_info_gpa());
+        // An event now lands in the new page.
+        let port = dom.evtchn.lock().unwrap().bind_ipi(0).unwrap();
+        dom.raise_port(port);
+        let word = 9 * 4096 + shinfo::EVTCHN_PENDING + u64::from(port / 64) * 8;
+        assert_ne!(dom.mem.read_u64(word).unwrap() & (1 << (port % 64)), 0);
+        assert_eq!(
+            dom.mem.read_u8(9 * 4096 + shinfo::UPCALL_PENDING).unwrap(),
+            1
+        );
+        assert_eq!(*platform.kicks.lock().unwrap(), [0]);
     }
 }

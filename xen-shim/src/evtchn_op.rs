@@ -6,7 +6,7 @@ use crate::vcpu::{field, PvVcpu};
 
 pub fn event_channel_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> Result<i64, i64> {
     let dom = v.dom.clone();
-    let si = dom.layout.shared_info_gpa;
+    let si = dom.shared_info_gpa();
     match cmd {
         // alloc_unbound {u16 dom, u16 remote_dom, OUT u32 port}
         6 => {

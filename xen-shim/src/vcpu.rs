@@ -388,12 +388,7 @@ impl PvVcpu {
             ev.virq_port(self.id, virq)
         };
         if let Some(p) = port {
-            crate::evtchn::set_pending(
-                self.mem(),
-                self.dom.layout.shared_info_gpa,
-                self.vcpu_info(),
-                p,
-            );
+            crate::evtchn::set_pending(self.mem(), self.dom.shared_info_gpa(), self.vcpu_info(), p);
         }
     }
 }

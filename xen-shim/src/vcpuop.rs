@@ -1,6 +1,7 @@
 //! VCPUOP_* and SCHEDOP_* hypercalls.
 
 use crate::abi::{errno::*, shinfo};
+use crate::domain::Domain;
 use crate::mmu::PageType;
 use crate::vcpu::{field, Action, PvVcpu};
 
@@ -174,8 +175,7 @@ fn register_vcpu_info(v: &mut PvVcpu, target: u32, arg: u64) -> Result<i64, i64>
     let new = (mfn << 12) + offset;
     let slot = dom.vcpu_info.get(target as usize).ok_or(-EINVAL)?;
     let old = slot.load(std::sync::atomic::Ordering::Acquire);
-    let legacy = dom.layout.shared_info_gpa
-        + u64::from(target.min(shinfo::LEGACY_VCPUS - 1)) * shinfo::VCPU_INFO_SIZE;
+    let legacy = Domain::legacy_vcpu_info(dom.shared_info_gpa(), target);
     if old != legacy {
         return Err(-EBUSY);
     }
@@ -250,7 +250,7 @@ pub fn sched_op(v: &mut PvVcpu, cmd: u64, arg: u64) -> (i64, Action) {
                     Err(e) => return (e, Action::Resume),
                 }
             }
-            let si = v.dom.layout.shared_info_gpa;
+            let si = v.dom.shared_info_gpa();
             if ports
                 .iter()
                 .any(|&p| crate::evtchn::is_pending(v.mem(), si, p))

@@ -26,6 +26,8 @@ use super::registry::{create_private, write_private, Claim, RegistryError, RunDi
 use super::signals;
 use crate::console::Current;
 use crate::hotplug::{self, HotplugError, SharedDevices};
+use crate::pvh::any::AnyVm;
+use crate::pvh::vm::PvhVm;
 use crate::vm::{Outcome, Vm, VmError};
 use crate::{Prepared, RunArgs};
 
@@ -151,11 +153,17 @@ struct Boot {
 }
 
 impl Boot {
-    fn create_vm(&self, sock: &Path) -> Result<Vm, ApiError> {
+    fn create_vm(&self, sock: &Path) -> Result<AnyVm, ApiError> {
         let cfg = self.prepared.vm_config(&self.args, sock);
         let _ = std::fs::remove_file(sock);
-        let mut vm = Vm::create(&cfg).map_err(vm_error)?;
-        vm.print_stats = self.args.stats;
+        let mut vm = if self.args.guest_type == crate::GuestType::Pvh {
+            AnyVm::Pvh(Box::new(
+                PvhVm::create(&cfg).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+            ))
+        } else {
+            AnyVm::Pv(Box::new(Vm::create(&cfg).map_err(vm_error)?))
+        };
+        vm.set_print_stats(self.args.stats);
         Ok(vm)
     }
 }
@@ -507,7 +515,7 @@ impl Monitor {
     }
 
     /// Claim the name, build the VM (main thread only).
-    fn start(&self, req: CreateRequest) -> Result<(Arc<Running>, Vm, Boot), ApiError> {
+    fn start(&self, req: CreateRequest) -> Result<(Arc<Running>, AnyVm, Boot), ApiError> {
         if let Some(r) = &*lock(&self.dom) {
             return Err(ApiError::Conflict(format!(
                 "this monitor already runs domain '{}'",
@@ -590,7 +598,7 @@ impl Monitor {
     }
 
     /// Boot the guest until the domain is destroyed; returns the exit code.
-    fn run_loop(&self, r: &Arc<Running>, first: Vm, boot: &Boot) -> ExitCode {
+    fn run_loop(&self, r: &Arc<Running>, first: AnyVm, boot: &Boot) -> ExitCode {
         let mut next = Some(first);
         let name = r.claim.name.clone();
         let code = loop {
@@ -598,7 +606,7 @@ impl Monitor {
                 Some(vm) => vm,
                 None => match boot.create_vm(&r.claim.xenstore_socket()) {
                     Ok(vm) => {
-                        if let Some(d) = vm.host.devices.get() {
+                        if let Some(d) = vm.host().devices.get() {
                             lock(&r.ledger).replay(d);
                         }
                         vm
@@ -609,8 +617,8 @@ impl Monitor {
                     }
                 },
             };
-            let host = vm.host.clone();
-            let dom = vm.dom.clone();
+            let host = vm.host().clone();
+            let dom = vm.dom().clone();
             let _ = host.control.sink.set(r.hub.sink());
             r.current.set(&host, &dom);
             r.boots.fetch_add(1, Ordering::SeqCst);

@@ -223,6 +223,26 @@ pub fn load_pv_kernel_file(path: &Path) -> Result<PvKernel, LoaderError> {
     load_pv_kernel(&bytes)
 }
 
+/// The ELF vmlinux of a kernel file's bytes: the file itself, or the
+/// payload of a bzImage or a compressed ELF, decompressed (for PVH).
+pub fn vmlinux(bytes: &[u8]) -> Result<Vec<u8>, LoaderError> {
+    let elf_bytes = if elf::is_elf(bytes) {
+        bytes.to_vec()
+    } else if let Some(payload) = bzimage::payload(bytes)? {
+        payload::decompress(payload, true)?.1
+    } else if payload::detect(bytes).is_some() {
+        payload::decompress(bytes, false)?.1
+    } else {
+        return Err(LoaderError::NotKernel);
+    };
+    if !elf::is_elf(&elf_bytes) {
+        return Err(LoaderError::PayloadNotElf {
+            format: "compressed",
+        });
+    }
+    Ok(elf_bytes)
+}
+
 /// Parse a PV kernel: bzImage, bare ELF, or a compressed ELF.
 pub fn load_pv_kernel(bytes: &[u8]) -> Result<PvKernel, LoaderError> {
     if elf::is_elf(bytes) {

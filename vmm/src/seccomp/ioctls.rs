@@ -36,6 +36,14 @@ pub const ALLOWED: &[(u64, &str)] = &[
     (0x4188_aea7, "KVM_SET_XCRS"),
     (0x4018_aee1, "KVM_SET_DEVICE_ATTR"),
     (0x4018_aee3, "KVM_HAS_DEVICE_ATTR"),
+    // A PVH domain (crate::pvh): its set-up, made again at each reboot,
+    // and KVM's Xen support, set by its hypercalls.
+    (0xae47, "KVM_SET_TSS_ADDR"),
+    (0xae60, "KVM_CREATE_IRQCHIP"),
+    (0x4040_ae77, "KVM_CREATE_PIT2"),
+    (0x4038_ae7a, "KVM_XEN_HVM_CONFIG"),
+    (0x4048_aec9, "KVM_XEN_HVM_SET_ATTR"),
+    (0x4048_aecb, "KVM_XEN_VCPU_SET_ATTR"),
     // tun/tap and interface set-up (devices/src/netback/tap.rs).
     (0x4004_54ca, "TUNSETIFF"),
     (0x4004_54d0, "TUNSETOFFLOAD"),
