@@ -241,6 +241,12 @@ impl Running {
 
     /// Claim the domain for a save or migration (released when dropped).
     fn one_at_a_time(&self) -> Result<Busy<'_>, ApiError> {
+        if self.cfg.domain_type != api::xlcfg::DomainType::Pv {
+            return Err(ApiError::Conflict(format!(
+                "save and migration are for PV domains; this one is {}",
+                self.cfg.domain_type.as_str()
+            )));
+        }
         if self.saving.swap(true, Ordering::SeqCst) {
             return Err(ApiError::Conflict(
                 "a save or migration of this domain is already under way".into(),
@@ -561,7 +567,14 @@ impl Monitor {
             Err(e) => return Err(fail(&claim, e)),
         };
         if let Some(path) = &req.restore {
-            if let Err(e) = crate::migrate::job::restore_file(Path::new(path), &mut vm) {
+            let restored = match &mut vm {
+                AnyVm::Pv(v) => crate::migrate::job::restore_file(Path::new(path), v),
+                AnyVm::Pvh(_) => Err(ApiError::BadRequest(
+                    "restore is for PV domains: the configuration in the file is not type = \"pv\""
+                        .into(),
+                )),
+            };
+            if let Err(e) = restored {
                 return Err(fail(&claim, e));
             }
         }
@@ -674,7 +687,12 @@ impl Monitor {
                             drop(devices);
                             let json = serde_json::to_string(&r.cfg).unwrap_or_default();
                             let job = lock(&r.save).take();
-                            let create = || boot.create_vm(&r.claim.xenstore_socket());
+                            let create = || match boot.create_vm(&r.claim.xenstore_socket())? {
+                                AnyVm::Pv(v) => Ok(*v),
+                                AnyVm::Pvh(_) => Err(ApiError::Internal(
+                                    "a PV domain's restart built a PVH one".into(),
+                                )),
+                            };
                             match crate::migrate::job::after_suspend(
                                 job, &json, &host, &dom, create,
                             ) {
@@ -682,7 +700,7 @@ impl Monitor {
                                     if let Some(d) = vm.host.devices.get() {
                                         lock(&r.ledger).replay(d);
                                     }
-                                    next = Some(vm);
+                                    next = Some(AnyVm::Pv(Box::new(vm)));
                                     Action::Restart
                                 }
                                 None => Action::Destroy,

@@ -163,6 +163,8 @@ impl PvhVm {
             dom: dom.clone(),
             store: xs.store.clone(),
             backends: host.backends.clone(),
+            // PVH RAM is not a memfd: vhost-user disks are refused.
+            shared_ram: None,
         };
         let _ = host.xs.set(xs);
         let devices =
