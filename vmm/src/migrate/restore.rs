@@ -211,13 +211,7 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
             .vcpus
             .first_mut()
             .ok_or_else(|| MigrateError::Mismatch("the domain has no vCPU".into()))?;
-        let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
-        for (&pfn, &level) in &pins {
-            mmu.pin(mem, &mut v0.pv.pt_log, pfn, level).map_err(|e| {
-                MigrateError::Mismatch(format!("pinning L{level} table {pfn:#x}: error {e}"))
-            })?;
-            stats.pinned += 1;
-        }
+        stats.pinned = retype(&dom, &mut v0.pv.pt_log, &pins)?;
     }
     if let Some((end, frames)) = &p2m {
         rewrite_p2m(&dom, *end, frames)?;
@@ -381,6 +375,41 @@ fn load_xsave(v: &crate::vcpu::Vcpu, blob: &[u8]) -> Result<(), MigrateError> {
     unsafe { v.fd.set_xsave(&x) }.map_err(|e| MigrateError::Kvm(format!("KVM_SET_XSAVE: {e}")))
 }
 
+/// Type the image's frames afresh after `Mmu::clear_types`: pin the tables
+/// the guest had pinned (their validation fills the hypervisor's L4 slots in
+/// again), then take the standing writable references the domain builder
+/// takes on the xenstore and console rings, which the monitor writes for the
+/// domain's whole life: a guest must never make either of them a page table
+/// (the monitor's writes would then be unvalidated page-table entries). A
+/// stream that has them as tables is refused. The number of tables pinned.
+fn retype(
+    dom: &xen_shim::domain::Domain,
+    log: &mut xen_shim::mmu::PtLog,
+    pins: &std::collections::BTreeMap<u64, u8>,
+) -> Result<u64, MigrateError> {
+    let mem = &*dom.mem;
+    let mut mmu = dom.mmu.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pinned = 0;
+    for (&pfn, &level) in pins {
+        mmu.pin(mem, log, pfn, level).map_err(|e| {
+            MigrateError::Mismatch(format!("pinning L{level} table {pfn:#x}: error {e}"))
+        })?;
+        pinned += 1;
+    }
+    for (what, pfn) in [
+        ("xenstore", dom.layout.store_mfn),
+        ("console", dom.layout.console_mfn),
+    ] {
+        mmu.get_type(mem, log, pfn, xen_shim::mmu::PageType::Writable)
+            .map_err(|e| {
+                MigrateError::Mismatch(format!(
+                    "the {what} ring (frame {pfn:#x}) is a page table in the image: error {e}"
+                ))
+            })?;
+    }
+    Ok(pinned)
+}
+
 /// Point start_info (frame `pfn`, passed by the guest in %rdx) at this
 /// domain's shared_info, xenstore and console pages and ports.
 fn rewrite_start_info(dom: &xen_shim::domain::Domain, pfn: u64) -> Result<(), MigrateError> {
@@ -457,6 +486,22 @@ mod tests {
         assert!(rewrite_p2m(&dom, 1000, &[9, 11]).is_err());
         assert!(rewrite_p2m(&dom, 1000, &[9, 5000]).is_err());
         assert!(rewrite_p2m(&dom, 5000, &[9]).is_err());
+    }
+
+    #[test]
+    fn the_rings_can_never_become_page_tables_after_a_restore() {
+        // test_domain's xenstore and console rings are frame 0.
+        let (dom, _) = xen_shim::testing::test_domain(64);
+        let mut log = Vec::new();
+        // An image that has the ring as a pinned L1 is refused.
+        let pins = [(0u64, 1u8)].into_iter().collect();
+        assert!(retype(&dom, &mut log, &pins).is_err());
+        dom.mmu.lock().unwrap().clear_types();
+        // Otherwise the ring stays writable: the guest cannot pin it later.
+        assert_eq!(retype(&dom, &mut log, &Default::default()).unwrap(), 0);
+        let mut mmu = dom.mmu.lock().unwrap();
+        assert!(mmu.pin(&*dom.mem, &mut log, 0, 1).is_err());
+        assert!(mmu.pin(&*dom.mem, &mut log, 1, 1).is_ok(), "another frame");
     }
 
     #[test]
