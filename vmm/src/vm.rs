@@ -101,7 +101,7 @@ pub enum Outcome {
 }
 
 pub struct Vm {
-    _kvm: Kvm,
+    pub(crate) kvm: Kvm,
     _vm: Arc<VmFd>,
     pub dom: Arc<Domain>,
     pub host: Arc<Host>,
@@ -366,7 +366,7 @@ impl Vm {
             ..Default::default()
         };
         Ok(Vm {
-            _kvm: kvm,
+            kvm,
             _vm: vm,
             dom,
             host,
@@ -399,7 +399,7 @@ impl Vm {
         }
         let host = self.host.clone();
         let timer_host = Arc::downgrade(&host);
-        let profile = crate::host_profile::get(&self._kvm).ok();
+        let profile = crate::host_profile::get(&self.kvm).ok();
         let slop = profile.map(|p| p.timer_slop_ns()).unwrap_or(50_000);
         // Where vCPUs set their timers in ring 0, the timer thread reads
         // their data pages too.
