@@ -168,8 +168,12 @@ fn save_restore_and_live_migration_keep_the_guest_running() {
         "a failed restore left a domain"
     );
 
-    // Restore: the counter goes on, the file is whole.
-    ok(&run, &["restore", image.to_str().unwrap()]);
+    // Restore (as `xl restore CONFIG FILE`: the configuration from the
+    // xl.cfg, not the file): the counter goes on, the file is whole.
+    ok(
+        &run,
+        &["restore", cfg.to_str().unwrap(), image.to_str().unwrap()],
+    );
     let after_restore = check_continues(&run, before, "after restore");
     eprintln!("counter {before} at save, {after_restore} after restore");
 

@@ -9,5 +9,6 @@ pub mod netback;
 pub mod notify;
 pub mod pygrub;
 pub mod ring;
+pub mod vbd_states;
 pub mod vhost_user;
 pub mod xenbus;

@@ -56,18 +56,27 @@ pub struct CreateArgs {
 /// The config of `args`, parsed, checked against this host and with its
 /// paths resolved: what both `create` and `create -n` use.
 fn load(args: &CreateArgs) -> anyhow::Result<Result<(DomainConfig, PathBuf), String>> {
-    let text = std::fs::read_to_string(&args.cfg)
-        .with_context(|| format!("cannot read {}", args.cfg.display()))?;
-    let file = args.cfg.display().to_string();
+    load_file(&args.cfg, &args.overrides)
+}
+
+/// The xl.cfg file `path` with `overrides`, as [`load`] reads it (also
+/// `restore CONFIG FILE`'s configuration).
+pub fn load_file(
+    path: &Path,
+    overrides: &[String],
+) -> anyhow::Result<Result<(DomainConfig, PathBuf), String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = path.display().to_string();
     let limits = crate::memory::limits();
-    let (mut cfg, warnings) = match xlcfg::load_checked(&text, &file, &args.overrides, &limits) {
+    let (mut cfg, warnings) = match xlcfg::load_checked(&text, &file, overrides, &limits) {
         Ok(v) => v,
         Err(e) => return Ok(Err(e.to_string())),
     };
     for w in &warnings {
         eprintln!("{w}");
     }
-    let dir = args.cfg.parent().unwrap_or(Path::new("."));
+    let dir = path.parent().unwrap_or(Path::new("."));
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     // Refuse what cannot run before starting anything.
     if let Err(e) = run_args(&cfg, &dir) {

@@ -181,12 +181,16 @@ enum Cmd {
         domain: String,
         file: std::path::PathBuf,
     },
-    /// Start a domain from a file written by `save` (`xl restore`).
+    /// Start a domain from a file written by `save` or by Xen's `xl save`
+    /// (`xl restore [CONFIG] FILE`): CONFIG, an xl.cfg, replaces the
+    /// configuration the file carries (for paths that differ on this host).
     Restore {
         /// Leave the restored domain paused.
         #[arg(short = 'p')]
         paused: bool,
-        file: std::path::PathBuf,
+        /// `[CONFIG] FILE`.
+        #[arg(num_args = 1..=2, required = true, value_name = "[CONFIG] FILE")]
+        files: Vec<std::path::PathBuf>,
     },
     /// Send a running domain live to another xenkvm (`xl migrate`):
     /// through `ssh HOST xenkvm migrate-receive`, or to a receiver
@@ -367,7 +371,14 @@ fn main() -> ExitCode {
         Cmd::MemMax { domain, size } => control::inspect::memory(&rd, &domain, &size, true),
         Cmd::Sysrq { domain, key } => control::inspect::sysrq(&rd, &domain, &key),
         Cmd::Save { domain, file } => migrate::cli::save(&rd, &domain, &file),
-        Cmd::Restore { paused, file } => migrate::cli::restore(&rd, &file, paused, cli.verbose),
+        Cmd::Restore { paused, files } => {
+            // clap takes one or two (num_args = 1..=2).
+            let (config, file) = match files.as_slice() {
+                [config, file] => (Some(config.as_path()), file.as_path()),
+                _ => (None, files[0].as_path()),
+            };
+            migrate::cli::restore(&rd, config, file, paused, cli.verbose)
+        }
         Cmd::Migrate {
             socket,
             ssh,
@@ -478,6 +489,7 @@ impl Prepared {
             domid: args.domid.unwrap_or(1),
             disks: &self.disks,
             vifs: &self.vifs,
+            restore_rings: None,
         }
     }
 }

@@ -97,6 +97,9 @@ pub struct Vcpu {
     flush_poked: bool,
     /// Starts secondary vCPUs (set while the vCPU thread runs).
     pub starter: Option<Arc<crate::smp::Starter>>,
+    /// CR4 bits beyond base_sregs' (OSXSAVE for a guest restored from a
+    /// host that gave it XSAVE: migrate::restore).
+    pub cr4_extra: u64,
     pub exits: u64,
     /// Register access (through `kvm_run` where the host allows).
     pub regs: RegSync,
@@ -183,6 +186,7 @@ impl Vcpu {
             sregs: None,
             upcall_irq: false,
             flush_poked: false,
+            cr4_extra: 0,
             starter: None,
             down_regs: None,
             exits: 0,
@@ -267,6 +271,7 @@ impl Vcpu {
             None => self.regs.get_sregs(&self.fd).map_err(|e| e.to_string())?,
         };
         base_sregs(&mut s, self.pv.id);
+        s.cr4 |= self.cr4_extra;
         s.fs.base = self.pv.fs_base;
         s.gs.base = self.pv.gs_base();
         if writes.is_empty() && flush == Flush::None {

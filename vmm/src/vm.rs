@@ -41,6 +41,8 @@ pub enum VmError {
     Build(#[from] builder::BuildError),
     #[error("guest memory: {0}")]
     Mem(#[from] xen_shim::mem::MemError),
+    #[error("the saved guest's xenstore/console ring frames {0:#x}/{1:#x} are not two frames of its memory")]
+    RestoreRings(u64, u64),
     #[error("loading the kernel: {0}")]
     Loader(#[from] crate::loader::LoaderError),
     #[error("reading {path}: {source}")]
@@ -84,6 +86,9 @@ pub struct VmConfig<'a> {
     pub vifs: &'a [api::xlcfg::VifSpec],
     /// The domain id (1..0x7ff0).
     pub domid: u16,
+    /// A restore's (xenstore, console) ring frames, where the saved guest
+    /// has them (migrate::scan), instead of the builder's.
+    pub restore_rings: Option<(u64, u64)>,
 }
 
 /// How the domain ended.
@@ -96,7 +101,7 @@ pub enum Outcome {
 }
 
 pub struct Vm {
-    _kvm: Kvm,
+    pub(crate) kvm: Kvm,
     _vm: Arc<VmFd>,
     pub dom: Arc<Domain>,
     pub host: Arc<Host>,
@@ -159,7 +164,13 @@ impl Vm {
             vm.set_user_memory_region(region)
                 .map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        let slots = ring0::build(&*mem, &mon, cfg.vcpus, profile.ring0_for(cfg.vcpus))?;
+        let mut slots = ring0::build(&*mem, &mon, cfg.vcpus, profile.ring0_for(cfg.vcpus))?;
+        if profile.kind == crate::host_profile::HostKind::Hardware {
+            // The M2P also where Xen has it (slot 256): a guest saved on Xen
+            // read XENMEM_machphys_mapping there at boot and keeps using that
+            // address after a restore here. PVM-style hosts keep slot 256.
+            slots[0] = slots[crate::layout::SLOT_M2P - 256];
+        }
         let nr_pages = ram / PAGE;
         let mut mmu = Mmu::new(nr_pages);
         mmu.set_unpopulated_from(boot_pages);
@@ -169,7 +180,7 @@ impl Vm {
         for i in 0..u64::from(GRANT_FRAMES) {
             mmu.add_data_frame(mon.grant / PAGE + i);
         }
-        let layout = builder::build(
+        let mut layout = builder::build(
             &*mem,
             &mut mmu,
             &kernel,
@@ -182,6 +193,13 @@ impl Vm {
                 store_port: STORE_PORT,
             },
         )?;
+        if let Some((store, console)) = cfg.restore_rings {
+            if store >= boot_pages || console >= boot_pages || store == console {
+                return Err(VmError::RestoreRings(store, console));
+            }
+            layout.store_pfn = store;
+            layout.console_pfn = console;
+        }
         if log::log_enabled!(log::Level::Debug) {
             let w = xen_shim::guestva::walk(&*mem, layout.pt_pfn, M2P_VA + 0x1f020, false, true);
             log::debug!("M2P walk from the initial L4: {w:x?}");
@@ -348,7 +366,7 @@ impl Vm {
             ..Default::default()
         };
         Ok(Vm {
-            _kvm: kvm,
+            kvm,
             _vm: vm,
             dom,
             host,
@@ -381,7 +399,7 @@ impl Vm {
         }
         let host = self.host.clone();
         let timer_host = Arc::downgrade(&host);
-        let profile = crate::host_profile::get(&self._kvm).ok();
+        let profile = crate::host_profile::get(&self.kvm).ok();
         let slop = profile.map(|p| p.timer_slop_ns()).unwrap_or(50_000);
         // Where vCPUs set their timers in ring 0, the timer thread reads
         // their data pages too.

@@ -149,10 +149,7 @@ impl Vbd {
             ("multi-queue-max-queues", self.max_queues.to_string()),
         ];
         if self.disk.image.discard_supported() && !self.disk.read_only {
-            kv.push(("feature-discard", "1".into()));
-            kv.push(("discard-granularity", "4096".into()));
-            kv.push(("discard-alignment", "0".into()));
-            kv.push(("discard-secure", "0".into()));
+            kv.extend(crate::vbd_states::discard_keys());
         }
         self.dev.write_be(&kv)?;
         self.dev.switch_state(State::InitWait)?;
@@ -161,50 +158,10 @@ impl Vbd {
 
     fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) {
-            self.step();
+            crate::vbd_states::step(self);
             self.dev.wait_change(Duration::from_millis(200));
         }
         self.queues.clear();
-    }
-
-    /// React to the frontend's state (blkback's frontend_changed).
-    fn step(&mut self) {
-        let be = self.dev.backend_state();
-        match self.dev.frontend_state() {
-            State::Initialised | State::Connected if self.queues.is_empty() => {
-                if be == State::Closed || be == State::Closing {
-                    return;
-                }
-                match self.connect() {
-                    Ok(()) => {
-                        let _ = self.dev.switch_state(State::Connected);
-                    }
-                    Err(why) => {
-                        log::warn!("vbd {}: cannot connect: {why}", self.name);
-                        self.queues.clear();
-                        let _ = self.dev.write_be(&[("hotplug-error", why.clone())]);
-                        let _ = self.dev.switch_state(State::Closing);
-                    }
-                }
-            }
-            // As Linux's blkback: the rings stay until the frontend is
-            // Closed (older blkfronts sit in Closing while the
-            // disk is in use, and keep using it).
-            State::Closing if be != State::Closing && be != State::Closed => {
-                let _ = self.dev.switch_state(State::Closing);
-            }
-            State::Closed | State::Unknown => {
-                self.queues.clear();
-                if be != State::Closed && be != State::InitWait {
-                    let _ = self.dev.switch_state(State::Closed);
-                }
-            }
-            State::Initialising | State::InitWait if be == State::Closed => {
-                // A new frontend (a boot loader's successor): offer again.
-                let _ = self.advertise();
-            }
-            _ => {}
-        }
     }
 
     /// Map every queue's ring and bind its event channel.
@@ -270,6 +227,27 @@ impl Vbd {
             }
         );
         Ok(())
+    }
+}
+
+impl crate::vbd_states::DiskBackend for Vbd {
+    fn xenbus(&self) -> &XenbusDev {
+        &self.dev
+    }
+    fn label(&self) -> String {
+        format!("vbd {}", self.name)
+    }
+    fn has_rings(&self) -> bool {
+        !self.queues.is_empty()
+    }
+    fn connect_rings(&mut self) -> Result<(), String> {
+        self.connect()
+    }
+    fn drop_rings(&mut self) {
+        self.queues.clear();
+    }
+    fn offer(&self) {
+        let _ = self.advertise();
     }
 }
 

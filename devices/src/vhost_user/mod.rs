@@ -198,10 +198,7 @@ impl Device {
             kv.push(("feature-flush-cache", "1".into()));
         }
         if self.info.max_discard_sectors.is_some() && !self.read_only {
-            kv.push(("feature-discard", "1".into()));
-            kv.push(("discard-granularity", "4096".into()));
-            kv.push(("discard-alignment", "0".into()));
-            kv.push(("discard-secure", "0".into()));
+            kv.extend(crate::vbd_states::discard_keys());
         }
         self.dev.write_be(&kv)?;
         self.dev.switch_state(State::InitWait)?;
@@ -210,46 +207,10 @@ impl Device {
 
     fn run(&mut self, stop: &EventFd) {
         while stop.read().is_err() {
-            self.step();
+            crate::vbd_states::step(self);
             self.dev.wait_change(Duration::from_millis(200));
         }
         self.queues.clear();
-    }
-
-    /// blkback's frontend_changed, as in `crate::blkback`.
-    fn step(&mut self) {
-        let be = self.dev.backend_state();
-        match self.dev.frontend_state() {
-            State::Initialised | State::Connected if self.queues.is_empty() => {
-                if be == State::Closed || be == State::Closing {
-                    return;
-                }
-                match self.connect() {
-                    Ok(q) => {
-                        self.queues = q;
-                        let _ = self.dev.switch_state(State::Connected);
-                    }
-                    Err(why) => {
-                        log::warn!("vhost-user {}: cannot connect: {why}", self.name);
-                        let _ = self.dev.write_be(&[("hotplug-error", why.clone())]);
-                        let _ = self.dev.switch_state(State::Closing);
-                    }
-                }
-            }
-            State::Closing if be != State::Closing && be != State::Closed => {
-                let _ = self.dev.switch_state(State::Closing);
-            }
-            State::Closed | State::Unknown => {
-                self.queues.clear();
-                if be != State::Closed && be != State::InitWait {
-                    let _ = self.dev.switch_state(State::Closed);
-                }
-            }
-            State::Initialising | State::InitWait if be == State::Closed => {
-                let _ = self.advertise();
-            }
-            _ => {}
-        }
     }
 
     /// This disk's queue count: what the backend has, the guest's vCPUs
@@ -373,5 +334,27 @@ impl Device {
             info.capacity
         );
         Ok(queues)
+    }
+}
+
+impl crate::vbd_states::DiskBackend for Device {
+    fn xenbus(&self) -> &XenbusDev {
+        &self.dev
+    }
+    fn label(&self) -> String {
+        format!("vhost-user {}", self.name)
+    }
+    fn has_rings(&self) -> bool {
+        !self.queues.is_empty()
+    }
+    fn connect_rings(&mut self) -> Result<(), String> {
+        self.queues = self.connect()?;
+        Ok(())
+    }
+    fn drop_rings(&mut self) {
+        self.queues.clear();
+    }
+    fn offer(&self) {
+        let _ = self.advertise();
     }
 }

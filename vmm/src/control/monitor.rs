@@ -150,11 +150,15 @@ fn vm_error(e: VmError) -> ApiError {
 struct Boot {
     args: RunArgs,
     prepared: Prepared,
+    /// A restore's ring frames (migrate::scan): for the restored domain
+    /// only (a reboot's fresh boot has the builder's).
+    rings: Option<(u64, u64)>,
 }
 
 impl Boot {
     fn create_vm(&self, sock: &Path) -> Result<AnyVm, ApiError> {
-        let cfg = self.prepared.vm_config(&self.args, sock);
+        let mut cfg = self.prepared.vm_config(&self.args, sock);
+        cfg.restore_rings = self.rings;
         let _ = std::fs::remove_file(sock);
         let mut vm = if self.args.guest_type == crate::GuestType::Pvh {
             AnyVm::Pvh(Box::new(
@@ -549,7 +553,27 @@ impl Monitor {
             Ok(p) => p,
             Err(e) => return Err(fail(&claim, ApiError::BadRequest(crate::report(&e)))),
         };
-        let mut boot = Boot { args, prepared };
+        // A save file (not a migration's socket) may come from Xen, whose
+        // builder put the rings elsewhere: the domain is built with the guest's.
+        let rings = match &req.restore {
+            Some(p) if Path::new(p).is_file() => {
+                match crate::migrate::scan::ring_frames(Path::new(p)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Err(fail(
+                            &claim,
+                            ApiError::BadRequest(format!("restore from {p}: {e}")),
+                        ))
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut boot = Boot {
+            args,
+            prepared,
+            rings,
+        };
         // Inside its xenstore the guest has its id from `list`.
         boot.args.domid = Some(u16::try_from(claim.id).unwrap_or(1).clamp(1, 0x7fef));
         let json = serde_json::to_string_pretty(&cfg).unwrap_or_default();
@@ -566,6 +590,7 @@ impl Monitor {
             Ok(vm) => vm,
             Err(e) => return Err(fail(&claim, e)),
         };
+        boot.rings = None;
         if let Some(path) = &req.restore {
             let restored = match &mut vm {
                 AnyVm::Pv(v) => crate::migrate::job::restore_file(Path::new(path), v),

@@ -36,15 +36,33 @@ pub fn save(run: &RunDir, dom: &str, file: &Path) -> anyhow::Result<ExitCode> {
 
 /// `xenkvm restore [-p] FILE`: a new monitor loads FILE (with the
 /// configuration it carries) and runs the domain on from its suspend.
-pub fn restore(run: &RunDir, file: &Path, paused: bool, verbose: u8) -> anyhow::Result<ExitCode> {
+pub fn restore(
+    run: &RunDir,
+    config_file: Option<&Path>,
+    file: &Path,
+    paused: bool,
+    verbose: u8,
+) -> anyhow::Result<ExitCode> {
     let path = std::path::absolute(file).context("the save file's path")?;
     let f = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
     let json = super::stream::read_xl_header(&mut std::io::BufReader::new(f))
         .with_context(|| format!("{}", path.display()))?;
-    let config = stream_config(&json).with_context(|| format!("{}", path.display()))?;
+    let (config, config_dir) = match config_file {
+        Some(c) => match crate::create::load_file(c, &[])? {
+            Ok((cfg, dir)) => (cfg, Some(dir.display().to_string())),
+            Err(e) => {
+                eprintln!("xenkvm: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        None => (
+            stream_config(&json).with_context(|| format!("{}", path.display()))?,
+            None,
+        ),
+    };
     let req = CreateRequest {
         config,
-        config_dir: None,
+        config_dir,
         paused,
         restore: Some(path.display().to_string()),
     };

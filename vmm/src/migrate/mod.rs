@@ -15,6 +15,7 @@ pub mod job;
 pub mod live;
 pub mod restore;
 pub mod save;
+pub mod scan;
 pub mod stream;
 
 use xen_shim::vcpu::BootContext;

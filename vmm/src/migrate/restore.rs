@@ -231,7 +231,7 @@ fn restore_xc(r: &mut dyn Read, vm: &mut Vm) -> Result<RestoreStats, MigrateErro
         let mut regs = xen_shim::vcpuctx::apply_context(&mut v.pv, &ctx)
             .map_err(|e| MigrateError::Mismatch(format!("vCPU {id}'s context is refused: {e}")))?;
         if let Some(x) = xsave.get(&id) {
-            load_xsave(v, x)?;
+            load_xsave(&vm.kvm, v, x)?;
         }
         if id == 0 {
             // SCHEDOP_shutdown(suspend) returns 0: resumed in a new domain.
@@ -350,7 +350,67 @@ fn rewrite_p2m(
 }
 
 /// X86_PV_VCPU_XSAVE: xcr0, xcr0_accum, the XSAVE area.
-fn load_xsave(v: &crate::vcpu::Vcpu, blob: &[u8]) -> Result<(), MigrateError> {
+/// CR4.OSXSAVE.
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// A guest saved where it had XSAVE (Xen offers it to PV guests; xenkvm's
+/// own PV CPUID policy does not) keeps using XSAVE and its XCR0 after the
+/// restore: give the vCPU what the host has of it in KVM's CPUID (leaf 1's
+/// XSAVE and AVX, leaf 0xD) and CR4.OSXSAVE, before its first run. Refused
+/// when the host lacks a component the guest had enabled.
+fn enable_xsave(
+    kvm: &kvm_ioctls::Kvm,
+    v: &mut crate::vcpu::Vcpu,
+    xcr0: u64,
+) -> Result<(), MigrateError> {
+    let host = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| MigrateError::Kvm(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?;
+    let host_d0 = host
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 0)
+        .map(|e| u64::from(e.eax) | (u64::from(e.edx) << 32))
+        .unwrap_or(0);
+    if xcr0 & !host_d0 != 0 {
+        return Err(MigrateError::Mismatch(format!(
+            "the guest's XCR0 {xcr0:#x} has state this host lacks (it has {host_d0:#x})"
+        )));
+    }
+    let host_1 = host.as_slice().iter().find(|e| e.function == 1);
+    let mut cpuid =
+        v.fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| MigrateError::Kvm(format!("KVM_GET_CPUID2: {e}")))?;
+    let mut entries: Vec<kvm_bindings::kvm_cpuid_entry2> = cpuid
+        .as_slice()
+        .iter()
+        .filter(|e| e.function != 0xd)
+        .copied()
+        .collect();
+    for e in entries.iter_mut().filter(|e| e.function == 1) {
+        // XSAVE (26) and AVX (28) as the host has them.
+        let mask = (1 << 26) | (1 << 28);
+        e.ecx = (e.ecx & !mask) | (host_1.map_or(0, |h| h.ecx) & mask);
+    }
+    entries.extend(
+        host.as_slice()
+            .iter()
+            .filter(|e| e.function == 0xd)
+            .copied(),
+    );
+    cpuid = kvm_bindings::CpuId::from_entries(&entries)
+        .map_err(|e| MigrateError::Kvm(format!("cpuid: {e:?}")))?;
+    v.fd.set_cpuid2(&cpuid)
+        .map_err(|e| MigrateError::Kvm(format!("KVM_SET_CPUID2: {e}")))?;
+    v.cr4_extra |= CR4_OSXSAVE;
+    Ok(())
+}
+
+fn load_xsave(
+    kvm: &kvm_ioctls::Kvm,
+    v: &mut crate::vcpu::Vcpu,
+    blob: &[u8],
+) -> Result<(), MigrateError> {
     if blob.len() < 16 + 512 {
         return Err(MigrateError::Format("short X86_PV_VCPU_XSAVE".into()));
     }
@@ -360,6 +420,10 @@ fn load_xsave(v: &crate::vcpu::Vcpu, blob: &[u8]) -> Result<(), MigrateError> {
     }
     // XCR0 first: the XSAVE area's components must be enabled in it.
     let xcr0 = u64::from_le_bytes(blob[..8].try_into().unwrap_or([0; 8]));
+    // x87 and SSE need nothing: xenkvm's own guests save that.
+    if xcr0 & !0x3 != 0 {
+        enable_xsave(kvm, v, xcr0)?;
+    }
     if xcr0 != 0 {
         let mut xcrs = kvm_bindings::kvm_xcrs {
             nr_xcrs: 1,
