@@ -55,10 +55,20 @@ pub fn restore(
                 return Ok(ExitCode::from(1));
             }
         },
-        None => (
-            stream_config(&json).with_context(|| format!("{}", path.display()))?,
-            None,
-        ),
+        None => {
+            let cfg = stream_config(&json).with_context(|| format!("{}", path.display()))?;
+            // The domain is laid out with its kernel before the image is
+            // loaded; a file from another host names that host's path.
+            if let Some(k) = cfg.kernel.as_deref().filter(|k| !Path::new(k).exists()) {
+                anyhow::bail!(
+                    "{}: the saved domain's kernel {k} is not on this host; give an xl.cfg \
+                     with a kernel here, as with xl: xenkvm restore CONFIG {}",
+                    path.display(),
+                    path.display()
+                );
+            }
+            (cfg, None)
+        }
     };
     let req = CreateRequest {
         config,
