@@ -216,19 +216,7 @@ impl Vm {
         let host_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kerr("KVM_GET_SUPPORTED_CPUID"))?;
-        let mut entries: Vec<CpuidEntry> = host_cpuid
-            .as_slice()
-            .iter()
-            .map(|e| CpuidEntry {
-                leaf: e.function,
-                sub: e.index,
-                indexed: e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-            })
-            .collect();
+        let mut entries = cpuid_entries(host_cpuid.as_slice());
         add_brand_string(&mut entries);
         let policy = CpuidPolicy::pv_from_host(&entries, tsc_khz);
         let host = Arc::new(Host::new(cfg.vcpus));
@@ -237,18 +225,7 @@ impl Vm {
             region,
             mem.clone(),
         ));
-        // SAFETY: rdtsc has no preconditions.
-        let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let clock = Clock {
-            tsc0,
-            scale: TimeScale::from_hz(u64::from(tsc_khz) * 1000),
-            tsc_khz: tsc_khz.into(),
-            wallclock_ns: wall,
-        };
+        let clock = clock_now(tsc_khz);
         let dlayout = DomainLayout {
             domid: cfg.domid,
             nr_pages,
@@ -631,5 +608,38 @@ fn add_brand_string(entries: &mut Vec<CpuidEntry>) {
             edx: r.edx,
             ..Default::default()
         });
+    }
+}
+
+/// KVM's CPUID table as the Xen core's entries (PV and PVH domains).
+pub(crate) fn cpuid_entries(table: &[kvm_bindings::kvm_cpuid_entry2]) -> Vec<CpuidEntry> {
+    table
+        .iter()
+        .map(|e| CpuidEntry {
+            leaf: e.function,
+            sub: e.index,
+            indexed: e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        })
+        .collect()
+}
+
+/// The domain's clock, starting now: the TSC and the wall clock read
+/// together, the TSC at `tsc_khz`.
+pub(crate) fn clock_now(tsc_khz: u32) -> Clock {
+    // SAFETY: rdtsc has no preconditions.
+    let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    Clock {
+        tsc0,
+        scale: TimeScale::from_hz(u64::from(tsc_khz) * 1000),
+        tsc_khz: tsc_khz.into(),
+        wallclock_ns: wall,
     }
 }

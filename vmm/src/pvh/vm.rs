@@ -4,14 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use xen_shim::cpuid::{CpuidEntry, CpuidPolicy};
+use xen_shim::cpuid::CpuidPolicy;
 use xen_shim::domain::{Domain, DomainLayout, Platform};
 use xen_shim::mmu::Mmu;
-use xen_shim::time::{Clock, TimeScale};
 use xen_shim::vcpu::PvVcpu;
 
 use super::boot::{self, PvhLayout, GRANT_FRAMES, PAGE};
@@ -324,30 +322,8 @@ fn domain(
     tsc_khz: u32,
 ) -> Domain {
     let nr_pages = layout.ram / PAGE;
-    let entries: Vec<CpuidEntry> = table
-        .iter()
-        .map(|e| CpuidEntry {
-            leaf: e.function,
-            sub: e.index,
-            indexed: e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0,
-            eax: e.eax,
-            ebx: e.ebx,
-            ecx: e.ecx,
-            edx: e.edx,
-        })
-        .collect();
-    // SAFETY: rdtsc has no preconditions.
-    let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let clock = Clock {
-        tsc0,
-        scale: TimeScale::from_hz(u64::from(tsc_khz) * 1000),
-        tsc_khz: tsc_khz.into(),
-        wallclock_ns: wall,
-    };
+    let entries = crate::vm::cpuid_entries(table);
+    let clock = crate::vm::clock_now(tsc_khz);
     let dlayout = DomainLayout {
         domid: cfg.domid,
         nr_pages,
